@@ -1,0 +1,387 @@
+//! The tables the engine reads: frontends, backends and Maglev lookup tables.
+//!
+//! The control side *builds* these (including the Maglev permutations, see
+//! `edgeplane_control::maglev`); the engine only *looks up*. Every table is a
+//! flat vector addressed by `u32` offsets, never by pointers, so that the same
+//! layout can later be copied into a shared-memory region.
+//!
+//! Per frontend, the backends live in one contiguous run of [`Tables::backends`]:
+//!
+//! ```text
+//! backends[backend_off .. backend_off + n_new]         new flows may pick these (Maglev indexes them)
+//! backends[backend_off + n_new .. backend_off + n_all] existing flows may continue to these
+//!                                                      (terminating / not selected), never new flows
+//! ```
+//!
+//! `maglev[maglev_off .. maglev_off + maglev_len]` holds, for each of the M
+//! slots, an index *relative to `backend_off`* (so `< n_new`). Frontends with
+//! identical backend runs may share one Maglev table.
+
+use hashbrown::HashMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use edgeplane_packet::Proto;
+
+/// How a frontend was derived from its Service; decides which traffic policy
+/// applies (`internalTrafficPolicy` for ClusterIP, `externalTrafficPolicy` for
+/// the rest).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FrontendKind {
+    ClusterIp,
+    NodePort,
+    LoadBalancer,
+    ExternalIp,
+}
+
+impl FrontendKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            FrontendKind::ClusterIp => "ClusterIP",
+            FrontendKind::NodePort => "NodePort",
+            FrontendKind::LoadBalancer => "LoadBalancer",
+            FrontendKind::ExternalIp => "ExternalIP",
+        }
+    }
+    /// True for traffic governed by `externalTrafficPolicy`.
+    pub fn is_external(self) -> bool {
+        !matches!(self, FrontendKind::ClusterIp)
+    }
+}
+
+/// Lookup key of a frontend: destination (IP, port, protocol).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FrontendKey {
+    pub ip: IpAddr,
+    pub port: u16,
+    /// `Proto::Tcp`, `Proto::Udp` or `Proto::Sctp`.
+    pub proto: Proto,
+}
+
+/// What to do with a new flow when the frontend has no backend for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EmptyAction {
+    /// No endpoint at all: answer with ICMP port unreachable (kube-proxy's REJECT).
+    Reject,
+    /// Traffic policy `Local` and no local endpoint: drop (kube-proxy drops too).
+    Drop,
+}
+
+/// One frontend: (IP, port, protocol) of a Service port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frontend {
+    pub key: FrontendKey,
+    /// Index into [`Tables::services`].
+    pub service: u32,
+    pub kind: FrontendKind,
+    /// Start of this frontend's run in [`Tables::backends`].
+    pub backend_off: u32,
+    /// Backends new flows may choose (the Maglev table indexes these).
+    pub n_new: u32,
+    /// All backends existing flows may continue to (`n_new <= n_all`).
+    pub n_all: u32,
+    /// Start of the Maglev table in [`Tables::maglev`].
+    pub maglev_off: u32,
+    /// M, a prime; 0 when `n_new == 0`.
+    pub maglev_len: u32,
+    /// Used when `n_new == 0`.
+    pub empty_action: EmptyAction,
+    /// Source NAT to the node's SNAT address (false for
+    /// `externalTrafficPolicy: Local`, which preserves the client address).
+    pub snat: bool,
+    /// `sessionAffinity: ClientIP` timeout in seconds; 0 = no affinity.
+    pub affinity_timeout: u32,
+    /// Affinity is shared by all frontends of one Service port (as kube-proxy
+    /// keys its `recent` lists by service port): this is that group's id.
+    pub affinity_group: u32,
+    /// `loadBalancerSourceRanges` (LoadBalancer frontends only): range into
+    /// [`Tables::source_ranges`]; empty = allow all.
+    pub source_range_off: u32,
+    pub source_range_len: u32,
+}
+
+/// One backend (endpoint address + target port) as seen from one frontend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backend {
+    pub ip: IpAddr,
+    pub port: u16,
+    /// Endpoint conditions, for display.
+    pub ready: bool,
+    pub serving: bool,
+    pub terminating: bool,
+    /// `nodeName` equals this node.
+    pub local: bool,
+    /// Maglev weight (1 by default).
+    pub weight: u32,
+}
+
+/// A Service port, for display and metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceInfo {
+    pub namespace: String,
+    pub name: String,
+    /// The Service port's name ("" when unnamed).
+    pub port_name: String,
+    /// `externalTrafficPolicy` / `internalTrafficPolicy` as written ("Cluster"/"Local").
+    pub external_policy: String,
+    pub internal_policy: String,
+}
+
+impl ServiceInfo {
+    /// `namespace/name:port` as kube-proxy names a service port.
+    pub fn display_name(&self) -> String {
+        if self.port_name.is_empty() {
+            format!("{}/{}", self.namespace, self.name)
+        } else {
+            format!("{}/{}:{}", self.namespace, self.name, self.port_name)
+        }
+    }
+}
+
+/// Node-wide settings that shape translation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeConfig {
+    /// This node's addresses (NodePort frontends are on these; traffic to them
+    /// that is not a frontend goes to the kernel).
+    pub node_ips: Vec<IpAddr>,
+    /// Source address for SNAT of IPv4 flows (defaults to the first IPv4 node IP).
+    pub snat_v4: Option<Ipv4Addr>,
+    /// Source address for SNAT of IPv6 flows.
+    pub snat_v6: Option<Ipv6Addr>,
+    /// Inclusive SNAT port range, split evenly between workers.
+    pub snat_ports: (u16, u16),
+    /// Seed of the flow hash; must be equal on all nodes so that every node
+    /// picks the same backend for the same flow.
+    pub hash_seed: u64,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            node_ips: Vec::new(),
+            snat_v4: None,
+            snat_v6: None,
+            snat_ports: (32768, 60999),
+            hash_seed: 0x6564_6765_706c_616e, // "edgeplan"
+        }
+    }
+}
+
+/// An IP prefix (for `loadBalancerSourceRanges`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    pub addr: IpAddr,
+    pub prefix_len: u8,
+}
+
+impl Cidr {
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.addr, ip) {
+            (IpAddr::V4(n), IpAddr::V4(a)) => {
+                let bits = self.prefix_len.min(32) as u32;
+                let mask = if bits == 0 { 0 } else { u32::MAX << (32 - bits) };
+                u32::from(n) & mask == u32::from(a) & mask
+            }
+            (IpAddr::V6(n), IpAddr::V6(a)) => {
+                let bits = self.prefix_len.min(128) as u32;
+                let mask = if bits == 0 { 0 } else { u128::MAX << (128 - bits) };
+                u128::from(n) & mask == u128::from(a) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+/// One immutable generation of the engine's tables.
+#[derive(Debug, Clone, Default)]
+pub struct Tables {
+    /// Bumped on every publication; conntrack entries re-validate their
+    /// backend lazily when they see a newer generation.
+    pub generation: u64,
+    pub node: NodeConfig,
+    pub services: Vec<ServiceInfo>,
+    pub frontends: Vec<Frontend>,
+    pub backends: Vec<Backend>,
+    pub maglev: Vec<u16>,
+    pub source_ranges: Vec<Cidr>,
+    /// (IP, port, proto) -> index into `frontends`.
+    pub frontend_index: HashMap<FrontendKey, u32>,
+    /// Every IP that carries at least one frontend. Traffic to such an IP on
+    /// an undeclared port is dropped (unless the IP is a node IP, where it
+    /// belongs to the kernel).
+    pub frontend_ips: HashMap<IpAddr, ()>,
+}
+
+impl Tables {
+    /// Finds the frontend for a destination.
+    #[inline]
+    pub fn frontend(&self, ip: IpAddr, port: u16, proto: Proto) -> Option<(u32, &Frontend)> {
+        let idx = *self.frontend_index.get(&FrontendKey { ip, port, proto })?;
+        self.frontends.get(idx as usize).map(|f| (idx, f))
+    }
+
+    /// True when `ip` carries a frontend.
+    #[inline]
+    pub fn is_frontend_ip(&self, ip: IpAddr) -> bool {
+        self.frontend_ips.contains_key(&ip)
+    }
+
+    /// True when `ip` is one of this node's addresses.
+    #[inline]
+    pub fn is_node_ip(&self, ip: IpAddr) -> bool {
+        self.node.node_ips.contains(&ip)
+    }
+
+    /// The backends new flows of `f` may choose.
+    #[inline]
+    pub fn new_backends(&self, f: &Frontend) -> &[Backend] {
+        let off = f.backend_off as usize;
+        self.backends.get(off..off + f.n_new as usize).unwrap_or(&[])
+    }
+
+    /// All backends existing flows of `f` may continue to.
+    #[inline]
+    pub fn all_backends(&self, f: &Frontend) -> &[Backend] {
+        let off = f.backend_off as usize;
+        self.backends.get(off..off + f.n_all as usize).unwrap_or(&[])
+    }
+
+    /// The Maglev table of `f` (relative backend indices).
+    #[inline]
+    pub fn maglev_table(&self, f: &Frontend) -> &[u16] {
+        let off = f.maglev_off as usize;
+        self.maglev.get(off..off + f.maglev_len as usize).unwrap_or(&[])
+    }
+
+    /// `loadBalancerSourceRanges` of `f`.
+    #[inline]
+    pub fn source_ranges(&self, f: &Frontend) -> &[Cidr] {
+        let off = f.source_range_off as usize;
+        self.source_ranges.get(off..off + f.source_range_len as usize).unwrap_or(&[])
+    }
+
+    /// The SNAT address for a family.
+    pub fn snat_addr(&self, v6: bool) -> Option<IpAddr> {
+        if v6 {
+            self.node.snat_v6.map(IpAddr::V6)
+        } else {
+            self.node.snat_v4.map(IpAddr::V4)
+        }
+    }
+}
+
+/// Assembles a [`Tables`] generation. Used by the control side; the Maglev
+/// table itself is computed by the caller.
+#[derive(Debug, Default)]
+pub struct TablesBuilder {
+    t: Tables,
+    /// Dedup of identical Maglev tables: (backend run, M) -> maglev_off.
+    maglev_dedup: std::collections::HashMap<(Vec<(IpAddr, u16, u32)>, u32), u32>,
+}
+
+/// Errors assembling tables.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum TablesError {
+    #[error("duplicate frontend {0:?}")]
+    DuplicateFrontend(FrontendKey),
+    #[error("maglev table has {got} entries, expected {expected}")]
+    MaglevSize { got: usize, expected: u32 },
+    #[error("maglev entry {entry} out of range for {n} backends")]
+    MaglevIndex { entry: u16, n: usize },
+    #[error("too many backends for one frontend ({0}; the limit is 65535)")]
+    TooManyBackends(usize),
+}
+
+/// Everything needed to add one frontend.
+#[derive(Debug, Clone)]
+pub struct FrontendSpec {
+    pub key: FrontendKey,
+    pub service: u32,
+    pub kind: FrontendKind,
+    /// New-flow backends first, then continue-only backends.
+    pub backends: Vec<Backend>,
+    pub n_new: usize,
+    pub empty_action: EmptyAction,
+    pub snat: bool,
+    pub affinity_timeout: u32,
+    pub affinity_group: u32,
+    pub source_ranges: Vec<Cidr>,
+}
+
+impl TablesBuilder {
+    pub fn new(node: NodeConfig, generation: u64) -> Self {
+        TablesBuilder {
+            t: Tables { generation, node, ..Tables::default() },
+            maglev_dedup: Default::default(),
+        }
+    }
+
+    /// Adds a Service port; returns its index for [`FrontendSpec::service`].
+    pub fn add_service(&mut self, info: ServiceInfo) -> u32 {
+        self.t.services.push(info);
+        (self.t.services.len() - 1) as u32
+    }
+
+    /// Adds a frontend. `maglev` is the table over `spec.backends[..n_new]`
+    /// (empty when `n_new == 0`); `m` its size.
+    pub fn add_frontend(&mut self, spec: FrontendSpec, maglev: &[u16], m: u32) -> Result<u32, TablesError> {
+        if self.t.frontend_index.contains_key(&spec.key) {
+            return Err(TablesError::DuplicateFrontend(spec.key));
+        }
+        if spec.backends.len() > u16::MAX as usize {
+            return Err(TablesError::TooManyBackends(spec.backends.len()));
+        }
+        let n_new = spec.n_new.min(spec.backends.len());
+        let (maglev_off, maglev_len) = if n_new == 0 {
+            (0, 0)
+        } else {
+            if maglev.len() != m as usize {
+                return Err(TablesError::MaglevSize { got: maglev.len(), expected: m });
+            }
+            if let Some(&bad) = maglev.iter().find(|&&e| e as usize >= n_new) {
+                return Err(TablesError::MaglevIndex { entry: bad, n: n_new });
+            }
+            let ident: Vec<(IpAddr, u16, u32)> =
+                spec.backends[..n_new].iter().map(|b| (b.ip, b.port, b.weight)).collect();
+            let off = match self.maglev_dedup.get(&(ident.clone(), m)) {
+                Some(&off) => off,
+                None => {
+                    let off = self.t.maglev.len() as u32;
+                    self.t.maglev.extend_from_slice(maglev);
+                    self.maglev_dedup.insert((ident, m), off);
+                    off
+                }
+            };
+            (off, m)
+        };
+        let backend_off = self.t.backends.len() as u32;
+        self.t.backends.extend_from_slice(&spec.backends);
+        let source_range_off = self.t.source_ranges.len() as u32;
+        self.t.source_ranges.extend_from_slice(&spec.source_ranges);
+        let idx = self.t.frontends.len() as u32;
+        self.t.frontends.push(Frontend {
+            key: spec.key,
+            service: spec.service,
+            kind: spec.kind,
+            backend_off,
+            n_new: n_new as u32,
+            n_all: spec.backends.len() as u32,
+            maglev_off,
+            maglev_len,
+            empty_action: spec.empty_action,
+            snat: spec.snat,
+            affinity_timeout: spec.affinity_timeout,
+            affinity_group: spec.affinity_group,
+            source_range_off,
+            source_range_len: spec.source_ranges.len() as u32,
+        });
+        self.t.frontend_index.insert(spec.key, idx);
+        self.t.frontend_ips.insert(spec.key.ip, ());
+        Ok(idx)
+    }
+
+    pub fn finish(self) -> Tables {
+        self.t
+    }
+}
