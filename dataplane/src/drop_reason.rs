@@ -164,3 +164,25 @@ mod tests {
         assert_eq!(DropReason::from_code(0), None);
     }
 }
+
+#[cfg(test)]
+mod doc_tests {
+    use super::DropReason;
+
+    /// docs/drop-reasons.md lists every code with its name, in order.
+    #[test]
+    fn docs_list_every_reason() {
+        let doc = include_str!("../../docs/drop-reasons.md");
+        let rows: Vec<(u8, String)> = doc
+            .lines()
+            .filter_map(|l| {
+                let cells: Vec<&str> = l.split('|').map(str::trim).collect();
+                let code = cells.get(1)?.parse::<u8>().ok()?;
+                Some((code, cells.get(2)?.trim_matches('`').to_string()))
+            })
+            .collect();
+        let want: Vec<(u8, String)> =
+            DropReason::ALL.iter().map(|r| (r.code(), r.name().to_string())).collect();
+        assert_eq!(rows, want, "docs/drop-reasons.md is out of date");
+    }
+}

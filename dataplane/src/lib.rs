@@ -11,6 +11,7 @@ pub mod drop_reason;
 pub mod engine;
 pub mod hash;
 pub mod tables;
+pub mod testing;
 
 pub use drop_reason::DropReason;
 pub use engine::{Egress, Engine, EngineConfig, Stats, Verdict};

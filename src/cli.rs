@@ -1,0 +1,144 @@
+//! Command-line surface. Options that take several values are given by
+//! repeating the flag (`--node-ip A --node-ip B`).
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use edgeplane_control::compile::{compile as compile_objects, CompileOptions, Compiled};
+use edgeplane_control::manifests;
+
+#[derive(Debug, Parser)]
+#[command(name = "edgeplane", version, about = "AF_XDP kube-proxy replacement for bare-metal edge nodes")]
+pub struct Cli {
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Compile Service/EndpointSlice/Node manifests and print every frontend
+    /// with its backends, Maglev shares and traffic policies.
+    Compile(CompileArgs),
+    /// Run every frame of a pcap through the engine, offline.
+    Replay(crate::replay::ReplayArgs),
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+/// Options that shape the tables (shared by `compile`, `replay`, later
+/// `control` and `run`).
+#[derive(Debug, Clone, Args)]
+pub struct TableArgs {
+    /// A manifest file or a directory of them (YAML/JSON, multi-document).
+    #[arg(long)]
+    pub manifests: PathBuf,
+    /// This node's name (for `nodeName` of endpoints and traffic policy `Local`).
+    #[arg(long, default_value = "")]
+    pub node_name: String,
+    /// This node's addresses (repeat for several; NodePorts listen on these).
+    #[arg(long = "node-ip")]
+    pub node_ips: Vec<IpAddr>,
+    /// Source address for SNAT (repeat for one per family; default: the first
+    /// node IP of each family).
+    #[arg(long = "snat-ip")]
+    pub snat_ips: Vec<IpAddr>,
+    /// SNAT source-port range, LO-HI (split evenly between workers).
+    #[arg(long, default_value = "61000-65535", value_parser = parse_port_range)]
+    pub snat_ports: (u16, u16),
+    /// Maglev table size M (a prime from the supported list).
+    #[arg(long, default_value_t = 16381)]
+    pub maglev_size: u32,
+    /// Seed of the flow and Maglev hashes; equal on every node.
+    #[arg(long, default_value_t = edgeplane_dataplane::NodeConfig::default().hash_seed)]
+    pub hash_seed: u64,
+}
+
+impl TableArgs {
+    /// Loads the manifests and compiles them, printing diagnostics to stderr.
+    pub fn load(&self) -> Result<Compiled> {
+        if !self.manifests.exists() {
+            bail!("manifests path {} does not exist", self.manifests.display());
+        }
+        let (objects, diagnostics) = manifests::load_path(&self.manifests)
+            .with_context(|| format!("reading {}", self.manifests.display()))?;
+        for d in &diagnostics {
+            eprintln!("warning: {d}");
+        }
+        let mut opts = CompileOptions {
+            node_name: self.node_name.clone(),
+            node_ips: self.node_ips.clone(),
+            snat_ports: self.snat_ports,
+            hash_seed: self.hash_seed,
+            maglev_m: self.maglev_size,
+            ..CompileOptions::default()
+        };
+        for ip in &self.snat_ips {
+            match ip {
+                IpAddr::V4(v4) => opts.snat_v4 = Some(*v4),
+                IpAddr::V6(v6) => opts.snat_v6 = Some(*v6),
+            }
+        }
+        let compiled = compile_objects(&objects, &opts, 1).context("compiling manifests")?;
+        for w in &compiled.warnings {
+            eprintln!("warning: {w}");
+        }
+        Ok(compiled)
+    }
+}
+
+fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
+    let (lo, hi) = s.split_once('-').ok_or_else(|| format!("expected LO-HI, got {s:?}"))?;
+    let lo: u16 = lo.trim().parse().map_err(|e| format!("bad port {lo:?}: {e}"))?;
+    let hi: u16 = hi.trim().parse().map_err(|e| format!("bad port {hi:?}: {e}"))?;
+    if lo == 0 || lo > hi {
+        return Err(format!("port range {s:?} must be 1..=65535 with LO <= HI"));
+    }
+    Ok((lo, hi))
+}
+
+#[derive(Debug, Args)]
+pub struct CompileArgs {
+    #[command(flatten)]
+    pub tables: TableArgs,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+}
+
+pub fn compile(a: CompileArgs) -> Result<()> {
+    let compiled = a.tables.load()?;
+    match a.output {
+        Output::Json => {
+            let v = edgeplane_control::report::render_json(&compiled);
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        }
+        Output::Table => print!("{}", edgeplane_control::report::render_table(&compiled)),
+    }
+    Ok(())
+}
+
+pub fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => b.init(),
+        LogFormat::Json => b.json().init(),
+    }
+}
