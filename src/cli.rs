@@ -11,7 +11,11 @@ use edgeplane_control::compile::{compile as compile_objects, CompileOptions, Com
 use edgeplane_control::manifests;
 
 #[derive(Debug, Parser)]
-#[command(name = "edgeplane", version, about = "AF_XDP kube-proxy replacement for bare-metal edge nodes")]
+#[command(
+    name = "edgeplane",
+    version,
+    about = "AF_XDP kube-proxy replacement for bare-metal edge nodes"
+)]
 pub struct Cli {
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
@@ -103,9 +107,17 @@ impl TableArgs {
 }
 
 fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
-    let (lo, hi) = s.split_once('-').ok_or_else(|| format!("expected LO-HI, got {s:?}"))?;
-    let lo: u16 = lo.trim().parse().map_err(|e| format!("bad port {lo:?}: {e}"))?;
-    let hi: u16 = hi.trim().parse().map_err(|e| format!("bad port {hi:?}: {e}"))?;
+    let (lo, hi) = s
+        .split_once('-')
+        .ok_or_else(|| format!("expected LO-HI, got {s:?}"))?;
+    let lo: u16 = lo
+        .trim()
+        .parse()
+        .map_err(|e| format!("bad port {lo:?}: {e}"))?;
+    let hi: u16 = hi
+        .trim()
+        .parse()
+        .map_err(|e| format!("bad port {hi:?}: {e}"))?;
     if lo == 0 || lo > hi {
         return Err(format!("port range {s:?} must be 1..=65535 with LO <= HI"));
     }
@@ -136,7 +148,9 @@ pub fn compile(a: CompileArgs) -> Result<()> {
 pub fn init_logging(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => b.init(),
         LogFormat::Json => b.json().init(),

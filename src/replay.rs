@@ -42,17 +42,31 @@ pub fn replay(a: ReplayArgs) -> Result<()> {
     let compiled = a.tables.load()?;
     let tables = &compiled.tables;
     let input = File::open(&a.input).with_context(|| format!("opening {}", a.input.display()))?;
-    let mut reader = PcapReader::new(BufReader::new(input))
-        .with_context(|| format!("{} is not a pcap file (pcapng is not supported; convert with `tcpdump -r in -w out`)", a.input.display()))?;
+    let mut reader = PcapReader::new(BufReader::new(input)).with_context(|| {
+        format!(
+            "{} is not a pcap file (pcapng is not supported; convert with `tcpdump -r in -w out`)",
+            a.input.display()
+        )
+    })?;
     let link = reader.header().datalink;
     if link != DataLink::ETHERNET {
-        bail!("{}: link type {link:?} is not Ethernet (capture on an interface, not `-i any`)", a.input.display());
+        bail!(
+            "{}: link type {link:?} is not Ethernet (capture on an interface, not `-i any`)",
+            a.input.display()
+        );
     }
-    let out = File::create(&a.output).with_context(|| format!("creating {}", a.output.display()))?;
-    let header = PcapHeader { datalink: DataLink::ETHERNET, snaplen: 65535, ..PcapHeader::default() };
+    let out =
+        File::create(&a.output).with_context(|| format!("creating {}", a.output.display()))?;
+    let header = PcapHeader {
+        datalink: DataLink::ETHERNET,
+        snaplen: 65535,
+        ..PcapHeader::default()
+    };
     let mut writer = PcapWriter::with_header(BufWriter::new(out), header)?;
     let mut verdicts = match &a.verdicts {
-        Some(p) => Some(BufWriter::new(File::create(p).with_context(|| format!("creating {}", p.display()))?)),
+        Some(p) => Some(BufWriter::new(
+            File::create(p).with_context(|| format!("creating {}", p.display()))?,
+        )),
         None => None,
     };
 
@@ -110,14 +124,23 @@ pub fn endpoint(ip: IpAddr, port: u16) -> String {
     }
 }
 
-fn verdict_line(index: usize, d: &Decision, output: Option<usize>, t: &Tables) -> serde_json::Value {
+fn verdict_line(
+    index: usize,
+    d: &Decision,
+    output: Option<usize>,
+    t: &Tables,
+) -> serde_json::Value {
     let reason = match d.verdict {
         Verdict::Drop(r) => Some(r.name()),
         _ => None,
     };
     let (frontend, service) = match d.frontend.and_then(|i| t.frontends.get(i as usize)) {
         Some(f) => (
-            Some(format!("{}/{}", endpoint(f.key.ip, f.key.port), proto_name(f.key.proto as u8))),
+            Some(format!(
+                "{}/{}",
+                endpoint(f.key.ip, f.key.port),
+                proto_name(f.key.proto as u8)
+            )),
             t.services.get(f.service as usize).map(|s| s.display_name()),
         ),
         None => (None, None),

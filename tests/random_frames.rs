@@ -17,8 +17,12 @@ fn templates() -> Vec<Vec<u8>> {
     let c6 = "2001:db8::100";
     let mut t = vec![
         Pkt::tcp(c4, 1000, "198.18.200.10", 80, SYN).bytes(),
-        Pkt::tcp(c4, 1000, "198.18.200.10", 80, ACK).payload(b"hello").bytes(),
-        Pkt::tcp(c6, 1000, "2001:db8:200::10", 80, SYN).vlan(7).bytes(),
+        Pkt::tcp(c4, 1000, "198.18.200.10", 80, ACK)
+            .payload(b"hello")
+            .bytes(),
+        Pkt::tcp(c6, 1000, "2001:db8:200::10", 80, SYN)
+            .vlan(7)
+            .bytes(),
         Pkt::udp(c4, 1000, "198.18.200.10", 53).bytes(),
         Pkt::udp(c6, 1000, "2001:db8:200::10", 53).bytes(),
         Pkt::sctp(c4, 1000, "198.18.200.10", 3868).bytes(),
@@ -28,15 +32,29 @@ fn templates() -> Vec<Vec<u8>> {
         Pkt::echo(c4, "198.18.200.10", 9).bytes(),
         Pkt::echo(c6, "2001:db8:200::10", 9).bytes(),
         Pkt::tcp("198.18.2.2", 8080, "198.18.1.1", 40000, SYN | ACK).bytes(),
-        Pkt::icmp_err("198.18.9.1", "198.18.1.1", 3, 4, 1400, Pkt::tcp("198.18.1.1", 40000, "198.18.2.2", 8080, ACK))
-            .bytes(),
+        Pkt::icmp_err(
+            "198.18.9.1",
+            "198.18.1.1",
+            3,
+            4,
+            1400,
+            Pkt::tcp("198.18.1.1", 40000, "198.18.2.2", 8080, ACK),
+        )
+        .bytes(),
         Pkt::icmp_err(
             "198.18.9.1",
             "198.18.1.1",
             3,
             3,
             0,
-            Pkt::icmp_err("198.18.1.1", "198.18.9.1", 3, 3, 0, Pkt::udp("198.18.9.1", 1, "198.18.1.1", 2)),
+            Pkt::icmp_err(
+                "198.18.1.1",
+                "198.18.9.1",
+                3,
+                3,
+                0,
+                Pkt::udp("198.18.9.1", 1, "198.18.1.1", 2),
+            ),
         )
         .bytes(),
     ];
@@ -109,8 +127,15 @@ fn a_million_random_and_mutated_frames() {
     let s = engine.stats();
     assert_eq!(s.rx_packets, FRAMES);
     assert_eq!((s.tx, s.reject, s.pass, s.drop), (tx, reject, pass, drop));
-    assert_eq!(s.drops.iter().sum::<u64>(), drop, "every drop has exactly one reason");
+    assert_eq!(
+        s.drops.iter().sum::<u64>(),
+        drop,
+        "every drop has exactly one reason"
+    );
     // Mutation must exercise every verdict, or this test is not testing much.
-    assert!(tx > 0 && reject > 0 && pass > 0 && drop > 0, "verdicts: tx {tx} reject {reject} pass {pass} drop {drop}");
+    assert!(
+        tx > 0 && reject > 0 && pass > 0 && drop > 0,
+        "verdicts: tx {tx} reject {reject} pass {pass} drop {drop}"
+    );
     println!("{FRAMES} frames: tx {tx}, reject {reject}, pass {pass}, drop {drop}");
 }

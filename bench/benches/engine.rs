@@ -43,7 +43,8 @@ fn benches(c: &mut Criterion) {
     let mut engine = loaded(&big);
     let mut buf = vec![0u8; 2048];
     let mut g = c.benchmark_group("engine");
-    g.measurement_time(Duration::from_secs(4)).warm_up_time(Duration::from_secs(1));
+    g.measurement_time(Duration::from_secs(4))
+        .warm_up_time(Duration::from_secs(1));
 
     // Established TCP: cycle through 65,536 of the live flows, so the working
     // set is far larger than the caches, as on a busy edge node.
@@ -86,7 +87,13 @@ fn benches(c: &mut Criterion) {
             || {
                 next += 1;
                 let (ip, port) = client(next);
-                tcp_frame(ip, port.wrapping_add(20_000), service_ip(next % SERVICES), 80, SYN)
+                tcp_frame(
+                    ip,
+                    port.wrapping_add(20_000),
+                    service_ip(next % SERVICES),
+                    80,
+                    SYN,
+                )
             },
             |f| black_box(forward(&mut engine, &big, f, &mut buf)),
             BatchSize::SmallInput,
@@ -97,7 +104,8 @@ fn benches(c: &mut Criterion) {
 
     // First packet with 1 Service vs 10,000.
     let mut g = c.benchmark_group("engine/lookup_scaling");
-    g.measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
+    g.measurement_time(Duration::from_secs(3))
+        .warm_up_time(Duration::from_secs(1));
     let one = tables(1, BACKENDS, M);
     for (name, t, services) in [("1", &one, 1usize), ("10000", &big, SERVICES)] {
         // A table small enough that it fills and evicts unconfirmed flows in

@@ -28,7 +28,9 @@ pub fn tables(n_services: usize, n_backends: usize, m: u32) -> Tables {
             .map(|j| {
                 let k = (i * n_backends + j) as u32;
                 Backend {
-                    ip: IpAddr::V4(Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 19, 0, 0)) + (k % 65536))),
+                    ip: IpAddr::V4(Ipv4Addr::from(
+                        u32::from(Ipv4Addr::new(198, 19, 0, 0)) + (k % 65536),
+                    )),
                     port: 8080 + (k / 65536) as u16,
                     ready: true,
                     serving: true,
@@ -49,7 +51,11 @@ pub fn tables(n_services: usize, n_backends: usize, m: u32) -> Tables {
                 internal_policy: "Cluster".into(),
             });
             let spec = FrontendSpec {
-                key: FrontendKey { ip: IpAddr::V4(service_ip(i)), port, proto },
+                key: FrontendKey {
+                    ip: IpAddr::V4(service_ip(i)),
+                    port,
+                    proto,
+                },
                 service: svc,
                 kind: FrontendKind::ClusterIp,
                 backends: backends.clone(),
@@ -60,7 +66,8 @@ pub fn tables(n_services: usize, n_backends: usize, m: u32) -> Tables {
                 affinity_group: svc,
                 source_ranges: Vec::new(),
             };
-            b.add_frontend(spec, &maglev, m).expect("bench tables are consistent");
+            b.add_frontend(spec, &maglev, m)
+                .expect("bench tables are consistent");
         }
     }
     b.finish()
@@ -71,7 +78,11 @@ pub const ACK: u8 = 0x10;
 
 /// An Ethernet/IPv4/TCP frame with a 16-byte payload (non-SYN) or none (SYN).
 pub fn tcp_frame(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, flags: u8) -> Vec<u8> {
-    let b = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]).ipv4(src.octets(), dst.octets(), 64);
+    let b = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]).ipv4(
+        src.octets(),
+        dst.octets(),
+        64,
+    );
     let mut t = b.tcp(sport, dport, 1000, 65535);
     if flags & SYN != 0 {
         t = t.syn();
@@ -79,7 +90,11 @@ pub fn tcp_frame(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, flags: u8
     if flags & ACK != 0 {
         t = t.ack(5000);
     }
-    let payload: &[u8] = if flags & SYN != 0 { &[] } else { b"0123456789abcdef" };
+    let payload: &[u8] = if flags & SYN != 0 {
+        &[]
+    } else {
+        b"0123456789abcdef"
+    };
     let mut out = Vec::with_capacity(t.size(payload.len()));
     t.write(&mut out, payload).expect("writing to a Vec");
     out
@@ -98,5 +113,8 @@ pub fn udp_frame(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16) -> Vec<u8
 
 /// Client `k` of a population: address in 198.18.0.0/16, source port from 1024.
 pub fn client(k: usize) -> (Ipv4Addr, u16) {
-    (Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 0, 0)) + (k % 65536) as u32), 1024 + (k / 65536) as u16)
+    (
+        Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 0, 0)) + (k % 65536) as u32),
+        1024 + (k / 65536) as u16,
+    )
 }

@@ -1,1 +1,2157 @@
-//! (in progress)
+//! Connection tracking: one fixed-capacity table that holds both directions of
+//! every translated flow (after Cilium's `conntrack.h` and Katran's LRU maps).
+//!
+//! # What this module promises
+//!
+//! * **Fixed capacity.** [`Conntrack::new`] allocates everything once; no
+//!   operation allocates afterwards.
+//! * **One record per flow, two keys.** A record holds the original tuple
+//!   (client → frontend) and the translated tuple (what original packets are
+//!   rewritten to). It is found by its *original key* and by its *reply key*
+//!   (the reverse of the translated tuple: backend → SNAT address or client).
+//!   Both keys live in one index, and a key names at most one live record in
+//!   either role, so [`Conntrack::lookup`] returns one answer and says which
+//!   direction the packet travels ([`Dir`]).
+//! * **Flat, pointer-free.** Records, index and free lists are arrays of fixed
+//!   size slots made of atomics and linked only by `u32` indices, so that the
+//!   table can later be placed in a shared-memory region unchanged.
+//! * **Shared by every worker through `&self`.** Readers never take a lock;
+//!   they read a record between two loads of its sequence counter (a seqlock)
+//!   and retry if a writer was active. No reader ever sees a torn record. There
+//!   is no `unsafe` in this module.
+//! * **Time is a parameter.** Expiry is judged against the `now` (monotonic
+//!   nanoseconds) each call passes in; nothing reads a clock.
+//! * **A SYN flood cannot push out established flows.** When the table is full,
+//!   a new flow may only take the place of an expired record or of an
+//!   *evictable* one (not yet confirmed, or TCP already in TIME_WAIT/CLOSE),
+//!   never of a confirmed live flow ([`InsertError::Full`] instead).
+//!
+//! # Layout
+//!
+//! ```text
+//! records: [Record; capacity]          96 B each (align 32: every record spans exactly 2 cache lines)
+//!   seq: u32      seqlock counter, odd while a writer is inside
+//!   expires: u32  expiry, whole seconds of the caller's clock (see "Time")
+//!   w[0..2]  original src address (16 B, IPv4 as IPv4-mapped IPv6)
+//!   w[2..4]  original dst address
+//!   w[4..6]  translated src address (SNAT address or the client)
+//!   w[6..8]  translated dst address (the backend)
+//!   w[8]     orig sport | orig dport << 16 | xlat sport << 32 | xlat dport << 48
+//!   w[9]     proto | tcp state << 8 | flags << 16 | worker << 24 | frontend << 32
+//!   w[10]    validated_gen (while the record is free: the free-list link)
+//!
+//! index: [Bucket; ceil(capacity / 2)]  64 B each = 8 entries of u64 (4 entries per flow: load <= 0.5)
+//!   entry = tag (31 bits of the key hash, low bit forced to 1) << 32 | slot << 1 | dir;  0 = empty
+//!
+//! free lists: 8 shards of a Treiber stack (head = ABA counter << 32 | slot + 1)
+//! insert stripes: 1024 spin flags, writers only
+//! ```
+//!
+//! Memory: 96 B of record + 32 B of index = **128 bytes per flow**, plus a few
+//! kilobytes of fixed overhead ([`Conntrack::memory_bytes`]). One million flows
+//! take 122 MiB.
+//!
+//! # Probing
+//!
+//! A key's hash `h` chooses two buckets (two-choice hashing): `b1` from the high
+//! 32 bits of `h`, `b2` from the high bits of `h * φ`. An entry goes into the
+//! less occupied of the two (ties: `b1`). A lookup scans `b1` then `b2`
+//! comparing 32-bit tags, and reads a record only on a tag match (a false match
+//! costs one record read and is rejected by the full key comparison). An
+//! established-flow hit therefore costs one hash, one or two index cache lines
+//! and the record's two adjacent cache lines. Two choices keep bucket overflow
+//! negligible at load 0.5; if both buckets are ever full, the insert frees an
+//! expired or evictable record referenced from them, or fails with `Full`.
+//!
+//! # Concurrency protocol
+//!
+//! * **Readers** (`lookup`, `for_each`, `contains_key`): `s1 = seq.load(Acquire)`,
+//!   retry while odd; load the words `Relaxed`; `fence(Acquire)`;
+//!   `s2 = seq.load(Relaxed)`; the copy is valid iff `s1 == s2`. A reader
+//!   therefore only waits while a writer is inside a record, which is a handful
+//!   of stores (it spins, then yields).
+//! * **Record writers** (`update`, `set_validated`, `remove`, eviction, sweep,
+//!   insert) take the record by CAS `seq: even s → s + 1` (Acquire), then
+//!   `fence(Release)`, store `Relaxed`, and leave with `seq.store(s + 2,
+//!   Release)` (or `s` when nothing was written). Eviction and sweep CAS from
+//!   the `seq` of the copy they judged, so they free exactly the version they
+//!   looked at and skip a record that changed under them.
+//! * **A [`Hit`] carries the `seq` it was read at.** [`Conntrack::update`],
+//!   [`Conntrack::set_validated`] and [`Conntrack::remove`] use the slot
+//!   directly (no second hash); when `seq` moved on they check under the lock
+//!   that the slot still holds the same flow, so a stale `Hit` can never touch
+//!   a record that was freed and reused for another flow.
+//! * **Inserts** are serialised per key by spin flags striped by the key's
+//!   first bucket (writers only; readers never look at them). Both keys'
+//!   stripes are taken in ascending order. Under them the insert checks that
+//!   neither key is live, then publishes index entries by CAS `0 → entry`. The
+//!   new record is written first in a PENDING state (invisible to lookups,
+//!   skipped by eviction and sweep) and becomes live only once both keys are
+//!   indexed. Two workers inserting the same key therefore never both succeed:
+//!   the second gets [`InsertError::Exists`] with the first one's flow. No
+//!   record lock is ever held while waiting for a stripe, so there is no
+//!   lock-order cycle.
+//! * **Freeing** (remove, evict, sweep) happens under the record's lock: clear
+//!   both index entries (CAS `entry → 0`), mark the record free, release, then
+//!   push the slot on a free list. An index entry therefore only ever points at
+//!   a pending or live record.
+//!
+//! # Eviction
+//!
+//! A new flow takes a slot from the free lists. When they are empty it looks at
+//! the records referenced from its two keys' buckets (its *probe window*,
+//! about 8-16 records on a full table) and takes, in this order: an expired
+//! record; else the evictable record that expires first (evictable = not
+//! assured, i.e. TCP before the handshake completed or UDP/SCTP never answered,
+//! or TCP in TIME_WAIT/CLOSE). If the window holds only confirmed live flows it
+//! sweeps a few slots from the sweep cursor, and if that frees nothing either,
+//! the insert fails with [`InsertError::Full`] (the engine drops with
+//! `conntrack_full`).
+//!
+//! # Time
+//!
+//! `expires` is a `u32` count of whole seconds of the caller's clock, rounded
+//! up: a flow lives between its timeout and its timeout + 1 s after its last
+//! refresh (nf_conntrack and Cilium also keep seconds/jiffies). The range is
+//! 136 years from `now = 0`, which covers a monotonic clock and Unix-epoch
+//! timestamps (pcap replay) alike. To keep the per-packet path free of stores,
+//! a packet that changes nothing but the expiry only rewrites it when the
+//! expiry moves by at least one second and at least 1/256 of the timeout (an
+//! established TCP flow is refreshed at most every ~6 minutes of its 24 hours).
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::atomic::{fence, AtomicI64, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+
+use crate::hash::{addr16, hash_bytes};
+
+/// TCP flag bits, as in the TCP header's flags byte (`Parsed::tcp_flags`).
+pub mod tcp_flags {
+    pub const FIN: u8 = 0x01;
+    pub const SYN: u8 = 0x02;
+    pub const RST: u8 = 0x04;
+    pub const PSH: u8 = 0x08;
+    pub const ACK: u8 = 0x10;
+}
+
+const PROTO_ICMP: u8 = 1;
+const PROTO_TCP: u8 = 6;
+const PROTO_UDP: u8 = 17;
+const PROTO_ICMPV6: u8 = 58;
+const PROTO_SCTP: u8 = 132;
+
+const NS_PER_SEC: u64 = 1_000_000_000;
+
+// ---------------------------------------------------------------------------
+// Public types
+// ---------------------------------------------------------------------------
+
+/// The identity of a packet's flow as it is on the wire: a 5-tuple.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    /// Source address.
+    pub src: IpAddr,
+    /// Destination address.
+    pub dst: IpAddr,
+    /// Source port. For ICMP echo the engine puts the identifier in `sport` of
+    /// the request's key, so that the reply's key is `reversed()` of it.
+    pub sport: u16,
+    /// Destination port.
+    pub dport: u16,
+    /// IP protocol number (6 TCP, 17 UDP, 132 SCTP, 1 ICMP, 58 ICMPv6).
+    pub proto: u8,
+}
+
+impl FlowKey {
+    /// The same flow seen from the other end (addresses and ports swapped).
+    #[inline]
+    pub fn reversed(&self) -> FlowKey {
+        FlowKey {
+            src: self.dst,
+            dst: self.src,
+            sport: self.dport,
+            dport: self.sport,
+            proto: self.proto,
+        }
+    }
+}
+
+/// Which way a packet travels relative to the flow's first packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Dir {
+    /// Client → frontend: the packet's key is the record's original key.
+    Original = 0,
+    /// Backend → SNAT address or client: the packet's key is the reverse of
+    /// the record's translated tuple.
+    Reply = 1,
+}
+
+/// TCP connection state, a simplified nf_conntrack machine. Non-TCP flows are
+/// always `None`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum TcpState {
+    /// Not TCP.
+    None = 0,
+    /// SYN seen from the client (unconfirmed, evictable).
+    SynSent = 1,
+    /// SYN+ACK seen from the backend (unconfirmed, evictable).
+    SynRecv = 2,
+    /// Handshake completed, or a mid-stream pickup (confirmed once the reply
+    /// direction has been seen).
+    Established = 3,
+    /// One side sent FIN (nf's FIN_WAIT, CLOSE_WAIT and LAST_ACK in one state).
+    Closing = 4,
+    /// Both sides sent FIN. Evictable; a new SYN from the client reopens it.
+    TimeWait = 5,
+    /// RST seen. Evictable; a new SYN from the client reopens it.
+    Close = 6,
+}
+
+impl TcpState {
+    fn from_u8(v: u8) -> TcpState {
+        match v {
+            1 => TcpState::SynSent,
+            2 => TcpState::SynRecv,
+            3 => TcpState::Established,
+            4 => TcpState::Closing,
+            5 => TcpState::TimeWait,
+            6 => TcpState::Close,
+            _ => TcpState::None,
+        }
+    }
+
+    /// The state's name as nf_conntrack spells it, for display.
+    pub fn name(self) -> &'static str {
+        match self {
+            TcpState::None => "NONE",
+            TcpState::SynSent => "SYN_SENT",
+            TcpState::SynRecv => "SYN_RECV",
+            TcpState::Established => "ESTABLISHED",
+            TcpState::Closing => "CLOSING",
+            TcpState::TimeWait => "TIME_WAIT",
+            TcpState::Close => "CLOSE",
+        }
+    }
+}
+
+/// Idle timeouts in whole seconds. Each default mirrors the Linux sysctl
+/// `net.netfilter.<name>` given on the field (kernel defaults, except where
+/// kube-proxy sets its own value).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// TCP SYN seen, no SYN+ACK yet. `nf_conntrack_tcp_timeout_syn_sent` = 120.
+    pub tcp_syn_sent: u32,
+    /// SYN+ACK seen, no final ACK yet. `nf_conntrack_tcp_timeout_syn_recv` = 60.
+    pub tcp_syn_recv: u32,
+    /// Established and confirmed. `nf_conntrack_tcp_timeout_established`:
+    /// 86400 as kube-proxy sets it (`--conntrack-tcp-timeout-established=24h`;
+    /// the kernel default is 432000, Cilium uses 21600).
+    pub tcp_established: u32,
+    /// Established after a mid-stream pickup, until the reply direction is
+    /// seen. `nf_conntrack_tcp_timeout_unacknowledged` = 300.
+    pub tcp_unacknowledged: u32,
+    /// One FIN seen. `nf_conntrack_tcp_timeout_fin_wait` = 120 (the longest of
+    /// fin_wait 120, close_wait 60 and last_ack 30, which this state merges;
+    /// kube-proxy's 1 h close_wait is not followed: half-closed flows that
+    /// matter keep sending and are refreshed).
+    pub tcp_closing: u32,
+    /// Both FINs seen. `nf_conntrack_tcp_timeout_time_wait` = 120.
+    pub tcp_time_wait: u32,
+    /// RST seen. `nf_conntrack_tcp_timeout_close` = 10.
+    pub tcp_close: u32,
+    /// UDP, reply direction never seen. `nf_conntrack_udp_timeout` = 30.
+    pub udp: u32,
+    /// UDP after a reply. `nf_conntrack_udp_timeout_stream` = 120.
+    pub udp_stream: u32,
+    /// ICMP/ICMPv6 echo. `nf_conntrack_icmp_timeout` / `nf_conntrack_icmpv6_timeout` = 30.
+    pub icmp: u32,
+    /// SCTP before any reply. SCTP is tracked like UDP (no chunk-level state
+    /// machine); 30 s like `nf_conntrack_udp_timeout`.
+    pub sctp: u32,
+    /// SCTP after a reply. `nf_conntrack_sctp_timeout_established` = 210.
+    pub sctp_established: u32,
+    /// Any other protocol. `nf_conntrack_generic_timeout` = 600.
+    pub generic: u32,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            tcp_syn_sent: 120,
+            tcp_syn_recv: 60,
+            tcp_established: 86_400,
+            tcp_unacknowledged: 300,
+            tcp_closing: 120,
+            tcp_time_wait: 120,
+            tcp_close: 10,
+            udp: 30,
+            udp_stream: 120,
+            icmp: 30,
+            sctp: 30,
+            sctp_established: 210,
+            generic: 600,
+        }
+    }
+}
+
+/// A consistent copy of one flow record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Flow {
+    /// The original tuple: client → frontend, as the first packet arrived.
+    pub orig: FlowKey,
+    /// What original-direction packets are rewritten to: src = SNAT address
+    /// and port (or the client, without SNAT), dst = backend. Its `proto` is
+    /// `orig.proto`. Replies arrive with key `xlat.reversed()`.
+    pub xlat: FlowKey,
+    /// Index of the frontend in the tables the flow was created with.
+    pub frontend: u32,
+    /// TCP state (`None` for other protocols). Ignored by `insert`.
+    pub state: TcpState,
+    /// Confirmed: TCP handshake completed (or a reply to a mid-stream pickup),
+    /// UDP/SCTP/ICMP reply seen. Only unconfirmed flows are evicted for new
+    /// ones. Ignored by `insert`.
+    pub assured: bool,
+    /// Table generation at which the backend was last found valid.
+    pub validated_gen: u64,
+    /// The worker that created the flow (owner of its SNAT port).
+    pub worker: u8,
+    /// When the flow expires unless refreshed, in ns of the caller's clock (a
+    /// whole second). Ignored by `insert`.
+    pub expires: u64,
+}
+
+impl Flow {
+    /// A flow to [`Conntrack::insert`]; `state`, `assured` and `expires` are
+    /// computed by the insert.
+    pub fn new(
+        orig: FlowKey,
+        xlat: FlowKey,
+        frontend: u32,
+        worker: u8,
+        validated_gen: u64,
+    ) -> Flow {
+        Flow {
+            orig,
+            xlat,
+            frontend,
+            state: TcpState::None,
+            assured: false,
+            validated_gen,
+            worker,
+            expires: 0,
+        }
+    }
+
+    /// The key reply packets carry: `xlat.reversed()` with `orig.proto`.
+    #[inline]
+    pub fn reply_key(&self) -> FlowKey {
+        FlowKey {
+            proto: self.orig.proto,
+            ..self.xlat.reversed()
+        }
+    }
+}
+
+/// A found (or just inserted) flow: where it lives, which direction the
+/// looked-up key matched, and a copy of the record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hit {
+    /// Record index; stable for the flow's lifetime.
+    pub slot: u32,
+    /// The direction the key matched.
+    pub dir: Dir,
+    /// The record as it was read.
+    pub flow: Flow,
+    /// The record's sequence number when it was read (lets `update` skip the
+    /// identity check when nothing changed since).
+    seq: u32,
+    /// The record's raw flag bits when it was read (FIN bits, replied...).
+    flags: u8,
+}
+
+/// Why an insert did not create a flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum InsertError {
+    /// The probe window holds only confirmed live flows and no free slot could
+    /// be found: drop the packet (`DropReason::ConntrackFull`).
+    #[error("conntrack table full")]
+    Full,
+    /// The original key is already tracked (usually another worker inserted
+    /// the same flow first): continue with this existing flow. `dir` says which
+    /// key of the existing record matched (normally `Original`).
+    #[error("flow already tracked")]
+    Exists(Hit),
+    /// The reply key is already held by another live flow (SNAT port taken, or
+    /// two frontends reaching one backend from the same client port without
+    /// SNAT): pick another SNAT port, or drop.
+    #[error("reply key held by another flow")]
+    ReplyTaken(Hit),
+}
+
+/// Table-wide counters of rare events (never touched by the established-flow
+/// path). Read with [`Conntrack::stats`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ConntrackStats {
+    /// Inserts that failed with [`InsertError::Full`].
+    pub insert_failures: u64,
+    /// Live unconfirmed (or TIME_WAIT/CLOSE) flows evicted for new ones.
+    pub evictions: u64,
+    /// Expired records reclaimed by inserts (probe window or conflict check).
+    pub reclaimed: u64,
+    /// Expired records freed by [`Conntrack::sweep`] (including the small
+    /// sweeps a full insert runs).
+    pub swept: u64,
+    /// Records freed by [`Conntrack::remove`].
+    pub removed: u64,
+}
+
+// ---------------------------------------------------------------------------
+// Record layout
+// ---------------------------------------------------------------------------
+
+const W_ORIG_SRC: usize = 0;
+const W_ORIG_DST: usize = 2;
+const W_XLAT_SRC: usize = 4;
+const W_XLAT_DST: usize = 6;
+const W_PORTS: usize = 8;
+const W_META: usize = 9;
+/// `validated_gen`; while the record is free, the free-list link (next slot + 1).
+const W_GEN: usize = 10;
+const WORDS: usize = 11;
+/// Words that identify a flow (addresses and ports).
+const KEY_WORDS: usize = 9;
+
+/// Record is a live flow (visible to lookups).
+const F_LIVE: u8 = 1 << 0;
+/// Record is being inserted: allocated, maybe indexed, not yet visible.
+const F_PENDING: u8 = 1 << 1;
+/// Confirmed (see [`Flow::assured`]).
+const F_ASSURED: u8 = 1 << 2;
+/// A reply-direction packet has been seen.
+const F_REPLIED: u8 = 1 << 3;
+/// FIN seen in the original direction.
+const F_FIN_ORIG: u8 = 1 << 4;
+/// FIN seen in the reply direction.
+const F_FIN_REPLY: u8 = 1 << 5;
+/// The original tuple is IPv6 (else IPv4, stored IPv4-mapped).
+const F_ORIG_V6: u8 = 1 << 6;
+/// The translated tuple is IPv6.
+const F_XLAT_V6: u8 = 1 << 7;
+
+/// One flow record. See the module docs for the word layout.
+#[repr(C, align(32))]
+struct Record {
+    /// Seqlock counter: odd while a writer is inside.
+    seq: AtomicU32,
+    /// Expiry in whole seconds of the caller's clock.
+    expires: AtomicU32,
+    /// The record's words.
+    w: [AtomicU64; WORDS],
+}
+
+impl Record {
+    fn new() -> Record {
+        Record {
+            seq: AtomicU32::new(0),
+            expires: AtomicU32::new(0),
+            w: Default::default(),
+        }
+    }
+}
+
+/// Eight index entries, one cache line.
+#[repr(C, align(64))]
+#[derive(Default)]
+struct Bucket([AtomicU64; 8]);
+
+/// One free-list shard, on its own cache line.
+#[repr(C, align(64))]
+struct Shard {
+    /// ABA counter << 32 | (top slot + 1); low half 0 = empty.
+    head: AtomicU64,
+    /// Slots popped from this shard minus slots pushed to it; the sum over
+    /// shards is the number of allocated records.
+    used: AtomicI64,
+}
+
+/// Rare-event counters, on their own cache line.
+#[repr(C, align(64))]
+#[derive(Default)]
+struct Counters {
+    insert_failures: AtomicU64,
+    evictions: AtomicU64,
+    reclaimed: AtomicU64,
+    swept: AtomicU64,
+    removed: AtomicU64,
+}
+
+const FREE_SHARDS: usize = 8;
+const STRIPES: usize = 1024;
+/// Slots a full insert sweeps before giving up.
+const MINI_SWEEP: usize = 32;
+
+/// The decoded `w[9]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Meta {
+    proto: u8,
+    state: TcpState,
+    flags: u8,
+    worker: u8,
+    frontend: u32,
+}
+
+impl Meta {
+    #[inline]
+    fn pack(self) -> u64 {
+        self.proto as u64
+            | (self.state as u64) << 8
+            | (self.flags as u64) << 16
+            | (self.worker as u64) << 24
+            | (self.frontend as u64) << 32
+    }
+    #[inline]
+    fn unpack(w: u64) -> Meta {
+        Meta {
+            proto: w as u8,
+            state: TcpState::from_u8((w >> 8) as u8),
+            flags: (w >> 16) as u8,
+            worker: (w >> 24) as u8,
+            frontend: (w >> 32) as u32,
+        }
+    }
+    /// May be evicted for a new flow: unconfirmed, or a TCP flow that is over.
+    #[inline]
+    fn evictable(&self) -> bool {
+        self.flags & F_ASSURED == 0
+            || (self.proto == PROTO_TCP
+                && matches!(self.state, TcpState::TimeWait | TcpState::Close))
+    }
+}
+
+#[inline]
+fn flags_of(meta_word: u64) -> u8 {
+    (meta_word >> 16) as u8
+}
+
+/// A key in the form the index hashes and compares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct RawKey {
+    src: [u64; 2],
+    dst: [u64; 2],
+    /// sport | dport << 16
+    ports: u32,
+    proto: u8,
+    v6: bool,
+}
+
+#[inline]
+fn addr_words(ip: IpAddr) -> [u64; 2] {
+    let b = addr16(ip);
+    let mut lo = [0u8; 8];
+    let mut hi = [0u8; 8];
+    lo.copy_from_slice(&b[..8]);
+    hi.copy_from_slice(&b[8..]);
+    [u64::from_le_bytes(lo), u64::from_le_bytes(hi)]
+}
+
+#[inline]
+fn words_addr(w: [u64; 2], v6: bool) -> IpAddr {
+    if !v6 && w[0] == 0 && w[1] as u32 == 0xffff_0000 {
+        // IPv4-mapped: the IPv4 octets are bytes 12..16, the high half of w[1].
+        return IpAddr::V4(Ipv4Addr::from(((w[1] >> 32) as u32).to_le_bytes()));
+    }
+    let mut b = [0u8; 16];
+    b[..8].copy_from_slice(&w[0].to_le_bytes());
+    b[8..].copy_from_slice(&w[1].to_le_bytes());
+    IpAddr::V6(Ipv6Addr::from(b))
+}
+
+impl RawKey {
+    #[inline]
+    fn new(k: &FlowKey) -> RawKey {
+        RawKey {
+            src: addr_words(k.src),
+            dst: addr_words(k.dst),
+            ports: k.sport as u32 | (k.dport as u32) << 16,
+            proto: k.proto,
+            v6: k.src.is_ipv6(),
+        }
+    }
+
+    #[inline]
+    fn hash(&self, seed: u64) -> u64 {
+        let mut b = [0u8; 40];
+        b[0..8].copy_from_slice(&self.src[0].to_le_bytes());
+        b[8..16].copy_from_slice(&self.src[1].to_le_bytes());
+        b[16..24].copy_from_slice(&self.dst[0].to_le_bytes());
+        b[24..32].copy_from_slice(&self.dst[1].to_le_bytes());
+        b[32..36].copy_from_slice(&self.ports.to_le_bytes());
+        b[36] = self.proto;
+        b[37] = self.v6 as u8;
+        hash_bytes(seed, &b)
+    }
+}
+
+/// The key words (`w[0..9]`) and family flags of a flow.
+fn key_words(f: &Flow) -> ([u64; KEY_WORDS], u8) {
+    let mut w = [0u64; KEY_WORDS];
+    w[W_ORIG_SRC..W_ORIG_SRC + 2].copy_from_slice(&addr_words(f.orig.src));
+    w[W_ORIG_DST..W_ORIG_DST + 2].copy_from_slice(&addr_words(f.orig.dst));
+    w[W_XLAT_SRC..W_XLAT_SRC + 2].copy_from_slice(&addr_words(f.xlat.src));
+    w[W_XLAT_DST..W_XLAT_DST + 2].copy_from_slice(&addr_words(f.xlat.dst));
+    w[W_PORTS] = f.orig.sport as u64
+        | (f.orig.dport as u64) << 16
+        | (f.xlat.sport as u64) << 32
+        | (f.xlat.dport as u64) << 48;
+    let mut fam = 0;
+    if f.orig.src.is_ipv6() {
+        fam |= F_ORIG_V6;
+    }
+    if f.xlat.src.is_ipv6() {
+        fam |= F_XLAT_V6;
+    }
+    (w, fam)
+}
+
+/// A consistent copy of a record.
+#[derive(Clone, Copy)]
+struct Snap {
+    seq: u32,
+    exp: u32,
+    w: [u64; WORDS],
+}
+
+impl Snap {
+    #[inline]
+    fn meta(&self) -> Meta {
+        Meta::unpack(self.w[W_META])
+    }
+    #[inline]
+    fn flags(&self) -> u8 {
+        flags_of(self.w[W_META])
+    }
+    #[inline]
+    fn live(&self) -> bool {
+        self.flags() & F_LIVE != 0
+    }
+    #[inline]
+    fn expired(&self, now_s: u64) -> bool {
+        now_s >= self.exp as u64
+    }
+    #[inline]
+    fn orig_key(&self) -> RawKey {
+        RawKey {
+            src: [self.w[W_ORIG_SRC], self.w[W_ORIG_SRC + 1]],
+            dst: [self.w[W_ORIG_DST], self.w[W_ORIG_DST + 1]],
+            ports: self.w[W_PORTS] as u32,
+            proto: self.w[W_META] as u8,
+            v6: self.flags() & F_ORIG_V6 != 0,
+        }
+    }
+    #[inline]
+    fn reply_key(&self) -> RawKey {
+        let p = self.w[W_PORTS];
+        let (xsport, xdport) = ((p >> 32) as u16, (p >> 48) as u16);
+        RawKey {
+            src: [self.w[W_XLAT_DST], self.w[W_XLAT_DST + 1]],
+            dst: [self.w[W_XLAT_SRC], self.w[W_XLAT_SRC + 1]],
+            ports: xdport as u32 | (xsport as u32) << 16,
+            proto: self.w[W_META] as u8,
+            v6: self.flags() & F_XLAT_V6 != 0,
+        }
+    }
+    #[inline]
+    fn key(&self, dir: Dir) -> RawKey {
+        match dir {
+            Dir::Original => self.orig_key(),
+            Dir::Reply => self.reply_key(),
+        }
+    }
+    fn flow(&self) -> Flow {
+        let m = self.meta();
+        let p = self.w[W_PORTS];
+        let ov6 = m.flags & F_ORIG_V6 != 0;
+        let xv6 = m.flags & F_XLAT_V6 != 0;
+        let pair = |i: usize| [self.w[i], self.w[i + 1]];
+        Flow {
+            orig: FlowKey {
+                src: words_addr(pair(W_ORIG_SRC), ov6),
+                dst: words_addr(pair(W_ORIG_DST), ov6),
+                sport: p as u16,
+                dport: (p >> 16) as u16,
+                proto: m.proto,
+            },
+            xlat: FlowKey {
+                src: words_addr(pair(W_XLAT_SRC), xv6),
+                dst: words_addr(pair(W_XLAT_DST), xv6),
+                sport: (p >> 32) as u16,
+                dport: (p >> 48) as u16,
+                proto: m.proto,
+            },
+            frontend: m.frontend,
+            state: m.state,
+            assured: m.flags & F_ASSURED != 0,
+            validated_gen: self.w[W_GEN],
+            worker: m.worker,
+            expires: self.exp as u64 * NS_PER_SEC,
+        }
+    }
+    fn hit(&self, slot: usize, dir: Dir) -> Hit {
+        Hit {
+            slot: slot as u32,
+            dir,
+            flow: self.flow(),
+            seq: self.seq,
+            flags: self.flags(),
+        }
+    }
+}
+
+/// Bit i set when entry i of `bucket` carries `tag`.
+#[inline]
+fn tag_mask(bucket: &[AtomicU64; 8], tag: u32) -> u32 {
+    let mut m = 0u32;
+    for (i, e) in bucket.iter().enumerate() {
+        m |= (((e.load(Ordering::Acquire) >> 32) as u32 == tag) as u32) << i;
+    }
+    m
+}
+
+#[inline]
+fn tag_of(h: u64) -> u32 {
+    (h as u32) | 1
+}
+
+#[inline]
+fn entry(tag: u32, slot: usize, dir: Dir) -> u64 {
+    (tag as u64) << 32 | (slot as u64) << 1 | dir as u64
+}
+
+#[inline]
+fn entry_slot(v: u64) -> usize {
+    ((v as u32) >> 1) as usize
+}
+
+#[inline]
+fn entry_dir(v: u64) -> Dir {
+    if v & 1 == 0 {
+        Dir::Original
+    } else {
+        Dir::Reply
+    }
+}
+
+/// Expiry (whole seconds, rounded up) of a flow refreshed at `now` ns.
+#[inline]
+fn expiry(now: u64, timeout_s: u32) -> u32 {
+    (now.div_ceil(NS_PER_SEC) + timeout_s as u64).min(u32::MAX as u64) as u32
+}
+
+/// Whether a refresh from `old` to `new` is worth a store (see "Time").
+#[inline]
+fn refresh_due(old: u32, new: u32, timeout_s: u32) -> bool {
+    new > old && new - old >= (timeout_s >> 8).max(1)
+}
+
+#[inline]
+fn backoff(spins: &mut u32) {
+    if *spins < 64 {
+        std::hint::spin_loop();
+    } else {
+        std::thread::yield_now();
+    }
+    *spins = spins.saturating_add(1);
+}
+
+/// The TCP/UDP state machine: `m` after a packet with `tcp` flags travelling
+/// in `dir`. Pure; expiry is derived from the result.
+fn step(mut m: Meta, dir: Dir, tcp: u8) -> Meta {
+    use tcp_flags::{ACK, FIN, RST, SYN};
+    if dir == Dir::Reply {
+        m.flags |= F_REPLIED;
+    }
+    if m.proto != PROTO_TCP {
+        // UDP, SCTP, ICMP: confirmed by the first reply.
+        if m.flags & F_REPLIED != 0 {
+            m.flags |= F_ASSURED;
+        }
+        return m;
+    }
+    let (syn, ack, fin, rst) = (
+        tcp & SYN != 0,
+        tcp & ACK != 0,
+        tcp & FIN != 0,
+        tcp & RST != 0,
+    );
+    if rst {
+        m.state = TcpState::Close;
+        return m;
+    }
+    match dir {
+        Dir::Original if syn && !ack => match m.state {
+            // Port reuse: a new connection on the same tuple.
+            TcpState::TimeWait | TcpState::Close => {
+                m.state = TcpState::SynSent;
+                m.flags &= !(F_ASSURED | F_REPLIED | F_FIN_ORIG | F_FIN_REPLY);
+            }
+            TcpState::None => m.state = TcpState::SynSent,
+            _ => {} // retransmitted or stray SYN
+        },
+        Dir::Original if fin => {
+            m.flags |= F_FIN_ORIG;
+            m.state = closing(m);
+        }
+        Dir::Original => {
+            if ack && m.state == TcpState::SynRecv {
+                m.state = TcpState::Established;
+                m.flags |= F_ASSURED;
+            }
+        }
+        Dir::Reply if syn => {
+            if m.state == TcpState::SynSent {
+                m.state = TcpState::SynRecv;
+            }
+        }
+        Dir::Reply if fin => {
+            m.flags |= F_FIN_REPLY;
+            m.state = closing(m);
+        }
+        Dir::Reply => {
+            // A reply confirms a mid-stream pickup (no-op when assured).
+            if m.state == TcpState::Established {
+                m.flags |= F_ASSURED;
+            }
+        }
+    }
+    m
+}
+
+/// The state after a FIN (the FIN bit already set in `m.flags`).
+fn closing(m: Meta) -> TcpState {
+    match m.state {
+        TcpState::SynRecv | TcpState::Established | TcpState::Closing => {
+            if m.flags & (F_FIN_ORIG | F_FIN_REPLY) == F_FIN_ORIG | F_FIN_REPLY {
+                TcpState::TimeWait
+            } else {
+                TcpState::Closing
+            }
+        }
+        s => s,
+    }
+}
+
+/// The state of a new flow whose first packet carried `tcp` flags.
+fn initial(proto: u8, tcp: u8) -> (TcpState, u8) {
+    use tcp_flags::{ACK, RST, SYN};
+    if proto != PROTO_TCP {
+        return (TcpState::None, 0);
+    }
+    if tcp & (SYN | ACK | RST) == SYN {
+        return (TcpState::SynSent, 0);
+    }
+    // Mid-stream pickup (nf_conntrack's tcp_loose): established, unconfirmed;
+    // a FIN or RST on the first packet still counts.
+    let m = Meta {
+        proto,
+        state: TcpState::Established,
+        flags: 0,
+        worker: 0,
+        frontend: 0,
+    };
+    let m = step(m, Dir::Original, tcp & !SYN);
+    (m.state, m.flags)
+}
+
+// ---------------------------------------------------------------------------
+// The table
+// ---------------------------------------------------------------------------
+
+/// The connection-tracking table. See the module docs.
+pub struct Conntrack {
+    /// One record per flow; a flow's slot is its index here.
+    records: Box<[Record]>,
+    /// The index over both keys of every record.
+    buckets: Box<[Bucket]>,
+    /// Insert serialisation, striped by a key's first bucket. 0 = free.
+    stripes: Box<[AtomicU32]>,
+    /// Free slots, sharded to spread contention; slot `s` is returned to shard
+    /// `s % FREE_SHARDS`.
+    free: Box<[Shard]>,
+    /// Where the next `sweep` starts.
+    sweep_cursor: AtomicUsize,
+    counters: Counters,
+    /// Seed of the index hash.
+    seed: u64,
+    timeouts: Timeouts,
+}
+
+impl fmt::Debug for Conntrack {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Conntrack")
+            .field("capacity", &self.capacity())
+            .field("len", &self.len())
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+/// Holds one or two insert stripes; releases them on drop.
+struct StripeGuard<'a> {
+    stripes: &'a [AtomicU32],
+    a: usize,
+    b: usize,
+}
+
+impl Drop for StripeGuard<'_> {
+    fn drop(&mut self) {
+        if self.b != self.a {
+            self.stripes[self.b].store(0, Ordering::Release);
+        }
+        self.stripes[self.a].store(0, Ordering::Release);
+    }
+}
+
+impl Conntrack {
+    /// Largest supported capacity (slots are 31-bit in index entries).
+    pub const MAX_CAPACITY: usize = (u32::MAX >> 1) as usize;
+
+    /// A table for `capacity_flows` flows (at least 1). `seed` keys the index
+    /// hash (any value; a random one per process hardens against collisions
+    /// chosen by clients).
+    ///
+    /// # Panics
+    /// When `capacity_flows > Conntrack::MAX_CAPACITY`.
+    pub fn new(capacity_flows: usize, seed: u64, timeouts: Timeouts) -> Conntrack {
+        assert!(
+            capacity_flows <= Self::MAX_CAPACITY,
+            "conntrack capacity too large"
+        );
+        let cap = capacity_flows.max(1);
+        let records: Box<[Record]> = (0..cap).map(|_| Record::new()).collect();
+        let nbuckets = cap.div_ceil(2).max(2);
+        let buckets: Box<[Bucket]> = (0..nbuckets).map(|_| Bucket::default()).collect();
+        let stripes: Box<[AtomicU32]> = (0..STRIPES).map(|_| AtomicU32::new(0)).collect();
+        // Shard s holds s, s + FREE_SHARDS, ... in ascending order.
+        let mut heads = [0u64; FREE_SHARDS];
+        for slot in (0..cap).rev() {
+            let sh = slot % FREE_SHARDS;
+            records[slot].w[W_GEN].store(heads[sh], Ordering::Relaxed);
+            heads[sh] = slot as u64 + 1;
+        }
+        let free: Box<[Shard]> = heads
+            .iter()
+            .map(|&h| Shard {
+                head: AtomicU64::new(h),
+                used: AtomicI64::new(0),
+            })
+            .collect();
+        Conntrack {
+            records,
+            buckets,
+            stripes,
+            free,
+            sweep_cursor: AtomicUsize::new(0),
+            counters: Counters::default(),
+            seed,
+            timeouts,
+        }
+    }
+
+    /// The maximum number of flows.
+    #[inline]
+    pub fn capacity(&self) -> usize {
+        self.records.len()
+    }
+
+    /// Records in use: live flows, plus expired ones not yet reclaimed by
+    /// [`sweep`](Self::sweep) or an insert, plus inserts in progress. Exact
+    /// when no other thread is writing; otherwise a momentary approximation.
+    pub fn len(&self) -> usize {
+        let n: i64 = self
+            .free
+            .iter()
+            .map(|s| s.used.load(Ordering::Relaxed))
+            .sum();
+        n.max(0) as usize
+    }
+
+    /// True when no record is in use.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Bytes of memory the table occupies (fixed at construction).
+    pub fn memory_bytes(&self) -> usize {
+        std::mem::size_of::<Conntrack>()
+            + std::mem::size_of_val::<[Record]>(&self.records)
+            + std::mem::size_of_val::<[Bucket]>(&self.buckets)
+            + std::mem::size_of_val::<[AtomicU32]>(&self.stripes)
+            + std::mem::size_of_val::<[Shard]>(&self.free)
+    }
+
+    /// The timeouts the table was built with.
+    pub fn timeouts(&self) -> &Timeouts {
+        &self.timeouts
+    }
+
+    /// The rare-event counters.
+    pub fn stats(&self) -> ConntrackStats {
+        let c = &self.counters;
+        ConntrackStats {
+            insert_failures: c.insert_failures.load(Ordering::Relaxed),
+            evictions: c.evictions.load(Ordering::Relaxed),
+            reclaimed: c.reclaimed.load(Ordering::Relaxed),
+            swept: c.swept.load(Ordering::Relaxed),
+            removed: c.removed.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Finds the live, unexpired flow that `key` belongs to, in either
+    /// direction. Lock-free; one hash.
+    #[inline]
+    pub fn lookup(&self, key: &FlowKey, now: u64) -> Option<Hit> {
+        let k = RawKey::new(key);
+        self.find(&k, k.hash(self.seed), now / NS_PER_SEC)
+    }
+
+    /// True when a live, unexpired flow holds `key` in either direction. Used
+    /// to probe SNAT ports: a port is free when no flow holds its reply key.
+    #[inline]
+    pub fn contains_key(&self, key: &FlowKey, now: u64) -> bool {
+        self.lookup(key, now).is_some()
+    }
+
+    /// Same as [`contains_key`](Self::contains_key) (named for SNAT probing).
+    #[inline]
+    pub fn contains_reply_key(&self, key: &FlowKey, now: u64) -> bool {
+        self.contains_key(key, now)
+    }
+
+    /// Tracks a new flow. `flow.orig`, `xlat`, `frontend`, `worker` and
+    /// `validated_gen` are stored; the state, `assured` and the expiry follow
+    /// from the protocol and `first_tcp_flags` (the flags of the packet that
+    /// creates the flow: a SYN opens SYN_SENT, anything else is a mid-stream
+    /// pickup in ESTABLISHED, unconfirmed). Returns the new record as a `Hit`
+    /// in the original direction.
+    pub fn insert(&self, flow: Flow, now: u64, first_tcp_flags: u8) -> Result<Hit, InsertError> {
+        let now_s = now / NS_PER_SEC;
+        let proto = flow.orig.proto;
+        let okey = RawKey::new(&flow.orig);
+        let rkey = RawKey::new(&flow.reply_key());
+        let (oh, rh) = (okey.hash(self.seed), rkey.hash(self.seed));
+        let index_reply = rkey != okey;
+
+        // 1. Cheap lock-free check for the common race (another worker got here first).
+        if let Some(hit) = self.find(&okey, oh, now_s) {
+            return Err(InsertError::Exists(hit));
+        }
+        if let Some(hit) = self.find(&rkey, rh, now_s) {
+            // The same flow may have been published between the two finds.
+            return Err(match self.find(&okey, oh, now_s) {
+                Some(same) => InsertError::Exists(same),
+                None => InsertError::ReplyTaken(hit),
+            });
+        }
+
+        // 2. A slot: free list, else expired/evictable in the window, else a small sweep.
+        let Some(slot) = self.alloc(flow.worker, [oh, rh], now_s) else {
+            self.counters
+                .insert_failures
+                .fetch_add(1, Ordering::Relaxed);
+            return Err(InsertError::Full);
+        };
+
+        // 3. Write the record, PENDING (invisible to lookups, skipped by eviction).
+        let (state, st_flags) = initial(proto, first_tcp_flags);
+        let (kw, fam) = key_words(&flow);
+        let mut meta = Meta {
+            proto,
+            state,
+            flags: st_flags | fam | F_PENDING,
+            worker: flow.worker,
+            frontend: flow.frontend,
+        };
+        let exp = expiry(now, self.timeout_secs(&meta));
+        {
+            let r = &self.records[slot];
+            let s = self.lock(slot);
+            for (i, &v) in kw.iter().enumerate() {
+                r.w[i].store(v, Ordering::Relaxed);
+            }
+            r.w[W_META].store(meta.pack(), Ordering::Relaxed);
+            r.w[W_GEN].store(flow.validated_gen, Ordering::Relaxed);
+            r.expires.store(exp, Ordering::Relaxed);
+            self.unlock(slot, s.wrapping_add(2));
+        }
+
+        // 4. Serialise with other inserts of either key.
+        let _guard = self.lock_stripes(oh, rh);
+
+        // 5. Neither key may be live (expired holders are reclaimed).
+        if let Some(hit) = self.find_reclaim(&okey, oh, now_s) {
+            self.release_pending(slot);
+            return Err(InsertError::Exists(hit));
+        }
+        if index_reply {
+            if let Some(hit) = self.find_reclaim(&rkey, rh, now_s) {
+                self.release_pending(slot);
+                return Err(InsertError::ReplyTaken(hit));
+            }
+        }
+
+        // 6. Index both keys.
+        if !self.place(oh, slot, Dir::Original, now_s) {
+            self.release_pending(slot);
+            self.counters
+                .insert_failures
+                .fetch_add(1, Ordering::Relaxed);
+            return Err(InsertError::Full);
+        }
+        if index_reply && !self.place(rh, slot, Dir::Reply, now_s) {
+            self.unplace(oh, slot, Dir::Original);
+            self.release_pending(slot);
+            self.counters
+                .insert_failures
+                .fetch_add(1, Ordering::Relaxed);
+            return Err(InsertError::Full);
+        }
+
+        // 7. Publish.
+        meta.flags = (meta.flags & !F_PENDING) | F_LIVE;
+        let r = &self.records[slot];
+        let s = self.lock(slot);
+        r.w[W_META].store(meta.pack(), Ordering::Relaxed);
+        let seq = s.wrapping_add(2);
+        self.unlock(slot, seq);
+
+        let mut w = [0u64; WORDS];
+        w[..KEY_WORDS].copy_from_slice(&kw);
+        w[W_META] = meta.pack();
+        w[W_GEN] = flow.validated_gen;
+        Ok(Snap { seq, exp, w }.hit(slot, Dir::Original))
+    }
+
+    /// Advances the flow of `hit` for a packet travelling in `hit.dir` with
+    /// `tcp_flags` (0 for non-TCP): TCP state, confirmation on a reply, expiry.
+    /// Uses `hit.slot` directly (no hashing). Returns the new TCP state, or
+    /// `None` when the flow was removed or replaced since `hit` was read (treat
+    /// like a lookup miss). Stores nothing when nothing changes but the expiry
+    /// by less than a second or 1/256 of the timeout.
+    #[inline]
+    pub fn update(&self, hit: &Hit, now: u64, tcp_flags: u8) -> Option<TcpState> {
+        let slot = hit.slot as usize;
+        let r = self.records.get(slot)?;
+        let old = Meta {
+            proto: hit.flow.orig.proto,
+            state: hit.flow.state,
+            flags: hit.flags,
+            worker: hit.flow.worker,
+            frontend: hit.flow.frontend,
+        };
+        let old_exp = (hit.flow.expires / NS_PER_SEC) as u32;
+        let new = step(old, hit.dir, tcp_flags);
+        let t = self.timeout_secs(&new);
+        let exp = expiry(now, t);
+        if new == old && !refresh_due(old_exp, exp, t) {
+            return Some(new.state);
+        }
+        self.update_slow(r, slot, hit, now, tcp_flags)
+    }
+
+    #[cold]
+    fn update_slow(
+        &self,
+        r: &Record,
+        slot: usize,
+        hit: &Hit,
+        now: u64,
+        tcp_flags: u8,
+    ) -> Option<TcpState> {
+        let s = self.lock(slot);
+        if s != hit.seq && !self.same_flow_locked(slot, hit) {
+            self.unlock(slot, s);
+            return None;
+        }
+        let cur = Meta::unpack(r.w[W_META].load(Ordering::Relaxed));
+        let cur_exp = r.expires.load(Ordering::Relaxed);
+        let new = step(cur, hit.dir, tcp_flags);
+        let t = self.timeout_secs(&new);
+        let exp = expiry(now, t);
+        let mut changed = false;
+        if new != cur {
+            r.w[W_META].store(new.pack(), Ordering::Relaxed);
+            changed = true;
+        }
+        // A state change may shorten the timeout (RST), so store any new value then.
+        if (changed && exp != cur_exp) || refresh_due(cur_exp, exp, t) {
+            r.expires.store(exp, Ordering::Relaxed);
+            changed = true;
+        }
+        self.unlock(slot, if changed { s.wrapping_add(2) } else { s });
+        Some(new.state)
+    }
+
+    /// Records that the flow of `hit` was found valid against table generation
+    /// `gen`. Returns false when the flow is gone (the slot is not touched).
+    pub fn set_validated(&self, hit: &Hit, gen: u64) -> bool {
+        let slot = hit.slot as usize;
+        let Some(r) = self.records.get(slot) else {
+            return false;
+        };
+        let s = self.lock(slot);
+        if s != hit.seq && !self.same_flow_locked(slot, hit) {
+            self.unlock(slot, s);
+            return false;
+        }
+        r.w[W_GEN].store(gen, Ordering::Relaxed);
+        self.unlock(slot, s.wrapping_add(2));
+        true
+    }
+
+    /// Deletes the flow of `hit` at once (both keys). Returns false when it was
+    /// already gone or replaced (then nothing is touched).
+    pub fn remove(&self, hit: &Hit) -> bool {
+        let slot = hit.slot as usize;
+        if slot >= self.records.len() {
+            return false;
+        }
+        let s = self.lock(slot);
+        if s != hit.seq && !self.same_flow_locked(slot, hit) {
+            self.unlock(slot, s);
+            return false;
+        }
+        let snap = self.copy_locked(slot, s);
+        self.free_locked(slot, &snap);
+        self.push(slot);
+        self.counters.removed.fetch_add(1, Ordering::Relaxed);
+        true
+    }
+
+    /// Looks `key` up and removes its flow. Returns whether one was removed.
+    pub fn remove_key(&self, key: &FlowKey, now: u64) -> bool {
+        match self.lookup(key, now) {
+            Some(hit) => self.remove(&hit),
+            None => false,
+        }
+    }
+
+    /// Walks up to `budget` slots from a shared cursor and frees the expired
+    /// records among them (their keys and SNAT ports become free). Returns how
+    /// many it freed. Concurrent sweepers walk disjoint ranges; a `budget` of
+    /// `capacity()` covers the whole table once.
+    pub fn sweep(&self, now: u64, budget: usize) -> usize {
+        let freed = self.sweep_secs(now / NS_PER_SEC, budget);
+        if freed > 0 {
+            self.counters
+                .swept
+                .fetch_add(freed as u64, Ordering::Relaxed);
+        }
+        freed
+    }
+
+    /// Calls `f` with a consistent copy of every live, unexpired flow. Flows
+    /// inserted or removed during the walk may or may not be seen.
+    pub fn for_each(&self, now: u64, mut f: impl FnMut(&Flow)) {
+        let now_s = now / NS_PER_SEC;
+        for (slot, r) in self.records.iter().enumerate() {
+            if flags_of(r.w[W_META].load(Ordering::Relaxed)) & F_LIVE == 0 {
+                continue;
+            }
+            let snap = self.read(slot);
+            if snap.live() && !snap.expired(now_s) {
+                f(&snap.flow());
+            }
+        }
+    }
+
+    // -- internals ----------------------------------------------------------
+
+    fn timeout_secs(&self, m: &Meta) -> u32 {
+        let t = &self.timeouts;
+        let assured = m.flags & F_ASSURED != 0;
+        match m.proto {
+            PROTO_TCP => match m.state {
+                TcpState::SynSent => t.tcp_syn_sent,
+                TcpState::SynRecv => t.tcp_syn_recv,
+                TcpState::Established if assured => t.tcp_established,
+                TcpState::Established | TcpState::None => t.tcp_unacknowledged,
+                TcpState::Closing => t.tcp_closing,
+                TcpState::TimeWait => t.tcp_time_wait,
+                TcpState::Close => t.tcp_close,
+            },
+            PROTO_UDP if assured => t.udp_stream,
+            PROTO_UDP => t.udp,
+            PROTO_SCTP if assured => t.sctp_established,
+            PROTO_SCTP => t.sctp,
+            PROTO_ICMP | PROTO_ICMPV6 => t.icmp,
+            _ => t.generic,
+        }
+    }
+
+    /// The two buckets of a hash.
+    #[inline]
+    fn buckets_of(&self, h: u64) -> [usize; 2] {
+        let n = self.buckets.len() as u64;
+        let b1 = (((h >> 32) * n) >> 32) as usize;
+        let h2 = h.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32;
+        let mut b2 = ((h2 * n) >> 32) as usize;
+        if b2 == b1 {
+            b2 = (b1 + 1) % n as usize;
+        }
+        [b1, b2]
+    }
+
+    /// Seqlock read of a record (see the module docs).
+    #[inline]
+    fn read(&self, slot: usize) -> Snap {
+        let r = &self.records[slot];
+        let mut spins = 0;
+        loop {
+            let s1 = r.seq.load(Ordering::Acquire);
+            if s1 & 1 == 0 {
+                let exp = r.expires.load(Ordering::Relaxed);
+                let w: [u64; WORDS] = std::array::from_fn(|i| r.w[i].load(Ordering::Relaxed));
+                fence(Ordering::Acquire);
+                if r.seq.load(Ordering::Relaxed) == s1 {
+                    return Snap { seq: s1, exp, w };
+                }
+            }
+            backoff(&mut spins);
+        }
+    }
+
+    /// Takes a record's write lock; returns the (even) sequence it had.
+    #[inline]
+    fn lock(&self, slot: usize) -> u32 {
+        let r = &self.records[slot];
+        let mut spins = 0;
+        loop {
+            let s = r.seq.load(Ordering::Relaxed);
+            if s & 1 == 0
+                && r.seq
+                    .compare_exchange_weak(s, s | 1, Ordering::Acquire, Ordering::Relaxed)
+                    .is_ok()
+            {
+                fence(Ordering::Release);
+                return s;
+            }
+            backoff(&mut spins);
+        }
+    }
+
+    /// Takes a record's write lock only if it is still at sequence `s`.
+    #[inline]
+    fn try_lock_at(&self, slot: usize, s: u32) -> bool {
+        let ok = self.records[slot]
+            .seq
+            .compare_exchange(s, s | 1, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok();
+        if ok {
+            fence(Ordering::Release);
+        }
+        ok
+    }
+
+    /// Releases a record's write lock with sequence `s` (the locked value + 1
+    /// when something was written, the value before locking otherwise).
+    #[inline]
+    fn unlock(&self, slot: usize, s: u32) {
+        self.records[slot].seq.store(s, Ordering::Release);
+    }
+
+    /// Under the record lock: does `slot` still hold the live flow of `hit`?
+    fn same_flow_locked(&self, slot: usize, hit: &Hit) -> bool {
+        let r = &self.records[slot];
+        let m = Meta::unpack(r.w[W_META].load(Ordering::Relaxed));
+        if m.flags & F_LIVE == 0 || m.proto != hit.flow.orig.proto {
+            return false;
+        }
+        let (kw, _) = key_words(&hit.flow);
+        kw.iter()
+            .enumerate()
+            .all(|(i, &v)| r.w[i].load(Ordering::Relaxed) == v)
+    }
+
+    /// Under the record lock (taken at even `s`): the record's contents.
+    fn copy_locked(&self, slot: usize, s: u32) -> Snap {
+        let r = &self.records[slot];
+        Snap {
+            seq: s,
+            exp: r.expires.load(Ordering::Relaxed),
+            w: std::array::from_fn(|i| r.w[i].load(Ordering::Relaxed)),
+        }
+    }
+
+    /// Under the record lock (taken at `snap.seq`): un-index and free the
+    /// record, then release the lock. The caller pushes the slot or reuses it.
+    fn free_locked(&self, slot: usize, snap: &Snap) {
+        let ok = snap.orig_key();
+        let rk = snap.reply_key();
+        self.unplace(ok.hash(self.seed), slot, Dir::Original);
+        if rk != ok {
+            self.unplace(rk.hash(self.seed), slot, Dir::Reply);
+        }
+        self.records[slot].w[W_META].store(0, Ordering::Relaxed);
+        self.unlock(slot, snap.seq.wrapping_add(2));
+    }
+
+    /// Frees the record if it is still exactly `snap`.
+    fn try_free(&self, slot: usize, snap: &Snap) -> bool {
+        if !self.try_lock_at(slot, snap.seq) {
+            return false;
+        }
+        self.free_locked(slot, snap);
+        true
+    }
+
+    /// Returns an unpublished (PENDING) record to the free list.
+    fn release_pending(&self, slot: usize) {
+        let s = self.lock(slot);
+        self.records[slot].w[W_META].store(0, Ordering::Relaxed);
+        self.unlock(slot, s.wrapping_add(2));
+        self.push(slot);
+    }
+
+    /// Lock-free lookup by raw key.
+    #[inline]
+    fn find(&self, key: &RawKey, h: u64, now_s: u64) -> Option<Hit> {
+        let tag = tag_of(h);
+        for b in self.buckets_of(h) {
+            let bucket = &self.buckets[b].0;
+            // Branch-free tag match over the line; usually one bit or none.
+            let mut m = tag_mask(bucket, tag);
+            while m != 0 {
+                let v = bucket[m.trailing_zeros() as usize].load(Ordering::Acquire);
+                m &= m - 1;
+                if (v >> 32) as u32 != tag {
+                    continue; // changed since the scan
+                }
+                let (slot, dir) = (entry_slot(v), entry_dir(v));
+                let snap = self.read(slot);
+                if snap.live() && snap.key(dir) == *key && !snap.expired(now_s) {
+                    return Some(snap.hit(slot, dir));
+                }
+            }
+        }
+        None
+    }
+
+    /// Like `find`, but frees expired records holding `key` (insert, under the
+    /// key's stripe).
+    fn find_reclaim(&self, key: &RawKey, h: u64, now_s: u64) -> Option<Hit> {
+        let tag = tag_of(h);
+        for b in self.buckets_of(h) {
+            for e in &self.buckets[b].0 {
+                let v = e.load(Ordering::Acquire);
+                if (v >> 32) as u32 != tag {
+                    continue;
+                }
+                let (slot, dir) = (entry_slot(v), entry_dir(v));
+                loop {
+                    let snap = self.read(slot);
+                    if !snap.live() || snap.key(dir) != *key {
+                        break;
+                    }
+                    if !snap.expired(now_s) {
+                        return Some(snap.hit(slot, dir));
+                    }
+                    if self.try_free(slot, &snap) {
+                        self.push(slot);
+                        self.counters.reclaimed.fetch_add(1, Ordering::Relaxed);
+                        break;
+                    }
+                    // Changed under us (refreshed?): judge it again.
+                }
+            }
+        }
+        None
+    }
+
+    /// Adds the index entry of (`slot`, `dir`) for hash `h`; frees an expired
+    /// or evictable record from the two buckets when both are full.
+    fn place(&self, h: u64, slot: usize, dir: Dir, now_s: u64) -> bool {
+        let v = entry(tag_of(h), slot, dir);
+        let [b1, b2] = self.buckets_of(h);
+        for _ in 0..4 {
+            let used = |b: usize| {
+                self.buckets[b]
+                    .0
+                    .iter()
+                    .filter(|e| e.load(Ordering::Relaxed) != 0)
+                    .count()
+            };
+            let order = if used(b2) < used(b1) {
+                [b2, b1]
+            } else {
+                [b1, b2]
+            };
+            for b in order {
+                for e in &self.buckets[b].0 {
+                    if e.load(Ordering::Relaxed) == 0
+                        && e.compare_exchange(0, v, Ordering::Release, Ordering::Relaxed)
+                            .is_ok()
+                    {
+                        return true;
+                    }
+                }
+            }
+            match self.evict_from(&[b1, b2], now_s, slot) {
+                Some(victim) => self.push(victim),
+                None => return false,
+            }
+        }
+        false
+    }
+
+    /// Removes the index entry of (`slot`, `dir`) for hash `h`, if present.
+    fn unplace(&self, h: u64, slot: usize, dir: Dir) {
+        let v = entry(tag_of(h), slot, dir);
+        for b in self.buckets_of(h) {
+            for e in &self.buckets[b].0 {
+                if e.load(Ordering::Relaxed) == v {
+                    let _ = e.compare_exchange(v, 0, Ordering::Release, Ordering::Relaxed);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// A slot for a new record, owned by the caller.
+    fn alloc(&self, worker: u8, hashes: [u64; 2], now_s: u64) -> Option<usize> {
+        let [o1, o2] = self.buckets_of(hashes[0]);
+        let [r1, r2] = self.buckets_of(hashes[1]);
+        let window = [o1, o2, r1, r2];
+        for _ in 0..4 {
+            if let Some(s) = self.pop(worker) {
+                return Some(s);
+            }
+            if let Some(s) = self.evict_from(&window, now_s, usize::MAX) {
+                return Some(s);
+            }
+            if self.sweep_secs(now_s, MINI_SWEEP) > 0 {
+                continue;
+            }
+            return None;
+        }
+        None
+    }
+
+    /// Frees the best victim referenced from `buckets` (an expired record, else
+    /// the evictable one expiring first; never `exclude`) and returns its slot,
+    /// not pushed. `None` when every referenced record is confirmed and live.
+    fn evict_from(&self, buckets: &[usize], now_s: u64, exclude: usize) -> Option<usize> {
+        for _ in 0..4 {
+            // (expired first, then earliest expiry), slot, copy
+            let mut best: Option<((bool, u32), usize, Snap)> = None;
+            for &b in buckets {
+                for e in &self.buckets[b].0 {
+                    let v = e.load(Ordering::Acquire);
+                    if v == 0 || entry_slot(v) == exclude {
+                        continue;
+                    }
+                    let slot = entry_slot(v);
+                    let snap = self.read(slot);
+                    if !snap.live() {
+                        continue;
+                    }
+                    let expired = snap.expired(now_s);
+                    if !expired && !snap.meta().evictable() {
+                        continue;
+                    }
+                    let rank = (!expired, snap.exp);
+                    if best.as_ref().is_none_or(|(r, _, _)| rank < *r) {
+                        best = Some((rank, slot, snap));
+                    }
+                }
+            }
+            let ((not_expired, _), slot, snap) = best?;
+            if self.try_free(slot, &snap) {
+                let c = if not_expired {
+                    &self.counters.evictions
+                } else {
+                    &self.counters.reclaimed
+                };
+                c.fetch_add(1, Ordering::Relaxed);
+                return Some(slot);
+            }
+        }
+        None
+    }
+
+    fn sweep_secs(&self, now_s: u64, budget: usize) -> usize {
+        let cap = self.records.len();
+        let n = budget.min(cap);
+        if n == 0 {
+            return 0;
+        }
+        let start = self.sweep_cursor.fetch_add(n, Ordering::Relaxed) % cap;
+        let mut freed = 0;
+        for i in 0..n {
+            let slot = (start + i) % cap;
+            let r = &self.records[slot];
+            // Unsynchronised pre-filter; the decision is made on a seqlock copy.
+            if flags_of(r.w[W_META].load(Ordering::Relaxed)) & F_LIVE == 0
+                || now_s < r.expires.load(Ordering::Relaxed) as u64
+            {
+                continue;
+            }
+            let snap = self.read(slot);
+            if snap.live() && snap.expired(now_s) && self.try_free(slot, &snap) {
+                self.push(slot);
+                freed += 1;
+            }
+        }
+        freed
+    }
+
+    /// Takes the insert stripes of both keys, in ascending order.
+    fn lock_stripes(&self, h1: u64, h2: u64) -> StripeGuard<'_> {
+        let s1 = self.buckets_of(h1)[0] % STRIPES;
+        let s2 = self.buckets_of(h2)[0] % STRIPES;
+        let (a, b) = (s1.min(s2), s1.max(s2));
+        self.lock_stripe(a);
+        if b != a {
+            self.lock_stripe(b);
+        }
+        StripeGuard {
+            stripes: &self.stripes,
+            a,
+            b,
+        }
+    }
+
+    fn lock_stripe(&self, i: usize) {
+        let mut spins = 0;
+        while self.stripes[i]
+            .compare_exchange_weak(0, 1, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            backoff(&mut spins);
+        }
+    }
+
+    fn pop(&self, worker: u8) -> Option<usize> {
+        let n = self.free.len();
+        let start = worker as usize % n;
+        (0..n).find_map(|i| self.pop_shard(&self.free[(start + i) % n]))
+    }
+
+    fn pop_shard(&self, sh: &Shard) -> Option<usize> {
+        let mut h = sh.head.load(Ordering::Acquire);
+        loop {
+            let top = h as u32;
+            if top == 0 {
+                return None;
+            }
+            let slot = (top - 1) as usize;
+            // May be stale if `slot` was popped meanwhile; the ABA counter
+            // makes the CAS fail then.
+            let next = self.records[slot].w[W_GEN].load(Ordering::Relaxed) as u32;
+            let new = ((h >> 32).wrapping_add(1) << 32) | next as u64;
+            match sh
+                .head
+                .compare_exchange_weak(h, new, Ordering::Acquire, Ordering::Acquire)
+            {
+                Ok(_) => {
+                    sh.used.fetch_add(1, Ordering::Relaxed);
+                    return Some(slot);
+                }
+                Err(cur) => h = cur,
+            }
+        }
+    }
+
+    fn push(&self, slot: usize) {
+        let sh = &self.free[slot % self.free.len()];
+        let mut h = sh.head.load(Ordering::Relaxed);
+        loop {
+            self.records[slot].w[W_GEN].store(h as u32 as u64, Ordering::Relaxed);
+            let new = ((h >> 32).wrapping_add(1) << 32) | (slot as u64 + 1);
+            match sh
+                .head
+                .compare_exchange_weak(h, new, Ordering::Release, Ordering::Relaxed)
+            {
+                Ok(_) => {
+                    sh.used.fetch_sub(1, Ordering::Relaxed);
+                    return;
+                }
+                Err(cur) => h = cur,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tcp_flags::{ACK, FIN, RST, SYN};
+    use super::*;
+
+    const S: u64 = NS_PER_SEC;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn key(src: &str, sport: u16, dst: &str, dport: u16, proto: u8) -> FlowKey {
+        FlowKey {
+            src: ip(src),
+            dst: ip(dst),
+            sport,
+            dport,
+            proto,
+        }
+    }
+
+    /// client:sport -> 10.96.0.10:80 translated to 192.168.0.1:sport' -> 10.0.0.2:8080.
+    fn flow(client_port: u16, proto: u8) -> Flow {
+        Flow::new(
+            key("198.18.0.1", client_port, "10.96.0.10", 80, proto),
+            key(
+                "192.168.0.1",
+                40000 + (client_port % 20000),
+                "10.0.0.2",
+                8080,
+                proto,
+            ),
+            3,
+            1,
+            7,
+        )
+    }
+
+    fn ct(cap: usize) -> Conntrack {
+        Conntrack::new(cap, 0x1234, Timeouts::default())
+    }
+
+    #[test]
+    fn layout_is_128_bytes_per_flow() {
+        assert_eq!(std::mem::size_of::<Record>(), 96);
+        assert_eq!(std::mem::size_of::<Bucket>(), 64);
+        let t = ct(1_000_000);
+        let per_flow = (t.memory_bytes() as f64) / 1e6;
+        assert!(per_flow <= 128.1, "{per_flow} bytes per flow");
+        assert!(t.memory_bytes() <= 128 << 20);
+        assert!(std::mem::size_of::<Hit>() <= 120);
+        fn sync<T: Send + Sync>() {}
+        sync::<Conntrack>();
+    }
+
+    #[test]
+    fn lookup_both_directions() {
+        let t = ct(64);
+        let f = flow(1000, PROTO_TCP);
+        let hit = t.insert(f, S, SYN).unwrap();
+        assert_eq!(hit.dir, Dir::Original);
+        assert_eq!(hit.flow.orig, f.orig);
+        assert_eq!(hit.flow.xlat, f.xlat);
+        assert_eq!(
+            (hit.flow.frontend, hit.flow.worker, hit.flow.validated_gen),
+            (3, 1, 7)
+        );
+        assert_eq!(hit.flow.state, TcpState::SynSent);
+        let o = t.lookup(&f.orig, S).unwrap();
+        assert_eq!((o.slot, o.dir, o.flow), (hit.slot, Dir::Original, hit.flow));
+        let r = t.lookup(&f.reply_key(), S).unwrap();
+        assert_eq!((r.slot, r.dir), (hit.slot, Dir::Reply));
+        assert!(t.lookup(&f.orig.reversed(), S).is_none());
+        assert!(t.contains_reply_key(&f.reply_key(), S));
+        assert_eq!(t.len(), 1);
+    }
+
+    #[test]
+    fn ipv6_roundtrip() {
+        let t = ct(16);
+        let f = Flow::new(
+            key("2001:db8::1", 5000, "fd00::10", 443, PROTO_TCP),
+            key("2001:db8::ffff", 41000, "fd00:1::2", 8443, PROTO_TCP),
+            9,
+            0,
+            1,
+        );
+        t.insert(f, 0, SYN).unwrap();
+        let h = t.lookup(&f.reply_key(), 0).unwrap();
+        assert_eq!(h.flow.orig, f.orig);
+        assert_eq!(h.flow.xlat, f.xlat);
+        // An IPv4-mapped IPv6 address is not the IPv4 address.
+        let mapped = key(
+            "::ffff:198.18.0.1",
+            1000,
+            "::ffff:10.96.0.10",
+            80,
+            PROTO_TCP,
+        );
+        let t2 = ct(16);
+        t2.insert(flow(1000, PROTO_TCP), 0, SYN).unwrap();
+        assert!(t2.lookup(&mapped, 0).is_none());
+    }
+
+    #[test]
+    fn duplicate_insert_and_reply_clash() {
+        let t = ct(64);
+        let f = flow(1000, PROTO_UDP);
+        let a = t.insert(f, 0, 0).unwrap();
+        match t.insert(f, 0, 0) {
+            Err(InsertError::Exists(h)) => assert_eq!(h.slot, a.slot),
+            other => panic!("{other:?}"),
+        }
+        // Another client, same translated tuple: reply key taken.
+        let mut g = f;
+        g.orig.sport = 1001;
+        match t.insert(g, 0, 0) {
+            Err(InsertError::ReplyTaken(h)) => assert_eq!((h.slot, h.dir), (a.slot, Dir::Reply)),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(t.len(), 1);
+    }
+
+    #[test]
+    fn udp_unreplied_30s_assured_120s() {
+        let t = ct(64);
+        let f = flow(1000, PROTO_UDP);
+        let h = t.insert(f, 0, 0).unwrap();
+        assert!(!h.flow.assured);
+        assert_eq!(h.flow.expires, 30 * S);
+        assert!(t.lookup(&f.orig, 30 * S - 1).is_some());
+        assert!(t.lookup(&f.orig, 30 * S).is_none());
+
+        let u = flow(1001, PROTO_UDP);
+        t.insert(u, 0, 0).unwrap();
+        let r = t.lookup(&u.reply_key(), 10 * S).unwrap();
+        assert_eq!(t.update(&r, 10 * S, 0), Some(TcpState::None));
+        let h = t.lookup(&u.orig, 10 * S).unwrap();
+        assert!(h.flow.assured);
+        assert_eq!(h.flow.expires, 130 * S);
+        assert!(t.lookup(&u.orig, 129 * S).is_some());
+        assert!(t.lookup(&u.orig, 130 * S).is_none());
+    }
+
+    #[test]
+    fn icmp_and_sctp_and_generic_timeouts() {
+        let t = ct(64);
+        let i = t.insert(flow(1, PROTO_ICMP), 0, 0).unwrap();
+        assert_eq!(i.flow.expires, 30 * S);
+        let s = t.insert(flow(2, PROTO_SCTP), 0, 0).unwrap();
+        assert_eq!(s.flow.expires, 30 * S);
+        let r = t.lookup(&flow(2, PROTO_SCTP).reply_key(), S).unwrap();
+        t.update(&r, S, 0);
+        assert_eq!(
+            t.lookup(&flow(2, PROTO_SCTP).orig, S).unwrap().flow.expires,
+            211 * S
+        );
+        let g = t.insert(flow(3, 47), 0, 0).unwrap();
+        assert_eq!(g.flow.expires, 600 * S);
+    }
+
+    /// Drives one packet through lookup + update and returns the new state.
+    fn pkt(t: &Conntrack, f: &Flow, dir: Dir, now: u64, flags: u8) -> TcpState {
+        let k = if dir == Dir::Original {
+            f.orig
+        } else {
+            f.reply_key()
+        };
+        let h = t.lookup(&k, now).expect("tracked");
+        assert_eq!(h.dir, dir);
+        t.update(&h, now, flags).expect("still there")
+    }
+
+    fn exp_of(t: &Conntrack, f: &Flow, now: u64) -> u64 {
+        t.lookup(&f.orig, now).unwrap().flow.expires
+    }
+
+    #[test]
+    fn tcp_handshake_established_and_fin_fin_time_wait() {
+        let t = ct(64);
+        let f = flow(2000, PROTO_TCP);
+        let h = t.insert(f, 0, SYN).unwrap();
+        assert_eq!((h.flow.state, h.flow.expires), (TcpState::SynSent, 120 * S));
+        assert_eq!(pkt(&t, &f, Dir::Reply, S, SYN | ACK), TcpState::SynRecv);
+        assert_eq!(exp_of(&t, &f, S), 61 * S);
+        assert!(!t.lookup(&f.orig, S).unwrap().flow.assured);
+        assert_eq!(
+            pkt(&t, &f, Dir::Original, 2 * S, ACK),
+            TcpState::Established
+        );
+        let h = t.lookup(&f.orig, 2 * S).unwrap();
+        assert!(h.flow.assured);
+        assert_eq!(h.flow.expires, (2 + 86_400) * S);
+        assert_eq!(pkt(&t, &f, Dir::Reply, 3 * S, ACK), TcpState::Established);
+        assert_eq!(
+            pkt(&t, &f, Dir::Original, 4 * S, FIN | ACK),
+            TcpState::Closing
+        );
+        assert_eq!(exp_of(&t, &f, 4 * S), 124 * S);
+        assert_eq!(pkt(&t, &f, Dir::Reply, 5 * S, ACK), TcpState::Closing);
+        assert_eq!(
+            pkt(&t, &f, Dir::Reply, 6 * S, FIN | ACK),
+            TcpState::TimeWait
+        );
+        assert_eq!(exp_of(&t, &f, 6 * S), 126 * S);
+        // The last ACK refreshes TIME_WAIT (as in nf_conntrack).
+        assert_eq!(pkt(&t, &f, Dir::Original, 7 * S, ACK), TcpState::TimeWait);
+        assert!(t.lookup(&f.orig, 127 * S - 1).is_some());
+        assert!(t.lookup(&f.orig, 127 * S).is_none());
+    }
+
+    #[test]
+    fn tcp_rst_is_short_and_syn_reopens() {
+        let t = ct(64);
+        let f = flow(3000, PROTO_TCP);
+        t.insert(f, 0, SYN).unwrap();
+        pkt(&t, &f, Dir::Reply, 0, SYN | ACK);
+        pkt(&t, &f, Dir::Original, 0, ACK);
+        assert_eq!(pkt(&t, &f, Dir::Reply, 100 * S, RST), TcpState::Close);
+        assert_eq!(exp_of(&t, &f, 100 * S), 110 * S);
+        // Port reuse: a new SYN from the client reopens the record, unconfirmed.
+        assert_eq!(pkt(&t, &f, Dir::Original, 105 * S, SYN), TcpState::SynSent);
+        let h = t.lookup(&f.orig, 105 * S).unwrap();
+        assert!(!h.flow.assured);
+        assert_eq!(h.flow.expires, 225 * S);
+        // ... and from TIME_WAIT too.
+        pkt(&t, &f, Dir::Reply, 106 * S, SYN | ACK);
+        pkt(&t, &f, Dir::Original, 106 * S, ACK);
+        pkt(&t, &f, Dir::Original, 107 * S, FIN);
+        assert_eq!(
+            pkt(&t, &f, Dir::Reply, 107 * S, FIN | ACK),
+            TcpState::TimeWait
+        );
+        assert_eq!(pkt(&t, &f, Dir::Original, 108 * S, SYN), TcpState::SynSent);
+        // A SYN on an established flow changes nothing.
+        pkt(&t, &f, Dir::Reply, 108 * S, SYN | ACK);
+        pkt(&t, &f, Dir::Original, 108 * S, ACK);
+        assert_eq!(
+            pkt(&t, &f, Dir::Original, 109 * S, SYN),
+            TcpState::Established
+        );
+        // RST expires after 10 s.
+        pkt(&t, &f, Dir::Original, 110 * S, RST);
+        assert!(t.lookup(&f.orig, 119 * S).is_some());
+        assert!(t.lookup(&f.orig, 120 * S).is_none());
+    }
+
+    #[test]
+    fn tcp_midstream_pickup_confirmed_by_reply() {
+        let t = ct(64);
+        let f = flow(4000, PROTO_TCP);
+        let h = t.insert(f, 0, ACK).unwrap();
+        assert_eq!(
+            (h.flow.state, h.flow.assured, h.flow.expires),
+            (TcpState::Established, false, 300 * S)
+        );
+        assert_eq!(pkt(&t, &f, Dir::Reply, S, ACK), TcpState::Established);
+        let h = t.lookup(&f.orig, S).unwrap();
+        assert!(h.flow.assured);
+        assert_eq!(h.flow.expires, (1 + 86_400) * S);
+    }
+
+    #[test]
+    fn established_refresh_is_rate_limited() {
+        let t = ct(64);
+        let f = flow(4500, PROTO_TCP);
+        t.insert(f, 0, SYN).unwrap();
+        pkt(&t, &f, Dir::Reply, 0, SYN | ACK);
+        pkt(&t, &f, Dir::Original, 0, ACK);
+        let h = t.lookup(&f.orig, 0).unwrap();
+        // 86400 >> 8 = 337 s: earlier refreshes store nothing.
+        assert_eq!(t.update(&h, 100 * S, ACK), Some(TcpState::Established));
+        let h2 = t.lookup(&f.orig, 100 * S).unwrap();
+        assert_eq!((h2.seq, h2.flow.expires), (h.seq, 86_400 * S));
+        t.update(&h2, 400 * S, ACK);
+        assert_eq!(exp_of(&t, &f, 400 * S), (400 + 86_400) * S);
+    }
+
+    #[test]
+    fn remove_and_stale_hits() {
+        let t = ct(8);
+        let f = flow(5000, PROTO_UDP);
+        let h = t.insert(f, 0, 0).unwrap();
+        assert!(t.remove(&h));
+        assert!(t.lookup(&f.orig, 0).is_none());
+        assert!(t.lookup(&f.reply_key(), 0).is_none());
+        assert_eq!(t.len(), 0);
+        assert!(!t.remove(&h));
+        assert_eq!(
+            t.update(&h, 0, 0),
+            Some(TcpState::None),
+            "no-op refresh stores nothing"
+        );
+        assert_eq!(
+            t.update(&h, 40 * S, 0),
+            None,
+            "a refresh on a gone flow is refused"
+        );
+        assert!(!t.set_validated(&h, 9));
+        // Reuse the slot for another flow: the stale hit must not touch it.
+        let g = flow(5001, PROTO_UDP);
+        let hg = t.insert(g, 0, 0).unwrap();
+        assert!(!t.remove(&h));
+        assert!(!t.set_validated(&h, 99));
+        assert_eq!(t.update(&h, 40 * S, 0), None);
+        let now = t.lookup(&g.orig, 0).unwrap();
+        assert_eq!(now.flow, hg.flow);
+        assert!(t.set_validated(&now, 42));
+        assert_eq!(t.lookup(&g.orig, 0).unwrap().flow.validated_gen, 42);
+        assert_eq!(t.stats().removed, 1);
+        assert!(t.remove_key(&g.reply_key(), 0));
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn sweep_returns_counts_to_zero() {
+        let t = ct(1000);
+        for p in 0..500 {
+            t.insert(flow(p, PROTO_UDP), 0, 0).unwrap();
+        }
+        assert_eq!(t.len(), 500);
+        assert_eq!(t.sweep(10 * S, 1000), 0);
+        let mut seen = 0;
+        t.for_each(10 * S, |_| seen += 1);
+        assert_eq!(seen, 500);
+        // Expired but not swept: invisible, still counted.
+        assert!(t.lookup(&flow(1, PROTO_UDP).orig, 30 * S).is_none());
+        assert!(!t.contains_reply_key(&flow(1, PROTO_UDP).reply_key(), 30 * S));
+        let mut freed = 0;
+        for _ in 0..10 {
+            freed += t.sweep(30 * S, 100);
+        }
+        assert_eq!(freed, 500);
+        assert_eq!(t.len(), 0);
+        assert_eq!(t.stats().swept, 500);
+        // Every slot is usable again.
+        for p in 0..1000 {
+            t.insert(flow(p, PROTO_UDP), 40 * S, 0).unwrap();
+        }
+        assert_eq!(t.len(), 1000);
+    }
+
+    #[test]
+    fn expired_key_is_reclaimed_by_insert() {
+        let t = ct(8);
+        let f = flow(6000, PROTO_UDP);
+        let a = t.insert(f, 0, 0).unwrap();
+        let b = t.insert(f, 31 * S, 0).unwrap();
+        assert_eq!(t.len(), 1);
+        assert_eq!(t.stats().reclaimed, 1);
+        assert_eq!(b.flow.expires, 61 * S);
+        assert!(t.update(&a, 31 * S, 0).is_none() || a.slot == b.slot);
+    }
+
+    fn established(t: &Conntrack, f: &Flow, now: u64) {
+        t.insert(*f, now, SYN).unwrap();
+        pkt(t, f, Dir::Reply, now, SYN | ACK);
+        pkt(t, f, Dir::Original, now, ACK);
+    }
+
+    #[test]
+    fn full_of_established_refuses_syn_flood() {
+        let t = ct(64);
+        let flows: Vec<Flow> = (0..64).map(|p| flow(p, PROTO_TCP)).collect();
+        for f in &flows {
+            established(&t, f, 0);
+        }
+        assert_eq!(t.len(), 64);
+        for p in 100..400 {
+            assert_eq!(t.insert(flow(p, PROTO_TCP), S, SYN), Err(InsertError::Full));
+        }
+        for f in &flows {
+            assert_eq!(
+                t.lookup(&f.orig, S).unwrap().flow.state,
+                TcpState::Established
+            );
+        }
+        let st = t.stats();
+        assert_eq!((st.insert_failures, st.evictions), (300, 0));
+        // Once they expire, the space comes back without a sweep.
+        t.insert(flow(500, PROTO_TCP), 86_402 * S, SYN).unwrap();
+    }
+
+    #[test]
+    fn full_of_unconfirmed_evicts_the_oldest_in_window() {
+        let t = ct(64);
+        for p in 0..64u16 {
+            // Older flows expire earlier.
+            t.insert(flow(p, PROTO_TCP), p as u64 * S, SYN).unwrap();
+        }
+        let now = 100 * S;
+        let mut before = Vec::new();
+        t.for_each(now, |f| before.push(*f));
+        let f = flow(1000, PROTO_TCP);
+        t.insert(f, now, SYN).unwrap();
+        assert_eq!(t.len(), 64);
+        assert_eq!(t.stats().evictions, 1);
+        let mut after = Vec::new();
+        t.for_each(now, |f| after.push(f.orig));
+        let gone: Vec<&Flow> = before.iter().filter(|b| !after.contains(&b.orig)).collect();
+        assert_eq!(gone.len(), 1);
+        // The victim was the oldest among the records in the new flow's window.
+        let k = RawKey::new(&f.orig);
+        let r = RawKey::new(&f.reply_key());
+        let mut window = t.buckets_of(k.hash(t.seed)).to_vec();
+        window.extend(t.buckets_of(r.hash(t.seed)));
+        let mut referenced = Vec::new();
+        for b in window {
+            for e in &t.buckets[b].0 {
+                let v = e.load(Ordering::Relaxed);
+                if v != 0 && entry_slot(v) != t.lookup(&f.orig, now).unwrap().slot as usize {
+                    referenced.push(t.read(entry_slot(v)).flow());
+                }
+            }
+        }
+        let oldest_left = referenced.iter().map(|f| f.expires).min().unwrap();
+        assert!(gone[0].expires <= oldest_left);
+    }
+
+    #[test]
+    fn time_wait_is_evictable_assured_udp_is_not() {
+        let t = ct(16);
+        for p in 0..16 {
+            let f = flow(p, PROTO_UDP);
+            t.insert(f, 0, 0).unwrap();
+            pkt(&t, &f, Dir::Reply, 0, 0);
+        }
+        assert_eq!(t.insert(flow(100, PROTO_UDP), S, 0), Err(InsertError::Full));
+        let t = ct(16);
+        for p in 0..16 {
+            let f = flow(p, PROTO_TCP);
+            established(&t, &f, 0);
+            pkt(&t, &f, Dir::Original, 0, FIN);
+            pkt(&t, &f, Dir::Reply, 0, FIN | ACK);
+        }
+        t.insert(flow(100, PROTO_TCP), S, SYN).unwrap();
+        assert_eq!(t.stats().evictions, 1);
+    }
+
+    #[test]
+    fn capacity_one() {
+        let t = ct(0);
+        assert_eq!(t.capacity(), 1);
+        let h = t.insert(flow(1, PROTO_UDP), 0, 0).unwrap();
+        t.insert(flow(2, PROTO_UDP), 0, 0).unwrap(); // evicts the unreplied one
+        assert!(t.lookup(&flow(1, PROTO_UDP).orig, 0).is_none());
+        assert!(!t.remove(&h));
+        assert_eq!(t.len(), 1);
+    }
+
+    #[test]
+    fn step_ignores_reply_syn_outside_syn_sent_and_non_tcp_flags() {
+        let m = Meta {
+            proto: PROTO_TCP,
+            state: TcpState::Established,
+            flags: F_ASSURED,
+            worker: 0,
+            frontend: 0,
+        };
+        assert_eq!(step(m, Dir::Reply, SYN | ACK).state, TcpState::Established);
+        let u = Meta {
+            proto: PROTO_UDP,
+            state: TcpState::None,
+            flags: 0,
+            worker: 0,
+            frontend: 0,
+        };
+        assert_eq!(step(u, Dir::Original, RST).state, TcpState::None);
+        assert_eq!(initial(PROTO_TCP, SYN | ACK), (TcpState::Established, 0));
+        assert_eq!(initial(PROTO_TCP, RST).0, TcpState::Close);
+        assert_eq!(initial(PROTO_TCP, FIN | ACK).0, TcpState::Closing);
+    }
+}

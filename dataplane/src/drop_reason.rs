@@ -181,8 +181,10 @@ mod doc_tests {
                 Some((code, cells.get(2)?.trim_matches('`').to_string()))
             })
             .collect();
-        let want: Vec<(u8, String)> =
-            DropReason::ALL.iter().map(|r| (r.code(), r.name().to_string())).collect();
+        let want: Vec<(u8, String)> = DropReason::ALL
+            .iter()
+            .map(|r| (r.code(), r.name().to_string()))
+            .collect();
         assert_eq!(rows, want, "docs/drop-reasons.md is out of date");
     }
 }

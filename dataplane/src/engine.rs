@@ -1,12 +1,800 @@
-//! (in progress)
+//! The packet pipeline: parse → fragments → conntrack → frontend → backend →
+//! SNAT port → conntrack insert → rewrite.
+//!
+//! [`Engine::process`] decides the fate of one frame. It reads no clock (the
+//! caller passes `now`), owns no socket and spawns no thread; its only state is
+//! the flow state it shares with the other workers (conntrack, affinity, both
+//! `&self`, lock-free) and its own per-worker counters and SNAT port cursor.
+//!
+//! Each stage below is a small function with an early return; the numbered
+//! comments in [`Engine::decide`] are the pipeline as documented in
+//! docs/architecture.md.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use edgeplane_packet::{self as packet, Frag, IcmpKind, ParseError, Parsed, Proto, Tuple};
+
+use crate::affinity::Affinity;
+use crate::conntrack::{Conntrack, Dir, Flow, FlowKey, Hit, InsertError, Timeouts};
+use crate::hash::{client_hash, flow_hash};
+use crate::tables::{EmptyAction, Frontend, Tables};
 use crate::DropReason;
+
+/// Where a transmitted frame should go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Egress { Route, Reflect }
+pub enum Egress {
+    /// Route on the (new) destination address: look up the next hop.
+    Route,
+    /// Send back out of the interface it came in on, to the MAC it came from
+    /// (the engine already swapped the Ethernet addresses): generated answers
+    /// such as ICMP errors, TCP RSTs and echo replies.
+    Reflect,
+}
+
+/// The fate of one frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict { Tx { len: usize, egress: Egress }, Pass, Drop(DropReason) }
-#[derive(Debug, Default)]
-pub struct Stats;
-#[derive(Debug, Default)]
-pub struct EngineConfig;
-#[derive(Debug, Default)]
-pub struct Engine;
+pub enum Verdict {
+    /// The frame was translated in place; transmit its first `len` bytes.
+    Tx { len: usize, egress: Egress },
+    /// The frame was replaced by an answer to its sender (ICMP port
+    /// unreachable, TCP RST); transmit the first `len` bytes back out.
+    Reject { len: usize },
+    /// Not addressed to a Service: hand it to the kernel untouched.
+    Pass,
+    /// Dropped, with the reason.
+    Drop(DropReason),
+}
+
+impl Verdict {
+    /// The stable lower-case name used in `replay` output and metrics.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Verdict::Tx { .. } => "tx",
+            Verdict::Reject { .. } => "reject",
+            Verdict::Pass => "pass",
+            Verdict::Drop(_) => "drop",
+        }
+    }
+}
+
+/// A verdict plus what it concerned, for callers that report per frame
+/// (`replay`, tests). Cheap to produce: no allocation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    pub verdict: Verdict,
+    /// Index of the frontend in the tables the frame was processed with.
+    pub frontend: Option<u32>,
+    /// The backend (address, port) the flow is translated to or from.
+    pub backend: Option<(IpAddr, u16)>,
+}
+
+impl Decision {
+    fn new(verdict: Verdict) -> Self {
+        Decision {
+            verdict,
+            frontend: None,
+            backend: None,
+        }
+    }
+}
+
+/// Per-worker counters. Plain integers: each worker owns its `Stats`; the
+/// metrics endpoint sums them when scraped. No shared atomic is touched per
+/// packet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stats {
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    pub tx: u64,
+    pub reject: u64,
+    pub pass: u64,
+    pub drop: u64,
+    /// Drops by [`DropReason`] code.
+    pub drops: [u64; DropReason::COUNT],
+    /// Flows created (conntrack inserts that succeeded).
+    pub new_flows: u64,
+    /// Conntrack inserts that failed because the table was full.
+    pub ct_insert_failed: u64,
+    /// Flows whose backend disappeared (UDP re-balanced, TCP reset).
+    pub backend_gone: u64,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Stats {
+            rx_packets: 0,
+            rx_bytes: 0,
+            tx: 0,
+            reject: 0,
+            pass: 0,
+            drop: 0,
+            drops: [0; DropReason::COUNT],
+            new_flows: 0,
+            ct_insert_failed: 0,
+            backend_gone: 0,
+        }
+    }
+}
+
+impl Stats {
+    /// Adds another worker's counters into these.
+    pub fn merge(&mut self, o: &Stats) {
+        self.rx_packets += o.rx_packets;
+        self.rx_bytes += o.rx_bytes;
+        self.tx += o.tx;
+        self.reject += o.reject;
+        self.pass += o.pass;
+        self.drop += o.drop;
+        for (a, b) in self.drops.iter_mut().zip(o.drops.iter()) {
+            *a += b;
+        }
+        self.new_flows += o.new_flows;
+        self.ct_insert_failed += o.ct_insert_failed;
+        self.backend_gone += o.backend_gone;
+    }
+
+    /// The count for one drop reason.
+    pub fn dropped(&self, r: DropReason) -> u64 {
+        self.drops[r.code() as usize]
+    }
+}
+
+/// Static configuration of one engine (one worker).
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// This worker's index, `0..workers`.
+    pub worker: u8,
+    /// How many workers share the SNAT port range.
+    pub workers: u8,
+    /// How many SNAT ports to probe before declaring the range exhausted.
+    pub snat_probe: u32,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            worker: 0,
+            workers: 1,
+            snat_probe: 128,
+        }
+    }
+}
+
+/// The flow state shared by all workers of one dataplane.
+#[derive(Debug)]
+pub struct FlowState {
+    pub conntrack: Conntrack,
+    pub affinity: Affinity,
+}
+
+impl FlowState {
+    /// Allocates the conntrack (capacity in flows) and affinity tables.
+    pub fn new(
+        ct_capacity: usize,
+        affinity_capacity: usize,
+        seed: u64,
+        timeouts: Timeouts,
+    ) -> Self {
+        FlowState {
+            conntrack: Conntrack::new(ct_capacity, seed, timeouts),
+            affinity: Affinity::new(affinity_capacity, seed ^ 0x5a5a_5a5a),
+        }
+    }
+}
+
+/// One worker's engine.
+#[derive(Debug)]
+pub struct Engine {
+    cfg: EngineConfig,
+    state: Arc<FlowState>,
+    stats: Stats,
+    /// Next SNAT port offset to try (rotates through this worker's share).
+    port_cursor: u32,
+    /// Scratch for frames the engine originates (ICMP errors); generated
+    /// answers are built here and copied over the input frame.
+    scratch: Box<[u8; 2048]>,
+}
+
+const NS: u64 = 1_000_000_000;
+
+impl Engine {
+    pub fn new(cfg: EngineConfig, state: Arc<FlowState>) -> Self {
+        Engine {
+            cfg,
+            state,
+            stats: Stats::default(),
+            port_cursor: 0,
+            scratch: Box::new([0; 2048]),
+        }
+    }
+
+    /// A single-worker engine with its own flow state (tests, replay).
+    pub fn standalone(ct_capacity: usize) -> Self {
+        let state = Arc::new(FlowState::new(
+            ct_capacity,
+            ct_capacity.max(1024),
+            0x1234_5678,
+            Timeouts::default(),
+        ));
+        Engine::new(EngineConfig::default(), state)
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    pub fn flow_state(&self) -> &Arc<FlowState> {
+        &self.state
+    }
+
+    /// This worker's share of the SNAT port range: (first port, count).
+    pub fn snat_share(&self, tables: &Tables) -> (u16, u32) {
+        let (lo, hi) = tables.node.snat_ports;
+        let (lo, hi) = (lo.min(hi) as u32, lo.max(hi) as u32);
+        let total = hi - lo + 1;
+        let workers = self.cfg.workers.max(1) as u32;
+        let w = (self.cfg.worker as u32).min(workers - 1);
+        let chunk = total / workers;
+        if chunk == 0 {
+            // Fewer ports than workers: worker 0 gets them all.
+            return if w == 0 {
+                (lo as u16, total)
+            } else {
+                (lo as u16, 0)
+            };
+        }
+        let first = lo + w * chunk;
+        let count = if w == workers - 1 {
+            total - w * chunk
+        } else {
+            chunk
+        };
+        (first as u16, count)
+    }
+
+    /// Processes one frame in place. `buf` is the whole frame buffer (its
+    /// length is the capacity available for generated answers); the frame is
+    /// `buf[..len]`.
+    pub fn process(&mut self, now: u64, buf: &mut [u8], len: usize, tables: &Tables) -> Decision {
+        let len = len.min(buf.len());
+        self.stats.rx_packets += 1;
+        self.stats.rx_bytes += len as u64;
+        let d = self.decide(now, buf, len, tables);
+        match d.verdict {
+            Verdict::Tx { .. } => self.stats.tx += 1,
+            Verdict::Reject { .. } => self.stats.reject += 1,
+            Verdict::Pass => self.stats.pass += 1,
+            Verdict::Drop(r) => {
+                self.stats.drop += 1;
+                self.stats.drops[r.code() as usize] += 1;
+            }
+        }
+        d
+    }
+
+    /// Processes a batch: `frames[i]` is (buffer, frame length); the decision
+    /// for frame `i` is written to `out[i]`. Processes `min(frames, out)`
+    /// entries and returns that count.
+    pub fn process_batch(
+        &mut self,
+        now: u64,
+        frames: &mut [(&mut [u8], usize)],
+        tables: &Tables,
+        out: &mut [Decision],
+    ) -> usize {
+        let n = frames.len().min(out.len());
+        for (i, (buf, len)) in frames.iter_mut().enumerate().take(n) {
+            out[i] = self.process(now, buf, *len, tables);
+        }
+        n
+    }
+
+    /// Housekeeping a worker runs between batches: frees up to `budget`
+    /// expired conntrack entries. Returns how many were freed.
+    pub fn housekeeping(&mut self, now: u64, budget: usize) -> usize {
+        self.state.conntrack.sweep(now, budget)
+    }
+
+    fn decide(&mut self, now: u64, buf: &mut [u8], len: usize, t: &Tables) -> Decision {
+        // 1. Parse and validate once; everything after indexes by offsets.
+        let p = match packet::parse(&buf[..len]) {
+            Ok(p) => p,
+            Err(ParseError::NotIp) => return Decision::new(Verdict::Pass),
+            Err(e) => return Decision::new(Verdict::Drop(e.into())),
+        };
+        // 2. Fragments: without reassembly a fragment cannot be matched to a
+        //    flow; ours are dropped (counted), everyone else's go to the kernel.
+        if p.frag != Frag::None {
+            return Decision::new(if self.is_ours(&p, t) {
+                Verdict::Drop(DropReason::Fragment)
+            } else {
+                Verdict::Pass
+            });
+        }
+        match p.l4() {
+            Some(Proto::Tcp | Proto::Udp | Proto::Sctp) => self.l4_packet(now, buf, len, &p, t),
+            Some(Proto::Icmp | Proto::Icmpv6) => self.icmp_packet(now, buf, len, &p, t),
+            None => Decision::new(if self.is_ours(&p, t) && !t.is_node_ip(p.dst) {
+                Verdict::Drop(DropReason::UnsupportedProtocol)
+            } else {
+                Verdict::Pass
+            }),
+        }
+    }
+
+    /// Addressed to a frontend IP or to a dedicated SNAT address.
+    fn is_ours(&self, p: &Parsed, t: &Tables) -> bool {
+        t.is_frontend_ip(p.dst) || (self.is_snat_addr(p.dst, t) && !t.is_node_ip(p.dst))
+    }
+
+    fn is_snat_addr(&self, ip: IpAddr, t: &Tables) -> bool {
+        t.snat_addr(ip.is_ipv6()) == Some(ip)
+    }
+
+    fn l4_packet(
+        &mut self,
+        now: u64,
+        buf: &mut [u8],
+        len: usize,
+        p: &Parsed,
+        t: &Tables,
+    ) -> Decision {
+        let key = FlowKey {
+            src: p.src,
+            dst: p.dst,
+            sport: p.sport,
+            dport: p.dport,
+            proto: p.proto,
+        };
+        // 3. Conntrack: a known flow in either direction.
+        if let Some(hit) = self.state.conntrack.lookup(&key, now) {
+            // `None`: the flow's backend is gone, or the flow ended under us;
+            // the packet starts over as a new flow.
+            if let Some(d) = self.established(now, buf, len, p, t, &hit) {
+                return d;
+            }
+        }
+        // 4. Frontend: a new flow to a Service.
+        let Some((fidx, f)) = t.frontend(p.dst, p.dport, proto_of(p)) else {
+            return Decision::new(self.not_a_frontend(p, t));
+        };
+        self.new_flow(now, buf, len, p, t, fidx, f, key)
+    }
+
+    /// Not a frontend and not a known flow.
+    fn not_a_frontend(&self, p: &Parsed, t: &Tables) -> Verdict {
+        if t.is_node_ip(p.dst) {
+            // The node's own services (SSH, kubelet, ...) and replies to the
+            // node's own connections.
+            return Verdict::Pass;
+        }
+        if t.is_frontend_ip(p.dst) {
+            // A Service IP on a port no Service declares.
+            return Verdict::Drop(DropReason::UnknownServicePort);
+        }
+        if self.is_snat_addr(p.dst, t) {
+            // A dedicated SNAT address: only our flows' replies belong here.
+            return Verdict::Drop(DropReason::NoConntrackEntry);
+        }
+        Verdict::Pass
+    }
+
+    /// A packet of a tracked flow. Returns `None` when the flow's backend was
+    /// removed and the packet must be treated as the start of a new flow.
+    fn established(
+        &mut self,
+        now: u64,
+        buf: &mut [u8],
+        len: usize,
+        p: &Parsed,
+        t: &Tables,
+        hit: &Hit,
+    ) -> Option<Decision> {
+        let ct = &self.state.conntrack;
+        let flow = &hit.flow;
+        let backend = (flow.xlat.dst, flow.xlat.dport);
+        let mut frontend = None;
+        // 3a. A new table generation: is the backend still an endpoint of its
+        //     frontend? Checked once per flow per generation.
+        if flow.validated_gen != t.generation {
+            let found = t.frontend(flow.orig.dst, flow.orig.dport, proto_of(p));
+            let alive = found
+                .map(|(_, f)| t.all_backends(f).iter().any(|b| (b.ip, b.port) == backend))
+                .unwrap_or(false);
+            if !alive {
+                ct.remove(hit);
+                self.stats.backend_gone += 1;
+                return self.backend_gone(buf, len, p, hit);
+            }
+            ct.set_validated(hit, t.generation);
+            frontend = found.map(|(i, _)| i);
+        }
+        // 3b. Advance the flow's state (TCP flags, timeouts). `None`: the
+        //     flow ended under us (another worker removed or replaced it).
+        ct.update(hit, now, p.tcp_flags)?;
+        // 3c. Rewrite: originals go to the backend, replies back to the client.
+        let new = match hit.dir {
+            Dir::Original => Tuple {
+                src: flow.xlat.src,
+                dst: flow.xlat.dst,
+                sport: flow.xlat.sport,
+                dport: flow.xlat.dport,
+            },
+            Dir::Reply => Tuple {
+                src: flow.orig.dst,
+                dst: flow.orig.src,
+                sport: flow.orig.dport,
+                dport: flow.orig.sport,
+            },
+        };
+        let verdict = match packet::rewrite_tuple(&mut buf[..len], p, &new) {
+            Ok(()) => Verdict::Tx {
+                len,
+                egress: Egress::Route,
+            },
+            Err(_) => Verdict::Drop(DropReason::Truncated),
+        };
+        let frontend = frontend.or_else(|| {
+            t.frontend(flow.orig.dst, flow.orig.dport, proto_of(p))
+                .map(|(i, _)| i)
+        });
+        Some(Decision {
+            verdict,
+            frontend,
+            backend: Some(backend),
+        })
+    }
+
+    /// The flow's backend disappeared. UDP and SCTP: the state is gone (the
+    /// stale-UDP blackhole fix) and an original-direction packet is balanced
+    /// anew. TCP: a SYN starts over; any other segment is answered with a RST
+    /// so the client learns at once that its connection is over (a new
+    /// backend would have no socket for it and the old one is gone).
+    fn backend_gone(
+        &mut self,
+        buf: &mut [u8],
+        len: usize,
+        p: &Parsed,
+        hit: &Hit,
+    ) -> Option<Decision> {
+        if hit.dir == Dir::Reply {
+            return Some(Decision::new(Verdict::Drop(DropReason::BackendGone)));
+        }
+        if p.proto != Proto::Tcp as u8 || is_syn(p.tcp_flags) {
+            return None;
+        }
+        if p.tcp_flags & TCP_RST != 0 {
+            return Some(Decision::new(Verdict::Drop(DropReason::BackendGone)));
+        }
+        Some(Decision::new(self.answer_rst(buf, len, p)))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn new_flow(
+        &mut self,
+        now: u64,
+        buf: &mut [u8],
+        len: usize,
+        p: &Parsed,
+        t: &Tables,
+        fidx: u32,
+        f: &Frontend,
+        orig: FlowKey,
+    ) -> Decision {
+        let with = |verdict| Decision {
+            verdict,
+            frontend: Some(fidx),
+            backend: None,
+        };
+        // 4a. loadBalancerSourceRanges.
+        let ranges = t.source_ranges(f);
+        if !ranges.is_empty() && !ranges.iter().any(|c| c.contains(p.src)) {
+            return with(Verdict::Drop(DropReason::SourceRangeDenied));
+        }
+        // 4b. TCP must open with a SYN. A RST for an unknown flow is noise.
+        //     Other segments: with SNAT the backend could never accept them
+        //     (new source port), so reset the client now; without SNAT,
+        //     Maglev picks the same backend again, so pick the flow up.
+        if p.proto == Proto::Tcp as u8 && !is_syn(p.tcp_flags) {
+            if p.tcp_flags & TCP_RST != 0 {
+                return with(Verdict::Drop(DropReason::TcpNoSyn));
+            }
+            if f.snat {
+                return with(self.answer_rst(buf, len, p));
+            }
+        }
+        // 5. No backend for new flows: REJECT or DROP, as kube-proxy.
+        if f.n_new == 0 {
+            return with(match f.empty_action {
+                EmptyAction::Reject => self.answer_unreachable(buf, len, p),
+                EmptyAction::Drop => Verdict::Drop(DropReason::NoLocalEndpoints),
+            });
+        }
+        // 6. Backend: session affinity, else Maglev on the flow hash.
+        let backends = t.new_backends(f);
+        let seed = t.node.hash_seed;
+        let mut chosen = None;
+        if f.affinity_timeout > 0 {
+            if let Some((ip, port)) = self.state.affinity.get(
+                p.src,
+                f.affinity_group,
+                now,
+                f.affinity_timeout as u64 * NS,
+            ) {
+                chosen = backends.iter().position(|b| b.ip == ip && b.port == port);
+            }
+        }
+        let bi = match chosen {
+            Some(i) => i,
+            None => {
+                let h = if f.affinity_timeout > 0 {
+                    client_hash(seed, p.src)
+                } else {
+                    flow_hash(seed, p.src, p.dst, p.sport, p.dport, p.proto)
+                };
+                let table = t.maglev_table(f);
+                if table.is_empty() {
+                    return with(Verdict::Drop(DropReason::NoLocalEndpoints));
+                }
+                table[(h % table.len() as u64) as usize] as usize
+            }
+        };
+        let Some(b) = backends.get(bi) else {
+            return with(Verdict::Drop(DropReason::NoLocalEndpoints));
+        };
+        if f.affinity_timeout > 0 {
+            self.state
+                .affinity
+                .set(p.src, f.affinity_group, b.ip, b.port, now);
+        }
+        // 7. Source NAT: a port from this worker's share whose reply key is free.
+        let (src, sport) = match (f.snat, t.snat_addr(p.dst.is_ipv6())) {
+            (true, Some(snat)) => match self.alloc_port(now, t, snat, b.ip, b.port, p.proto) {
+                Some(port) => (snat, port),
+                None => return with(Verdict::Drop(DropReason::SnatPortsExhausted)),
+            },
+            _ => (p.src, p.sport),
+        };
+        let xlat = FlowKey {
+            src,
+            dst: b.ip,
+            sport,
+            dport: b.port,
+            proto: p.proto,
+        };
+        // 8. Conntrack insert. A full table of confirmed flows refuses: a NAT
+        //    cannot translate the replies of a flow it does not remember.
+        let flow = Flow::new(orig, xlat, fidx, self.cfg.worker, t.generation);
+        let hit = match self.state.conntrack.insert(flow, now, p.tcp_flags) {
+            Ok(hit) => {
+                self.stats.new_flows += 1;
+                hit
+            }
+            // Another worker won the race for the same flow: use its entry.
+            Err(InsertError::Exists(hit)) => hit,
+            // The reply key is held by another live flow (no SNAT: the same
+            // client port reaches this backend through another frontend).
+            Err(InsertError::ReplyTaken(_)) => {
+                self.stats.ct_insert_failed += 1;
+                return with(Verdict::Drop(DropReason::SnatPortsExhausted));
+            }
+            Err(InsertError::Full) => {
+                self.stats.ct_insert_failed += 1;
+                return with(Verdict::Drop(DropReason::ConntrackFull));
+            }
+        };
+        // 9. Rewrite in place.
+        let new = Tuple {
+            src: hit.flow.xlat.src,
+            dst: hit.flow.xlat.dst,
+            sport: hit.flow.xlat.sport,
+            dport: hit.flow.xlat.dport,
+        };
+        let verdict = match packet::rewrite_tuple(&mut buf[..len], p, &new) {
+            Ok(()) => Verdict::Tx {
+                len,
+                egress: Egress::Route,
+            },
+            Err(_) => Verdict::Drop(DropReason::Truncated),
+        };
+        Decision {
+            verdict,
+            frontend: Some(fidx),
+            backend: Some((b.ip, b.port)),
+        }
+    }
+
+    /// Picks a SNAT port whose reply key (backend → snat:port) is unused.
+    fn alloc_port(
+        &mut self,
+        now: u64,
+        t: &Tables,
+        snat: IpAddr,
+        bip: IpAddr,
+        bport: u16,
+        proto: u8,
+    ) -> Option<u16> {
+        let (first, count) = self.snat_share(t);
+        if count == 0 {
+            return None;
+        }
+        let tries = count.min(self.cfg.snat_probe.max(1));
+        for _ in 0..tries {
+            let port = first as u32 + self.port_cursor % count;
+            self.port_cursor = self.port_cursor.wrapping_add(1) % count;
+            let reply = FlowKey {
+                src: bip,
+                dst: snat,
+                sport: bport,
+                dport: port as u16,
+                proto,
+            };
+            if !self.state.conntrack.contains_reply_key(&reply, now) {
+                return Some(port as u16);
+            }
+        }
+        None
+    }
+
+    fn icmp_packet(
+        &mut self,
+        now: u64,
+        buf: &mut [u8],
+        len: usize,
+        p: &Parsed,
+        t: &Tables,
+    ) -> Decision {
+        match p.icmp {
+            // Echo to a Service IP (not a node IP) is answered here, as Cilium
+            // and IPVS answer pings to VIPs; pings to the node go to the kernel.
+            Some(IcmpKind::EchoRequest) if t.is_frontend_ip(p.dst) && !t.is_node_ip(p.dst) => {
+                if packet::icmp::echo_reply_in_place(&mut buf[..len], p) {
+                    Decision::new(Verdict::Tx {
+                        len,
+                        egress: Egress::Reflect,
+                    })
+                } else {
+                    Decision::new(Verdict::Drop(DropReason::UnsupportedIcmp))
+                }
+            }
+            Some(IcmpKind::Error) => self.icmp_error(now, buf, len, p, t),
+            _ => Decision::new(if self.is_ours(p, t) && !t.is_node_ip(p.dst) {
+                Verdict::Drop(DropReason::UnsupportedIcmp)
+            } else {
+                Verdict::Pass
+            }),
+        }
+    }
+
+    /// An ICMP error about a tracked flow (e.g. fragmentation needed from a
+    /// router between us and the backend) is translated like the flow's
+    /// packets, so path-MTU discovery works through the NAT.
+    fn icmp_error(
+        &mut self,
+        now: u64,
+        buf: &mut [u8],
+        len: usize,
+        p: &Parsed,
+        t: &Tables,
+    ) -> Decision {
+        let Some(inner) = p.inner else {
+            return Decision::new(Verdict::Pass);
+        };
+        // The quoted datagram is one we sent; its reverse is a key we track.
+        let quoted = FlowKey {
+            src: inner.dst,
+            dst: inner.src,
+            sport: inner.dport,
+            dport: inner.sport,
+            proto: inner.proto,
+        };
+        let Some(hit) = self.state.conntrack.lookup(&quoted, now) else {
+            return Decision::new(if self.is_ours(p, t) && !t.is_node_ip(p.dst) {
+                Verdict::Drop(DropReason::UnsupportedIcmp)
+            } else {
+                Verdict::Pass
+            });
+        };
+        let flow = &hit.flow;
+        let backend = Some((flow.xlat.dst, flow.xlat.dport));
+        let (outer_src, outer_dst, inner_new) = match hit.dir {
+            // About a packet we sent towards the backend: the error goes back
+            // to the client, quoting the client's original packet.
+            Dir::Reply => {
+                let src = (p.src == flow.xlat.dst).then_some(flow.orig.dst);
+                let q = Tuple {
+                    src: flow.orig.src,
+                    dst: flow.orig.dst,
+                    sport: flow.orig.sport,
+                    dport: flow.orig.dport,
+                };
+                (src, flow.orig.src, q)
+            }
+            // About a reply we sent to the client: the error goes on to the
+            // backend, quoting the backend's reply as the backend sent it.
+            Dir::Original => {
+                let src = (flow.xlat.src != flow.orig.src).then_some(flow.xlat.src);
+                let q = Tuple {
+                    src: flow.xlat.dst,
+                    dst: flow.xlat.src,
+                    sport: flow.xlat.dport,
+                    dport: flow.xlat.sport,
+                };
+                (src, flow.xlat.dst, q)
+            }
+        };
+        let verdict = match packet::rewrite_icmp_error(
+            &mut buf[..len],
+            p,
+            outer_src,
+            outer_dst,
+            &inner_new,
+        ) {
+            Ok(()) => Verdict::Tx {
+                len,
+                egress: Egress::Route,
+            },
+            Err(_) => Verdict::Drop(DropReason::UnsupportedIcmp),
+        };
+        let frontend = t
+            .frontend(flow.orig.dst, flow.orig.dport, proto_from(flow.orig.proto))
+            .map(|(i, _)| i);
+        Decision {
+            verdict,
+            frontend,
+            backend,
+        }
+    }
+
+    /// Replaces the frame with an ICMP port unreachable to its sender.
+    fn answer_unreachable(&mut self, buf: &mut [u8], len: usize, p: &Parsed) -> Verdict {
+        let cap = buf.len().min(self.scratch.len());
+        match packet::icmp::build_port_unreachable(&buf[..len], p, p.dst, &mut self.scratch[..cap])
+        {
+            Some(n) if n <= buf.len() => {
+                buf[..n].copy_from_slice(&self.scratch[..n]);
+                Verdict::Reject { len: n }
+            }
+            _ => Verdict::Drop(DropReason::FrameTooLarge),
+        }
+    }
+
+    /// Replaces the frame with a TCP RST to its sender.
+    fn answer_rst(&mut self, buf: &mut [u8], len: usize, p: &Parsed) -> Verdict {
+        let cap = buf.len().min(self.scratch.len());
+        match packet::tcp::build_rst(&buf[..len], p, &mut self.scratch[..cap]) {
+            Some(n) if n <= buf.len() => {
+                buf[..n].copy_from_slice(&self.scratch[..n]);
+                Verdict::Reject { len: n }
+            }
+            _ => Verdict::Drop(DropReason::FrameTooLarge),
+        }
+    }
+}
+
+const TCP_SYN: u8 = 0x02;
+const TCP_RST: u8 = 0x04;
+const TCP_ACK: u8 = 0x10;
+
+/// A connection-opening SYN (no ACK).
+#[inline]
+fn is_syn(flags: u8) -> bool {
+    flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_SYN
+}
+
+#[inline]
+fn proto_of(p: &Parsed) -> Proto {
+    proto_from(p.proto)
+}
+
+#[inline]
+fn proto_from(n: u8) -> Proto {
+    match n {
+        6 => Proto::Tcp,
+        17 => Proto::Udp,
+        132 => Proto::Sctp,
+        1 => Proto::Icmp,
+        _ => Proto::Icmpv6,
+    }
+}

@@ -180,12 +180,20 @@ impl Cidr {
         match (self.addr, ip) {
             (IpAddr::V4(n), IpAddr::V4(a)) => {
                 let bits = self.prefix_len.min(32) as u32;
-                let mask = if bits == 0 { 0 } else { u32::MAX << (32 - bits) };
+                let mask = if bits == 0 {
+                    0
+                } else {
+                    u32::MAX << (32 - bits)
+                };
                 u32::from(n) & mask == u32::from(a) & mask
             }
             (IpAddr::V6(n), IpAddr::V6(a)) => {
                 let bits = self.prefix_len.min(128) as u32;
-                let mask = if bits == 0 { 0 } else { u128::MAX << (128 - bits) };
+                let mask = if bits == 0 {
+                    0
+                } else {
+                    u128::MAX << (128 - bits)
+                };
                 u128::from(n) & mask == u128::from(a) & mask
             }
             _ => false,
@@ -237,28 +245,36 @@ impl Tables {
     #[inline]
     pub fn new_backends(&self, f: &Frontend) -> &[Backend] {
         let off = f.backend_off as usize;
-        self.backends.get(off..off + f.n_new as usize).unwrap_or(&[])
+        self.backends
+            .get(off..off + f.n_new as usize)
+            .unwrap_or(&[])
     }
 
     /// All backends existing flows of `f` may continue to.
     #[inline]
     pub fn all_backends(&self, f: &Frontend) -> &[Backend] {
         let off = f.backend_off as usize;
-        self.backends.get(off..off + f.n_all as usize).unwrap_or(&[])
+        self.backends
+            .get(off..off + f.n_all as usize)
+            .unwrap_or(&[])
     }
 
     /// The Maglev table of `f` (relative backend indices).
     #[inline]
     pub fn maglev_table(&self, f: &Frontend) -> &[u16] {
         let off = f.maglev_off as usize;
-        self.maglev.get(off..off + f.maglev_len as usize).unwrap_or(&[])
+        self.maglev
+            .get(off..off + f.maglev_len as usize)
+            .unwrap_or(&[])
     }
 
     /// `loadBalancerSourceRanges` of `f`.
     #[inline]
     pub fn source_ranges(&self, f: &Frontend) -> &[Cidr] {
         let off = f.source_range_off as usize;
-        self.source_ranges.get(off..off + f.source_range_len as usize).unwrap_or(&[])
+        self.source_ranges
+            .get(off..off + f.source_range_len as usize)
+            .unwrap_or(&[])
     }
 
     /// The SNAT address for a family.
@@ -277,8 +293,11 @@ impl Tables {
 pub struct TablesBuilder {
     t: Tables,
     /// Dedup of identical Maglev tables: (backend run, M) -> maglev_off.
-    maglev_dedup: std::collections::HashMap<(Vec<(IpAddr, u16, u32)>, u32), u32>,
+    maglev_dedup: std::collections::HashMap<MaglevIdentity, u32>,
 }
+
+/// The identity of a Maglev table: its backends (IP, port, weight) and M.
+type MaglevIdentity = (Vec<(IpAddr, u16, u32)>, u32);
 
 /// Errors assembling tables.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -312,7 +331,11 @@ pub struct FrontendSpec {
 impl TablesBuilder {
     pub fn new(node: NodeConfig, generation: u64) -> Self {
         TablesBuilder {
-            t: Tables { generation, node, ..Tables::default() },
+            t: Tables {
+                generation,
+                node,
+                ..Tables::default()
+            },
             maglev_dedup: Default::default(),
         }
     }
@@ -325,7 +348,12 @@ impl TablesBuilder {
 
     /// Adds a frontend. `maglev` is the table over `spec.backends[..n_new]`
     /// (empty when `n_new == 0`); `m` its size.
-    pub fn add_frontend(&mut self, spec: FrontendSpec, maglev: &[u16], m: u32) -> Result<u32, TablesError> {
+    pub fn add_frontend(
+        &mut self,
+        spec: FrontendSpec,
+        maglev: &[u16],
+        m: u32,
+    ) -> Result<u32, TablesError> {
         if self.t.frontend_index.contains_key(&spec.key) {
             return Err(TablesError::DuplicateFrontend(spec.key));
         }
@@ -337,13 +365,21 @@ impl TablesBuilder {
             (0, 0)
         } else {
             if maglev.len() != m as usize {
-                return Err(TablesError::MaglevSize { got: maglev.len(), expected: m });
+                return Err(TablesError::MaglevSize {
+                    got: maglev.len(),
+                    expected: m,
+                });
             }
             if let Some(&bad) = maglev.iter().find(|&&e| e as usize >= n_new) {
-                return Err(TablesError::MaglevIndex { entry: bad, n: n_new });
+                return Err(TablesError::MaglevIndex {
+                    entry: bad,
+                    n: n_new,
+                });
             }
-            let ident: Vec<(IpAddr, u16, u32)> =
-                spec.backends[..n_new].iter().map(|b| (b.ip, b.port, b.weight)).collect();
+            let ident: Vec<(IpAddr, u16, u32)> = spec.backends[..n_new]
+                .iter()
+                .map(|b| (b.ip, b.port, b.weight))
+                .collect();
             let off = match self.maglev_dedup.get(&(ident.clone(), m)) {
                 Some(&off) => off,
                 None => {

@@ -18,7 +18,15 @@ fn ip(s: &str) -> IpAddr {
 
 /// A ready backend.
 pub fn backend(addr: &str, port: u16) -> Backend {
-    Backend { ip: ip(addr), port, ready: true, serving: true, terminating: false, local: false, weight: 1 }
+    Backend {
+        ip: ip(addr),
+        port,
+        ready: true,
+        serving: true,
+        terminating: false,
+        local: false,
+        weight: 1,
+    }
 }
 
 /// A frontend description for [`tables_with`].
@@ -79,9 +87,17 @@ pub fn tables_with(node: NodeConfig, generation: u64, fes: &[Fe]) -> Tables {
         });
         let m = 251u32;
         let n_new = fe.n_new.min(fe.backends.len());
-        let maglev: Vec<u16> = if n_new == 0 { Vec::new() } else { (0..m).map(|s| (s as usize % n_new) as u16).collect() };
+        let maglev: Vec<u16> = if n_new == 0 {
+            Vec::new()
+        } else {
+            (0..m).map(|s| (s as usize % n_new) as u16).collect()
+        };
         let spec = FrontendSpec {
-            key: FrontendKey { ip: ip(fe.ip), port: fe.port, proto: fe.proto },
+            key: FrontendKey {
+                ip: ip(fe.ip),
+                port: fe.port,
+                proto: fe.proto,
+            },
             service: svc,
             kind: fe.kind,
             backends: fe.backends.clone(),
@@ -92,7 +108,8 @@ pub fn tables_with(node: NodeConfig, generation: u64, fes: &[Fe]) -> Tables {
             affinity_group: svc,
             source_ranges: fe.source_ranges.clone(),
         };
-        b.add_frontend(spec, &maglev, m).expect("test tables are consistent");
+        b.add_frontend(spec, &maglev, m)
+            .expect("test tables are consistent");
     }
     b.finish()
 }
@@ -102,8 +119,20 @@ pub fn tables_with(node: NodeConfig, generation: u64, fes: &[Fe]) -> Tables {
 /// endpoints (reject), one with no local endpoints (drop), one with session
 /// affinity and one with source ranges.
 pub fn fuzz_tables() -> Tables {
-    let three = |p| vec![backend("198.18.2.2", p), backend("198.18.3.2", p), backend("198.18.4.2", p)];
-    let three6 = |p| vec![backend("2001:db8:2::2", p), backend("2001:db8:3::2", p), backend("2001:db8:4::2", p)];
+    let three = |p| {
+        vec![
+            backend("198.18.2.2", p),
+            backend("198.18.3.2", p),
+            backend("198.18.4.2", p),
+        ]
+    };
+    let three6 = |p| {
+        vec![
+            backend("2001:db8:2::2", p),
+            backend("2001:db8:3::2", p),
+            backend("2001:db8:4::2", p),
+        ]
+    };
     let mut np = Fe::new("198.18.1.1", 30080, Proto::Tcp, three(8080));
     np.kind = FrontendKind::NodePort;
     let mut local = Fe::new("198.18.100.11", 80, Proto::Tcp, three(8080));
@@ -114,7 +143,10 @@ pub fn fuzz_tables() -> Tables {
     aff.affinity_timeout = 10800;
     let mut ranged = Fe::new("198.18.100.12", 443, Proto::Tcp, three(8443));
     ranged.kind = FrontendKind::LoadBalancer;
-    ranged.source_ranges = vec![Cidr { addr: ip("198.18.0.0"), prefix_len: 24 }];
+    ranged.source_ranges = vec![Cidr {
+        addr: ip("198.18.0.0"),
+        prefix_len: 24,
+    }];
     let fes = vec![
         Fe::new("198.18.200.10", 80, Proto::Tcp, three(8080)),
         Fe::new("198.18.200.10", 53, Proto::Udp, three(5353)),

@@ -5,8 +5,32 @@
 //! [`parse`] is the checked constructor of the whole stack: it returns the
 //! offsets and header fields the engine needs, and guarantees that the byte
 //! ranges they name lie inside the frame.
+//!
+//! # Promises
+//! * `l3_off <= l4_off <= l3_end <= frame.len()`, and every offset fits `u16`
+//!   (a datagram ending past 65535 is [`ParseError::BadLength`]).
+//! * IPv4: version 4, `IHL >= 5`, `IHL*4 <= total length <= available`, header
+//!   checksum verified. IPv6: version 6, `40 + payload length <= available`,
+//!   extension headers walked (at most [`crate::ipv6::MAX_EXT_HEADERS`]).
+//!   Bytes past `l3_end` are Ethernet padding.
+//! * Unless `frag` is [`Frag::Later`], the transport header is present:
+//!   TCP's full header (data offset `>= 5`, inside the datagram), UDP's 8 bytes
+//!   (length field `>= 8` and, unless a first fragment, `<=` the datagram),
+//!   SCTP's 12, ICMP's 8. For a later fragment `l4_off` is the payload offset,
+//!   ports and flags are 0 and `icmp` is `None`.
+//! * ICMP errors: `inner` is the quoted datagram, of the outer family, with
+//!   at least its IP header and 4 L4 bytes present (unless the quote is itself
+//!   a later fragment: then ports are 0 and `l4_len` is 0); its header
+//!   checksum and length field are *not* judged (quotes are truncated).
+//!   ICMPv4 is only recognised over IPv4 and ICMPv6 only over IPv6.
+//! * L4 checksums are not verified (the dataplane forwards; the endpoint
+//!   judges), and unknown protocols parse with ports 0.
+//! * Never panics, never allocates, on any input.
 
-use std::net::IpAddr;
+use crate::ethernet::{self, ethertype};
+use crate::icmp;
+use crate::ipv6;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// Address family of the network layer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -42,9 +66,11 @@ pub enum Frag {
 /// What an ICMP/ICMPv6 message is, for the engine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IcmpKind {
-    /// Echo request; `Parsed::sport` holds the identifier.
+    /// Echo request; `Parsed::sport` and `Parsed::dport` both hold the
+    /// identifier.
     EchoRequest,
-    /// Echo reply; `Parsed::sport` holds the identifier.
+    /// Echo reply; `Parsed::sport` and `Parsed::dport` both hold the
+    /// identifier.
     EchoReply,
     /// An error (v4: destination unreachable 3, time exceeded 11, parameter
     /// problem 12; v6: 1, 2 (packet too big), 3, 4) quoting an original
@@ -120,31 +146,331 @@ impl Parsed {
 }
 
 /// Why a frame could not be parsed. Each variant maps to one drop reason.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum ParseError {
     /// Not IPv4/IPv6 (ARP, LLDP, ...): not the dataplane's business.
+    #[error("not an IPv4/IPv6 frame")]
     NotIp,
     /// The frame ends inside a header.
+    #[error("frame ends inside a header")]
     Truncated,
     /// More VLAN tags than supported.
+    #[error("more than two VLAN tags")]
     TooManyVlans,
-    /// IP version field disagrees with the EtherType.
+    /// IP version field disagrees with the EtherType (or, in an ICMP error's
+    /// quote, with the outer family).
+    #[error("IP version field disagrees with the EtherType")]
     BadIpVersion,
     /// IPv4 IHL < 5 or past the end.
+    #[error("IPv4 header length invalid")]
     BadIhl,
     /// IP total/payload length inconsistent with the frame.
+    #[error("IP length field inconsistent with the frame")]
     BadLength,
     /// IPv4 header checksum wrong.
+    #[error("IPv4 header checksum wrong")]
     BadIpChecksum,
     /// IPv6 extension-header chain too long or running past the end.
+    #[error("IPv6 extension-header chain too long or past the end")]
     BadExtHeader,
     /// TCP data offset < 5 or past the end of the datagram.
+    #[error("TCP data offset invalid")]
     BadTcpHeader,
     /// UDP length field inconsistent with the datagram.
+    #[error("UDP length inconsistent with the datagram")]
     BadUdpLength,
 }
 
-/// Parses and validates a frame. See the module docs.
-pub fn parse(_frame: &[u8]) -> Result<Parsed, ParseError> {
-    Err(ParseError::Truncated)
+/// Most VLAN tags [`parse`] walks; one more is [`ParseError::TooManyVlans`].
+pub const MAX_VLANS: u8 = 2;
+
+/// Parses and validates a frame. See the module docs for what a successful
+/// parse promises.
+pub fn parse(frame: &[u8]) -> Result<Parsed, ParseError> {
+    // 1. L2: Ethernet II and up to two VLAN tags.
+    let (l3_off, etype, vlans) = parse_l2(frame)?;
+    // 2. L3: the IP header (and IPv6 extension headers).
+    let ip = match etype {
+        ethertype::IPV4 => ipv4_l3(frame, l3_off, false)?,
+        ethertype::IPV6 => ipv6_l3(frame, l3_off, false)?,
+        _ => return Err(ParseError::NotIp),
+    };
+    // Offsets are stored as u16: a jumbo IPv4 datagram behind tags could end
+    // past 65535.
+    let l3_end = u16::try_from(ip.end).map_err(|_| ParseError::BadLength)?;
+    let mut p = Parsed {
+        vlans,
+        l3_off: l3_off as u16,
+        l4_off: ip.l4_off as u16,
+        l3_end,
+        family: ip.family,
+        proto: ip.proto,
+        src: ip.src,
+        dst: ip.dst,
+        sport: 0,
+        dport: 0,
+        tcp_flags: 0,
+        frag: ip.frag,
+        ttl: ip.ttl,
+        icmp: None,
+        inner: None,
+    };
+    // 3. L4: nothing to read in a later fragment.
+    if ip.frag != Frag::Later {
+        parse_l4(frame, &ip, &mut p)?;
+    }
+    Ok(p)
+}
+
+/// What the IP layer yields. Offsets are absolute.
+struct L3 {
+    family: IpFamily,
+    src: IpAddr,
+    dst: IpAddr,
+    proto: u8,
+    l4_off: usize,
+    end: usize,
+    frag: Frag,
+    ttl: u8,
+}
+
+fn parse_l2(frame: &[u8]) -> Result<(usize, u16, u8), ParseError> {
+    let eth = ethernet::Frame::new_checked(frame)?;
+    let mut etype = eth.ethertype();
+    let mut off = ethernet::HEADER_LEN;
+    let mut vlans = 0u8;
+    while etype == ethertype::VLAN || etype == ethertype::QINQ {
+        if vlans == MAX_VLANS {
+            return Err(ParseError::TooManyVlans);
+        }
+        let tag = ethernet::VlanTag::new_checked(frame.get(off..).unwrap_or(&[]))?;
+        etype = tag.ethertype();
+        off += ethernet::VLAN_TAG_LEN;
+        vlans += 1;
+    }
+    Ok((off, etype, vlans))
+}
+
+/// The IPv4 header at `frame[l3..]`. A `quoted` header (inside an ICMP
+/// error) is truncated by nature: its total length only bounds the data, and
+/// its checksum is not judged.
+fn ipv4_l3(frame: &[u8], l3: usize, quoted: bool) -> Result<L3, ParseError> {
+    use crate::ipv4::{Packet, HEADER_LEN};
+    let buf = frame.get(l3..).ok_or(ParseError::Truncated)?;
+    let (pkt, dgram_len) = if quoted {
+        if buf.len() < HEADER_LEN {
+            return Err(ParseError::Truncated);
+        }
+        let pkt = Packet::new_unchecked(buf);
+        if pkt.version() != 4 {
+            return Err(ParseError::BadIpVersion);
+        }
+        let hl = pkt.header_len();
+        if hl < HEADER_LEN {
+            return Err(ParseError::BadIhl);
+        }
+        if hl > buf.len() {
+            return Err(ParseError::Truncated);
+        }
+        let tl = usize::from(pkt.total_len());
+        if tl < hl {
+            return Err(ParseError::BadLength);
+        }
+        (pkt, tl.min(buf.len()))
+    } else {
+        let pkt = Packet::new_checked(buf)?;
+        if !pkt.verify_checksum() {
+            return Err(ParseError::BadIpChecksum);
+        }
+        let tl = usize::from(pkt.total_len());
+        (pkt, tl)
+    };
+    let frag = if pkt.frag_offset() != 0 {
+        Frag::Later
+    } else if pkt.more_frags() {
+        Frag::First
+    } else {
+        Frag::None
+    };
+    Ok(L3 {
+        family: IpFamily::V4,
+        src: IpAddr::V4(pkt.src_addr()),
+        dst: IpAddr::V4(pkt.dst_addr()),
+        proto: pkt.protocol(),
+        l4_off: l3 + pkt.header_len(),
+        end: l3 + dgram_len,
+        frag,
+        ttl: pkt.ttl(),
+    })
+}
+
+/// The IPv6 header at `frame[l3..]` and its extension headers. A `quoted`
+/// header's payload length only bounds the data.
+fn ipv6_l3(frame: &[u8], l3: usize, quoted: bool) -> Result<L3, ParseError> {
+    use crate::ipv6::{Packet, HEADER_LEN};
+    let buf = frame.get(l3..).ok_or(ParseError::Truncated)?;
+    let (pkt, dgram_len) = if quoted {
+        if buf.len() < HEADER_LEN {
+            return Err(ParseError::Truncated);
+        }
+        let pkt = Packet::new_unchecked(buf);
+        if pkt.version() != 6 {
+            return Err(ParseError::BadIpVersion);
+        }
+        let len = (HEADER_LEN + usize::from(pkt.payload_len())).min(buf.len());
+        (pkt, len)
+    } else {
+        let pkt = Packet::new_checked(buf)?;
+        let len = HEADER_LEN + usize::from(pkt.payload_len());
+        (pkt, len)
+    };
+    let end = l3 + dgram_len;
+    let walk = ipv6::walk_ext_headers(frame, pkt.next_header(), l3 + HEADER_LEN, end)?;
+    Ok(L3 {
+        family: IpFamily::V6,
+        src: IpAddr::V6(pkt.src_addr()),
+        dst: IpAddr::V6(pkt.dst_addr()),
+        proto: walk.proto,
+        l4_off: walk.l4_off,
+        end,
+        frag: walk.frag,
+        ttl: pkt.hop_limit(),
+    })
+}
+
+fn is_icmp_of(family: IpFamily, proto: u8) -> bool {
+    matches!((family, proto), (IpFamily::V4, 1) | (IpFamily::V6, 58))
+}
+
+fn be16_at(b: &[u8], off: usize) -> u16 {
+    match b.get(off..off + 2) {
+        Some(w) => u16::from_be_bytes([w[0], w[1]]),
+        None => 0,
+    }
+}
+
+/// The transport header of the outer datagram (not a later fragment).
+fn parse_l4(frame: &[u8], ip: &L3, p: &mut Parsed) -> Result<(), ParseError> {
+    let seg = frame.get(ip.l4_off..ip.end).ok_or(ParseError::Truncated)?;
+    match ip.proto {
+        6 => {
+            let t = crate::tcp::Packet::new_checked(seg)?;
+            p.sport = t.src_port();
+            p.dport = t.dst_port();
+            p.tcp_flags = t.flags();
+        }
+        17 => {
+            // A first fragment's UDP length counts the reassembled datagram,
+            // so only the lower bound applies to it.
+            let u = if ip.frag == Frag::First {
+                if seg.len() < crate::udp::HEADER_LEN {
+                    return Err(ParseError::Truncated);
+                }
+                let u = crate::udp::Packet::new_unchecked(seg);
+                if usize::from(u.len()) < crate::udp::HEADER_LEN {
+                    return Err(ParseError::BadUdpLength);
+                }
+                u
+            } else {
+                crate::udp::Packet::new_checked(seg)?
+            };
+            p.sport = u.src_port();
+            p.dport = u.dst_port();
+        }
+        132 => {
+            let s = crate::sctp::Packet::new_checked(seg)?;
+            p.sport = s.src_port();
+            p.dport = s.dst_port();
+        }
+        proto if is_icmp_of(ip.family, proto) => {
+            let m = icmp::Packet::new_checked(seg)?;
+            let kind = icmp::kind(ip.family, m.msg_type());
+            p.icmp = Some(kind);
+            match kind {
+                IcmpKind::EchoRequest | IcmpKind::EchoReply => {
+                    p.sport = m.echo_ident();
+                    p.dport = m.echo_ident();
+                }
+                IcmpKind::Error => {
+                    p.inner = Some(parse_inner(
+                        frame,
+                        ip.l4_off + icmp::HEADER_LEN,
+                        ip.end,
+                        ip.family,
+                    )?);
+                }
+                IcmpKind::Other => {}
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// The datagram quoted by an ICMP error, from `off` to `end` (the end of the
+/// outer datagram). Never recurses into a quoted ICMP error.
+fn parse_inner(
+    frame: &[u8],
+    off: usize,
+    end: usize,
+    family: IpFamily,
+) -> Result<InnerPacket, ParseError> {
+    // Bound everything by the outer datagram, not by the frame's padding.
+    let bounded = frame.get(..end).ok_or(ParseError::Truncated)?;
+    let ip = match family {
+        IpFamily::V4 => ipv4_l3(bounded, off, true)?,
+        IpFamily::V6 => ipv6_l3(bounded, off, true)?,
+    };
+    let mut inner = InnerPacket {
+        l3_off: off as u16,
+        l4_off: ip.l4_off as u16,
+        proto: ip.proto,
+        src: ip.src,
+        dst: ip.dst,
+        sport: 0,
+        dport: 0,
+        l4_len: 0,
+    };
+    if ip.frag == Frag::Later {
+        return Ok(inner);
+    }
+    let l4 = bounded
+        .get(ip.l4_off..ip.end)
+        .ok_or(ParseError::Truncated)?;
+    if l4.len() < 4 {
+        return Err(ParseError::Truncated);
+    }
+    inner.l4_len = u16::try_from(l4.len()).unwrap_or(u16::MAX);
+    match ip.proto {
+        6 | 17 | 132 => {
+            inner.sport = be16_at(l4, 0);
+            inner.dport = be16_at(l4, 2);
+        }
+        proto if is_icmp_of(family, proto) => {
+            let echo = matches!(
+                icmp::kind(family, l4[0]),
+                IcmpKind::EchoRequest | IcmpKind::EchoReply
+            );
+            if echo && l4.len() >= 6 {
+                inner.sport = be16_at(l4, 4);
+                inner.dport = inner.sport;
+            }
+        }
+        _ => {}
+    }
+    Ok(inner)
+}
+
+/// Reads an IPv4 or IPv6 address at `off`.
+pub(crate) fn addr_at(b: &[u8], off: usize, family: IpFamily) -> Option<IpAddr> {
+    match family {
+        IpFamily::V4 => {
+            let a: [u8; 4] = b.get(off..off.checked_add(4)?)?.try_into().ok()?;
+            Some(IpAddr::V4(Ipv4Addr::from(a)))
+        }
+        IpFamily::V6 => {
+            let a: [u8; 16] = b.get(off..off.checked_add(16)?)?.try_into().ok()?;
+            Some(IpAddr::V6(Ipv6Addr::from(a)))
+        }
+    }
 }

@@ -1,5 +1,20 @@
 //! In-place NAT rewrite with incremental checksum updates.
-use crate::Parsed;
+//!
+//! # Promises
+//! * [`rewrite_tuple`] and [`rewrite_icmp_error`] never panic and never
+//!   allocate, whatever `frame` and `p` hold. Before writing anything they
+//!   check that the offsets in `p` are ordered and inside `frame`, that the IP
+//!   version at `p.l3_off` is `p.family`'s and that the header bytes they will
+//!   touch are inside the datagram; if not, they return an error and leave
+//!   the frame untouched. With a `p` that [`crate::parse()`] returned for this
+//!   very frame, they only fail for the reasons documented on each function.
+//! * Checksums stay valid: every checksum that was valid before the rewrite
+//!   is valid after it (RFC 1624 incremental updates; SCTP's CRC32c and the
+//!   outer ICMP checksum of an error are recomputed).
+//! * A frame rewritten by [`rewrite_tuple`] still parses, to the same offsets.
+
+use crate::checksum;
+use crate::parse::{Frag, IcmpKind, IpFamily, Parsed};
 use std::net::IpAddr;
 
 /// The addresses and ports a packet should carry after translation. For ICMP
@@ -13,27 +28,458 @@ pub struct Tuple {
     pub dport: u16,
 }
 
-/// Why a rewrite could not be done.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Why a rewrite could not be done. The frame is left untouched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum RewriteError {
     /// The new addresses are of another family than the packet.
+    #[error("new addresses are of another family than the packet")]
     FamilyMismatch,
-    /// The frame has no L4 header to rewrite (later fragment) or it is truncated.
+    /// The frame has no L4 header to rewrite (later fragment) or it is
+    /// truncated, or `p` does not describe this frame. Also: an SCTP first
+    /// fragment (its CRC32c covers the whole reassembled packet).
+    #[error("no L4 header to rewrite, or the summary does not match the frame")]
     NoL4Header,
+    /// [`rewrite_icmp_error`] was given something other than an unfragmented
+    /// ICMP error with a parsed quote (`p.icmp != Some(IcmpKind::Error)`,
+    /// `p.inner == None`, or `p.frag != Frag::None`).
+    #[error("not an unfragmented ICMP error with a parsed quote")]
+    NotIcmpError,
 }
 
-/// Rewrites addresses and ports of the outer packet.
-pub fn rewrite_tuple(_frame: &mut [u8], _p: &Parsed, _new: &Tuple) -> Result<(), RewriteError> {
-    Err(RewriteError::NoL4Header)
+fn family_of(ip: &IpAddr) -> IpFamily {
+    match ip {
+        IpAddr::V4(_) => IpFamily::V4,
+        IpAddr::V6(_) => IpFamily::V6,
+    }
 }
 
-/// Rewrites an ICMP error: outer destination and the quoted datagram.
+/// An address's bytes without allocation.
+#[derive(Clone, Copy)]
+struct Addr {
+    b: [u8; 16],
+    len: usize,
+}
+
+impl Addr {
+    fn of(ip: &IpAddr) -> Addr {
+        let mut b = [0; 16];
+        match ip {
+            IpAddr::V4(a) => {
+                b[..4].copy_from_slice(&a.octets());
+                Addr { b, len: 4 }
+            }
+            IpAddr::V6(a) => Addr {
+                b: a.octets(),
+                len: 16,
+            },
+        }
+    }
+
+    fn read(frame: &[u8], off: usize, len: usize) -> Option<Addr> {
+        let src = frame.get(off..off.checked_add(len)?)?;
+        let mut b = [0; 16];
+        b.get_mut(..len)?.copy_from_slice(src);
+        Some(Addr { b, len })
+    }
+
+    fn bytes(&self) -> &[u8] {
+        &self.b[..self.len]
+    }
+}
+
+/// Where the addresses are in an IP header of a family.
+struct Layout {
+    src: usize,
+    dst: usize,
+    alen: usize,
+    hdr_min: usize,
+    version: u8,
+}
+
+fn layout(f: IpFamily) -> Layout {
+    match f {
+        IpFamily::V4 => Layout {
+            src: 12,
+            dst: 16,
+            alen: 4,
+            hdr_min: 20,
+            version: 4,
+        },
+        IpFamily::V6 => Layout {
+            src: 8,
+            dst: 24,
+            alen: 16,
+            hdr_min: 40,
+            version: 6,
+        },
+    }
+}
+
+fn read16(frame: &[u8], off: usize) -> Option<u16> {
+    let w = frame.get(off..off.checked_add(2)?)?;
+    Some(u16::from_be_bytes([w[0], w[1]]))
+}
+
+fn write16(frame: &mut [u8], off: usize, v: u16) -> Option<()> {
+    frame
+        .get_mut(off..off.checked_add(2)?)?
+        .copy_from_slice(&v.to_be_bytes());
+    Some(())
+}
+
+/// Old and new addresses of one rewrite, for pseudo-header updates.
+struct AddrChange {
+    old_src: Addr,
+    old_dst: Addr,
+    new_src: Addr,
+    new_dst: Addr,
+}
+
+impl AddrChange {
+    fn read(
+        frame: &[u8],
+        l3: usize,
+        lay: &Layout,
+        src: &IpAddr,
+        dst: &IpAddr,
+    ) -> Option<AddrChange> {
+        Some(AddrChange {
+            old_src: Addr::read(frame, l3.checked_add(lay.src)?, lay.alen)?,
+            old_dst: Addr::read(frame, l3.checked_add(lay.dst)?, lay.alen)?,
+            new_src: Addr::of(src),
+            new_dst: Addr::of(dst),
+        })
+    }
+
+    /// Applies the address change to a checksum that covers them (the IPv4
+    /// header, or a pseudo-header).
+    fn update(&self, hc: u16) -> u16 {
+        let hc = checksum::update_bytes(hc, self.old_src.bytes(), self.new_src.bytes());
+        checksum::update_bytes(hc, self.old_dst.bytes(), self.new_dst.bytes())
+    }
+
+    /// Writes the new addresses into the IP header at `l3`; for IPv4 also
+    /// updates the header checksum. Bounds were checked by the caller; a
+    /// failed write here is impossible but reported rather than panicking.
+    fn write(&self, frame: &mut [u8], l3: usize, lay: &Layout, family: IpFamily) -> Option<()> {
+        let s = l3.checked_add(lay.src)?;
+        let d = l3.checked_add(lay.dst)?;
+        frame
+            .get_mut(s..s + lay.alen)?
+            .copy_from_slice(self.new_src.bytes());
+        frame
+            .get_mut(d..d + lay.alen)?
+            .copy_from_slice(self.new_dst.bytes());
+        if family == IpFamily::V4 {
+            let hc = read16(frame, l3 + 10)?;
+            write16(frame, l3 + 10, self.update(hc))?;
+        }
+        Some(())
+    }
+}
+
+/// The transport work one rewrite does, decided (and bounds-checked) before
+/// any byte is written.
+enum L4Action {
+    /// Addresses only (later fragment, unknown protocol, ICMPv4 non-echo).
+    None,
+    Tcp,
+    Udp,
+    Sctp,
+    /// ICMP(v6) echo: new identifier; `pseudo` for ICMPv6.
+    Echo {
+        id: u16,
+        pseudo: bool,
+    },
+    /// ICMPv6 non-echo: only the pseudo-header changes.
+    Icmp6Pseudo,
+}
+
+/// Rewrites the outer packet's addresses and ports (or ICMP echo identifier)
+/// to `new`, in place, updating the IPv4 header checksum and the L4 checksum
+/// incrementally:
+///
+/// * TCP, UDP: pseudo-header addresses and ports. A UDP-over-IPv4 checksum of
+///   0 ("none") stays 0; a computed UDP checksum of 0 is written as 0xffff.
+/// * SCTP: ports, then CRC32c recomputed over `l4_off..l3_end`.
+/// * ICMPv4 echo: identifier := `new.sport` for a request, `new.dport` for a
+///   reply; checksum updated (no pseudo-header). Other ICMPv4: addresses only.
+/// * ICMPv6 echo: the same identifier rule, checksum updated for the
+///   pseudo-header too. Other ICMPv6: pseudo-header update only.
+/// * Unknown protocols and [`Frag::Later`]: addresses (and the IPv4 header
+///   checksum) only; `Ok`.
+///
+/// Errors (frame untouched): [`RewriteError::FamilyMismatch`] if `new`'s
+/// addresses are not of `p.family`; [`RewriteError::NoL4Header`] if `p` does
+/// not match the frame, or for an SCTP first fragment.
+pub fn rewrite_tuple(frame: &mut [u8], p: &Parsed, new: &Tuple) -> Result<(), RewriteError> {
+    if family_of(&new.src) != p.family || family_of(&new.dst) != p.family {
+        return Err(RewriteError::FamilyMismatch);
+    }
+    let lay = layout(p.family);
+    let (l3, l4, end) = (
+        usize::from(p.l3_off),
+        usize::from(p.l4_off),
+        usize::from(p.l3_end),
+    );
+    if l3 + lay.hdr_min > l4 || l4 > end || end > frame.len() || frame[l3] >> 4 != lay.version {
+        return Err(RewriteError::NoL4Header);
+    }
+
+    // 1. Decide the transport work and check its bounds before writing.
+    let (action, need) = if p.frag == Frag::Later {
+        (L4Action::None, 0)
+    } else {
+        match (p.proto, p.family) {
+            (6, _) => (L4Action::Tcp, crate::tcp::HEADER_LEN),
+            (17, _) => (L4Action::Udp, crate::udp::HEADER_LEN),
+            (132, _) if p.frag == Frag::First => return Err(RewriteError::NoL4Header),
+            (132, _) => (L4Action::Sctp, crate::sctp::HEADER_LEN),
+            (1, IpFamily::V4) | (58, IpFamily::V6) => {
+                let pseudo = p.family == IpFamily::V6;
+                let action = match p.icmp {
+                    Some(IcmpKind::EchoRequest) => L4Action::Echo {
+                        id: new.sport,
+                        pseudo,
+                    },
+                    Some(IcmpKind::EchoReply) => L4Action::Echo {
+                        id: new.dport,
+                        pseudo,
+                    },
+                    _ if pseudo => L4Action::Icmp6Pseudo,
+                    _ => L4Action::None,
+                };
+                (action, crate::icmp::HEADER_LEN)
+            }
+            _ => (L4Action::None, 0),
+        }
+    };
+    if l4 + need > end {
+        return Err(RewriteError::NoL4Header);
+    }
+    let change =
+        AddrChange::read(frame, l3, &lay, &new.src, &new.dst).ok_or(RewriteError::NoL4Header)?;
+
+    // 2. Transport header and checksum (needs the old addresses).
+    let done = match action {
+        L4Action::None => Some(()),
+        L4Action::Tcp => rewrite_ports(
+            frame,
+            l4,
+            l4 + 16,
+            new.sport,
+            new.dport,
+            Some(&change),
+            false,
+        ),
+        L4Action::Udp => {
+            let zero_is_none = p.family == IpFamily::V4;
+            rewrite_ports(
+                frame,
+                l4,
+                l4 + 6,
+                new.sport,
+                new.dport,
+                Some(&change),
+                zero_is_none,
+            )
+        }
+        L4Action::Sctp => (|| {
+            write16(frame, l4, new.sport)?;
+            write16(frame, l4 + 2, new.dport)?;
+            let crc = checksum::sctp_crc32c(frame.get(l4..end)?)?;
+            frame
+                .get_mut(l4 + 8..l4 + 12)?
+                .copy_from_slice(&crc.to_le_bytes());
+            Some(())
+        })(),
+        L4Action::Echo { id, pseudo } => (|| {
+            let old = read16(frame, l4 + 4)?;
+            let mut hc = checksum::update16(read16(frame, l4 + 2)?, old, id);
+            if pseudo {
+                hc = change.update(hc);
+            }
+            write16(frame, l4 + 4, id)?;
+            write16(frame, l4 + 2, hc)
+        })(),
+        L4Action::Icmp6Pseudo => (|| {
+            let hc = change.update(read16(frame, l4 + 2)?);
+            write16(frame, l4 + 2, hc)
+        })(),
+    };
+    // 3. Addresses and the IPv4 header checksum.
+    done.and_then(|()| change.write(frame, l3, &lay, p.family))
+        .ok_or(RewriteError::NoL4Header)
+}
+
+/// Writes ports at `l4` and updates the checksum at `csum_off` for the port
+/// change and, if given, the pseudo-header address change. With
+/// `zero_is_none` (UDP over IPv4) a zero checksum stays zero; for UDP a
+/// computed zero is written as 0xffff (harmless for TCP, where both mean the
+/// same).
+fn rewrite_ports(
+    frame: &mut [u8],
+    l4: usize,
+    csum_off: usize,
+    sport: u16,
+    dport: u16,
+    change: Option<&AddrChange>,
+    zero_is_none: bool,
+) -> Option<()> {
+    let old_sport = read16(frame, l4)?;
+    let old_dport = read16(frame, l4 + 2)?;
+    let hc = read16(frame, csum_off)?;
+    write16(frame, l4, sport)?;
+    write16(frame, l4 + 2, dport)?;
+    if zero_is_none && hc == 0 {
+        return Some(());
+    }
+    let mut hc = checksum::update16(hc, old_sport, sport);
+    hc = checksum::update16(hc, old_dport, dport);
+    if let Some(c) = change {
+        hc = c.update(hc);
+    }
+    write16(frame, csum_off, if hc == 0 { 0xffff } else { hc })
+}
+
+/// Rewrites an ICMP error parsed by [`crate::parse()`] (`p.icmp ==
+/// Some(IcmpKind::Error)`), in place:
+///
+/// 1. The quoted datagram's source/destination addresses become
+///    `inner.src`/`inner.dst` and its ports `inner.sport`/`inner.dport` (for
+///    a quoted echo, the identifier follows [`Tuple`]'s rule: `sport` for a
+///    request, `dport` for a reply). The quoted IPv4 header checksum is
+///    updated; the quoted L4 checksum is updated when the quote holds it
+///    (UDP: 8 bytes and nonzero; TCP: 18 bytes; ICMP(v6): 4 bytes). A quoted
+///    SCTP CRC32c is left alone (it covers chunks the quote lacks).
+/// 2. The outer destination becomes `outer_dst` and, if given, the source
+///    `outer_src`; the outer IPv4 header checksum is updated.
+/// 3. The outer ICMP checksum is recomputed over the whole message up to
+///    `l3_end` (ICMPv6 with the pseudo-header).
+///
+/// Errors (frame untouched): [`RewriteError::NotIcmpError`] if `p` is not an
+/// unfragmented ICMP error with a quote; [`RewriteError::FamilyMismatch`] if
+/// any address is not of `p.family`; [`RewriteError::NoL4Header`] if `p` does
+/// not match the frame.
 pub fn rewrite_icmp_error(
-    _frame: &mut [u8],
-    _p: &Parsed,
-    _outer_src: Option<IpAddr>,
-    _outer_dst: IpAddr,
-    _inner: &Tuple,
+    frame: &mut [u8],
+    p: &Parsed,
+    outer_src: Option<IpAddr>,
+    outer_dst: IpAddr,
+    inner: &Tuple,
 ) -> Result<(), RewriteError> {
-    Err(RewriteError::NoL4Header)
+    let q = match p.inner {
+        Some(q) if p.icmp == Some(IcmpKind::Error) && p.frag == Frag::None => q,
+        _ => return Err(RewriteError::NotIcmpError),
+    };
+    let fam = p.family;
+    let all_same = [
+        Some(outer_dst),
+        outer_src,
+        Some(inner.src),
+        Some(inner.dst),
+        Some(q.src),
+    ]
+    .iter()
+    .flatten()
+    .all(|a| family_of(a) == fam);
+    if !all_same {
+        return Err(RewriteError::FamilyMismatch);
+    }
+    let lay = layout(fam);
+    let (l3, l4, end) = (
+        usize::from(p.l3_off),
+        usize::from(p.l4_off),
+        usize::from(p.l3_end),
+    );
+    let (ql3, ql4) = (usize::from(q.l3_off), usize::from(q.l4_off));
+    let ok = l3 + lay.hdr_min <= l4
+        && l4 + crate::icmp::HEADER_LEN <= ql3
+        && ql3 + lay.hdr_min <= ql4
+        && ql4 <= end
+        && end <= frame.len()
+        && frame[l3] >> 4 == lay.version
+        && frame[ql3] >> 4 == lay.version;
+    if !ok {
+        return Err(RewriteError::NoL4Header);
+    }
+    let qlen = usize::from(q.l4_len).min(end - ql4);
+    let outer_src = match outer_src {
+        Some(a) => a,
+        None => crate::parse::addr_at(frame, l3 + lay.src, fam).ok_or(RewriteError::NoL4Header)?,
+    };
+    let outer = AddrChange::read(frame, l3, &lay, &outer_src, &outer_dst)
+        .ok_or(RewriteError::NoL4Header)?;
+    let quoted = AddrChange::read(frame, ql3, &lay, &inner.src, &inner.dst)
+        .ok_or(RewriteError::NoL4Header)?;
+
+    let done = (|| {
+        // 1. The quoted transport header, then the quoted IP header.
+        match q.proto {
+            6 | 17 | 132 if qlen >= 4 => {
+                if q.proto == 6 && qlen >= 18 {
+                    rewrite_ports(
+                        frame,
+                        ql4,
+                        ql4 + 16,
+                        inner.sport,
+                        inner.dport,
+                        Some(&quoted),
+                        false,
+                    )?;
+                } else if q.proto == 17 && qlen >= 8 {
+                    // A zero quoted UDP checksum means "none" (IPv4) or is
+                    // already invalid (IPv6): leave it.
+                    rewrite_ports(
+                        frame,
+                        ql4,
+                        ql4 + 6,
+                        inner.sport,
+                        inner.dport,
+                        Some(&quoted),
+                        true,
+                    )?;
+                } else {
+                    write16(frame, ql4, inner.sport)?;
+                    write16(frame, ql4 + 2, inner.dport)?;
+                }
+            }
+            1 | 58 if qlen >= 4 && (q.proto == 58) == (fam == IpFamily::V6) => {
+                let mut hc = read16(frame, ql4 + 2)?;
+                let kind = crate::icmp::kind(fam, frame[ql4]);
+                if qlen >= 6 && matches!(kind, IcmpKind::EchoRequest | IcmpKind::EchoReply) {
+                    let id = if kind == IcmpKind::EchoRequest {
+                        inner.sport
+                    } else {
+                        inner.dport
+                    };
+                    hc = checksum::update16(hc, read16(frame, ql4 + 4)?, id);
+                    write16(frame, ql4 + 4, id)?;
+                }
+                if fam == IpFamily::V6 {
+                    hc = quoted.update(hc);
+                }
+                write16(frame, ql4 + 2, hc)?;
+            }
+            _ => {}
+        }
+        quoted.write(frame, ql3, &lay, fam)?;
+        // 2. The outer IP header.
+        outer.write(frame, l3, &lay, fam)?;
+        // 3. The outer ICMP checksum, from scratch.
+        write16(frame, l4 + 2, 0)?;
+        let msg = frame.get(l4..end)?;
+        let mut s = checksum::sum(msg);
+        if fam == IpFamily::V6 {
+            let (IpAddr::V6(src), IpAddr::V6(dst)) = (outer_src, outer_dst) else {
+                return None;
+            };
+            s = checksum::add(
+                s,
+                checksum::pseudo_header_v6(&src.octets(), &dst.octets(), 58, msg.len() as u32),
+            );
+        }
+        write16(frame, l4 + 2, checksum::finish(s))
+    })();
+    done.ok_or(RewriteError::NoL4Header)
 }

@@ -21,16 +21,48 @@ pub fn ip(s: &str) -> IpAddr {
 /// The transport part of a test frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum L4 {
-    Tcp { sport: u16, dport: u16, flags: u8, seq: u32, ack: u32, data_off_words: Option<u8> },
-    Udp { sport: u16, dport: u16, zero_csum: bool, len_override: Option<u16> },
-    Sctp { sport: u16, dport: u16, vtag: u32 },
-    Echo { request: bool, id: u16, seq: u16 },
+    Tcp {
+        sport: u16,
+        dport: u16,
+        flags: u8,
+        seq: u32,
+        ack: u32,
+        data_off_words: Option<u8>,
+    },
+    Udp {
+        sport: u16,
+        dport: u16,
+        zero_csum: bool,
+        len_override: Option<u16>,
+    },
+    Sctp {
+        sport: u16,
+        dport: u16,
+        vtag: u32,
+    },
+    Echo {
+        request: bool,
+        id: u16,
+        seq: u16,
+    },
     /// ICMP error quoting `quote` (its IP datagram, truncated to `quote_len`).
-    IcmpErr { typ: u8, code: u8, rest: u32, quote: Box<Pkt>, quote_len: Option<usize> },
+    IcmpErr {
+        typ: u8,
+        code: u8,
+        rest: u32,
+        quote: Box<Pkt>,
+        quote_len: Option<usize>,
+    },
     /// Any ICMP type with an 4-byte rest-of-header and the payload.
-    Icmp { typ: u8, code: u8, rest: u32 },
+    Icmp {
+        typ: u8,
+        code: u8,
+        rest: u32,
+    },
     /// Raw protocol number, payload only.
-    Raw { proto: u8 },
+    Raw {
+        proto: u8,
+    },
 }
 
 /// A frame description. `bytes()` builds it.
@@ -75,22 +107,71 @@ impl Pkt {
     pub fn tcp(src: &str, sport: u16, dst: &str, dport: u16, flags: u8) -> Pkt {
         let seq = 1000;
         let ack = if flags & ACK != 0 { 5000 } else { 0 };
-        Pkt::base(src, dst, L4::Tcp { sport, dport, flags, seq, ack, data_off_words: None })
+        Pkt::base(
+            src,
+            dst,
+            L4::Tcp {
+                sport,
+                dport,
+                flags,
+                seq,
+                ack,
+                data_off_words: None,
+            },
+        )
     }
     pub fn udp(src: &str, sport: u16, dst: &str, dport: u16) -> Pkt {
-        Pkt::base(src, dst, L4::Udp { sport, dport, zero_csum: false, len_override: None }).payload(b"query")
+        Pkt::base(
+            src,
+            dst,
+            L4::Udp {
+                sport,
+                dport,
+                zero_csum: false,
+                len_override: None,
+            },
+        )
+        .payload(b"query")
     }
     pub fn sctp(src: &str, sport: u16, dst: &str, dport: u16) -> Pkt {
         // One INIT chunk (type 1, flags 0, length 20).
         let mut chunk = vec![1, 0, 0, 20];
         chunk.extend_from_slice(&[0xaa, 0xbb, 0xcc, 0xdd, 0, 1, 0, 0, 0, 10, 0, 10, 0, 0, 0, 1]);
-        Pkt::base(src, dst, L4::Sctp { sport, dport, vtag: 0 }).payload(&chunk)
+        Pkt::base(
+            src,
+            dst,
+            L4::Sctp {
+                sport,
+                dport,
+                vtag: 0,
+            },
+        )
+        .payload(&chunk)
     }
     pub fn echo(src: &str, dst: &str, id: u16) -> Pkt {
-        Pkt::base(src, dst, L4::Echo { request: true, id, seq: 1 }).payload(b"pingpingpingping")
+        Pkt::base(
+            src,
+            dst,
+            L4::Echo {
+                request: true,
+                id,
+                seq: 1,
+            },
+        )
+        .payload(b"pingpingpingping")
     }
     pub fn icmp_err(src: &str, dst: &str, typ: u8, code: u8, rest: u32, quote: Pkt) -> Pkt {
-        let mut p = Pkt::base(src, dst, L4::IcmpErr { typ, code, rest, quote: Box::new(quote), quote_len: None });
+        let mut p = Pkt::base(
+            src,
+            dst,
+            L4::IcmpErr {
+                typ,
+                code,
+                rest,
+                quote: Box::new(quote),
+                quote_len: None,
+            },
+        );
         p.df = false;
         p
     }
@@ -123,7 +204,15 @@ impl Pkt {
         self.src = ip(src);
         self.dst = ip(dst);
         match &mut self.l4 {
-            L4::Tcp { sport: s, dport: d, .. } | L4::Udp { sport: s, dport: d, .. } | L4::Sctp { sport: s, dport: d, .. } => {
+            L4::Tcp {
+                sport: s, dport: d, ..
+            }
+            | L4::Udp {
+                sport: s, dport: d, ..
+            }
+            | L4::Sctp {
+                sport: s, dport: d, ..
+            } => {
                 *s = sport;
                 *d = dport;
             }
@@ -134,7 +223,9 @@ impl Pkt {
     }
     pub fn ports(&self) -> (u16, u16) {
         match &self.l4 {
-            L4::Tcp { sport, dport, .. } | L4::Udp { sport, dport, .. } | L4::Sctp { sport, dport, .. } => (*sport, *dport),
+            L4::Tcp { sport, dport, .. }
+            | L4::Udp { sport, dport, .. }
+            | L4::Sctp { sport, dport, .. } => (*sport, *dport),
             L4::Echo { id, .. } => (*id, *id),
             _ => (0, 0),
         }
@@ -160,7 +251,14 @@ impl Pkt {
     fn l4_bytes(&self) -> Vec<u8> {
         let mut b = Vec::new();
         match &self.l4 {
-            L4::Tcp { sport, dport, flags, seq, ack, data_off_words } => {
+            L4::Tcp {
+                sport,
+                dport,
+                flags,
+                seq,
+                ack,
+                data_off_words,
+            } => {
                 b.extend_from_slice(&sport.to_be_bytes());
                 b.extend_from_slice(&dport.to_be_bytes());
                 b.extend_from_slice(&seq.to_be_bytes());
@@ -173,7 +271,12 @@ impl Pkt {
                 let c = fold(c);
                 b[16..18].copy_from_slice(&c.to_be_bytes());
             }
-            L4::Udp { sport, dport, zero_csum, len_override } => {
+            L4::Udp {
+                sport,
+                dport,
+                zero_csum,
+                len_override,
+            } => {
                 b.extend_from_slice(&sport.to_be_bytes());
                 b.extend_from_slice(&dport.to_be_bytes());
                 let len = (8 + self.payload.len()) as u16;
@@ -210,7 +313,13 @@ impl Pkt {
                 b.extend_from_slice(&self.payload);
                 self.icmp_csum(&mut b);
             }
-            L4::IcmpErr { typ, code, rest, quote, quote_len } => {
+            L4::IcmpErr {
+                typ,
+                code,
+                rest,
+                quote,
+                quote_len,
+            } => {
                 b.extend_from_slice(&[*typ, *code, 0, 0]);
                 b.extend_from_slice(&rest.to_be_bytes());
                 let mut q = quote.ip_bytes();
@@ -232,7 +341,11 @@ impl Pkt {
     }
 
     fn icmp_csum(&self, b: &mut [u8]) {
-        let c = if self.src.is_ipv4() { fold(sum(b)) } else { fold(self.pseudo_sum(b.len()) + sum(b)) };
+        let c = if self.src.is_ipv4() {
+            fold(sum(b))
+        } else {
+            fold(self.pseudo_sum(b.len()) + sum(b))
+        };
         b[2..4].copy_from_slice(&c.to_be_bytes());
     }
 
@@ -256,7 +369,7 @@ impl Pkt {
         match (self.src, self.dst) {
             (IpAddr::V4(s), IpAddr::V4(d)) => {
                 let mut opts = self.v4_options.clone();
-                while opts.len() % 4 != 0 {
+                while !opts.len().is_multiple_of(4) {
                     opts.push(0);
                 }
                 let hl = 20 + opts.len();
@@ -320,7 +433,11 @@ impl Pkt {
             b.extend_from_slice(&[0x81, 0x00]);
             b.extend_from_slice(&v.to_be_bytes());
         }
-        b.extend_from_slice(if self.src.is_ipv4() { &[0x08, 0x00] } else { &[0x86, 0xdd] });
+        b.extend_from_slice(if self.src.is_ipv4() {
+            &[0x08, 0x00]
+        } else {
+            &[0x86, 0xdd]
+        });
         b.extend_from_slice(&self.ip_bytes());
         b
     }
@@ -336,7 +453,11 @@ fn addr_bytes(ip: IpAddr) -> Vec<u8> {
 fn sum(b: &[u8]) -> u32 {
     let mut s = 0u32;
     for c in b.chunks(2) {
-        s += if c.len() == 2 { u16::from_be_bytes([c[0], c[1]]) as u32 } else { (c[0] as u32) << 8 };
+        s += if c.len() == 2 {
+            u16::from_be_bytes([c[0], c[1]]) as u32
+        } else {
+            (c[0] as u32) << 8
+        };
     }
     s
 }
@@ -353,20 +474,31 @@ fn fold(mut s: u32) -> u16 {
 /// CRC32c. Panics with a description when one is wrong.
 pub fn verify_checksums(frame: &[u8]) {
     use etherparse::{NetSlice, SlicedPacket, TransportSlice};
-    let sp = SlicedPacket::from_ethernet(frame).unwrap_or_else(|e| panic!("etherparse cannot parse output: {e:?}"));
+    let sp = SlicedPacket::from_ethernet(frame)
+        .unwrap_or_else(|e| panic!("etherparse cannot parse output: {e:?}"));
     let net = sp.net.as_ref().expect("no network layer");
     match net {
         NetSlice::Ipv4(v4) => {
             let h = v4.header().to_header();
-            assert_eq!(h.header_checksum, h.calc_header_checksum(), "IPv4 header checksum");
+            assert_eq!(
+                h.header_checksum,
+                h.calc_header_checksum(),
+                "IPv4 header checksum"
+            );
         }
         NetSlice::Ipv6(_) => {}
         #[allow(unreachable_patterns)]
         _ => {}
     }
     let (src, dst): (Vec<u8>, Vec<u8>) = match net {
-        NetSlice::Ipv4(v4) => (v4.header().source().to_vec(), v4.header().destination().to_vec()),
-        NetSlice::Ipv6(v6) => (v6.header().source().to_vec(), v6.header().destination().to_vec()),
+        NetSlice::Ipv4(v4) => (
+            v4.header().source().to_vec(),
+            v4.header().destination().to_vec(),
+        ),
+        NetSlice::Ipv6(v6) => (
+            v6.header().source().to_vec(),
+            v6.header().destination().to_vec(),
+        ),
         #[allow(unreachable_patterns)]
         _ => return,
     };
@@ -384,9 +516,19 @@ pub fn verify_checksums(frame: &[u8]) {
         Some(TransportSlice::Tcp(t)) => {
             let h = t.to_header();
             let c = if v4 {
-                h.calc_checksum_ipv4_raw(src[..4].try_into().unwrap(), dst[..4].try_into().unwrap(), t.payload()).unwrap()
+                h.calc_checksum_ipv4_raw(
+                    src[..4].try_into().unwrap(),
+                    dst[..4].try_into().unwrap(),
+                    t.payload(),
+                )
+                .unwrap()
             } else {
-                h.calc_checksum_ipv6_raw(src[..].try_into().unwrap(), dst[..].try_into().unwrap(), t.payload()).unwrap()
+                h.calc_checksum_ipv6_raw(
+                    src[..].try_into().unwrap(),
+                    dst[..].try_into().unwrap(),
+                    t.payload(),
+                )
+                .unwrap()
             };
             assert_eq!(h.checksum, c, "TCP checksum");
         }
@@ -396,21 +538,32 @@ pub fn verify_checksums(frame: &[u8]) {
                 return;
             }
             let c = if v4 {
-                h.calc_checksum_ipv4_raw(src[..4].try_into().unwrap(), dst[..4].try_into().unwrap(), u.payload()).unwrap()
+                h.calc_checksum_ipv4_raw(
+                    src[..4].try_into().unwrap(),
+                    dst[..4].try_into().unwrap(),
+                    u.payload(),
+                )
+                .unwrap()
             } else {
-                h.calc_checksum_ipv6_raw(src[..].try_into().unwrap(), dst[..].try_into().unwrap(), u.payload()).unwrap()
+                h.calc_checksum_ipv6_raw(
+                    src[..].try_into().unwrap(),
+                    dst[..].try_into().unwrap(),
+                    u.payload(),
+                )
+                .unwrap()
             };
             assert_eq!(h.checksum, c, "UDP checksum");
         }
         Some(TransportSlice::Icmpv4(i)) => {
             let h = i.header();
-            let c = etherparse::Icmpv4Header::with_checksum(h.icmp_type.clone(), i.payload()).checksum;
+            let c =
+                etherparse::Icmpv4Header::with_checksum(h.icmp_type.clone(), i.payload()).checksum;
             assert_eq!(h.checksum, c, "ICMPv4 checksum");
         }
         Some(TransportSlice::Icmpv6(i)) => {
             let h = i.header();
             let c = etherparse::Icmpv6Header::with_checksum(
-                h.icmp_type.clone(),
+                h.icmp_type,
                 src[..].try_into().unwrap(),
                 dst[..].try_into().unwrap(),
                 i.payload(),
@@ -436,4 +589,26 @@ pub fn verify_checksums(frame: &[u8]) {
             }
         }
     }
+}
+
+/// The golden world: tests/fixtures/golden.yaml compiled for node-a, SNAT
+/// ports 40000-40999.
+pub fn golden_tables() -> edgeplane_dataplane::Tables {
+    compile_fixture(include_str!("../fixtures/golden.yaml"), 1)
+}
+
+/// Compiles manifest text for node-a (198.18.1.1, 2001:db8:1::1).
+pub fn compile_fixture(yaml: &str, generation: u64) -> edgeplane_dataplane::Tables {
+    use edgeplane_control::compile::{compile, CompileOptions};
+    let (objects, diags) = edgeplane_control::manifests::load_str("fixture.yaml", yaml);
+    assert!(diags.is_empty(), "fixture diagnostics: {diags:?}");
+    let opts = CompileOptions {
+        node_name: "node-a".into(),
+        node_ips: vec![ip("198.18.1.1"), ip("2001:db8:1::1")],
+        snat_ports: (40000, 40999),
+        ..CompileOptions::default()
+    };
+    compile(&objects, &opts, generation)
+        .expect("fixture compiles")
+        .tables
 }
