@@ -1,0 +1,210 @@
+//! The `edgeplane` binary as a user runs it: `compile` and `replay`.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use pcap_file::pcap::{PcapHeader, PcapPacket, PcapReader, PcapWriter};
+use pcap_file::DataLink;
+use support::*;
+
+fn edgeplane(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_edgeplane")).args(args).output().expect("run edgeplane")
+}
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn tmpdir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("edgeplane-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+#[test]
+fn compile_prints_every_frontend_of_the_demo_as_json() {
+    let demo = root().join("examples/demo");
+    let out = edgeplane(&[
+        "compile",
+        "--manifests",
+        demo.to_str().unwrap(),
+        "--node-name",
+        "node-a",
+        "--node-ip",
+        "198.18.1.1",
+        "--node-ip",
+        "2001:db8:1::1",
+        "--output",
+        "json",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let fes = v["frontends"].as_array().unwrap();
+    let lb = fes
+        .iter()
+        .find(|f| f["ip"] == "198.18.100.10" && f["port"] == 80 && f["protocol"] == "TCP")
+        .expect("the LoadBalancer frontend");
+    assert_eq!(lb["kind"], "LoadBalancer");
+    let backends = lb["backends"].as_array().unwrap();
+    assert_eq!(backends.len(), 3);
+    let share: f64 = backends.iter().map(|b| b["share"].as_f64().unwrap()).sum();
+    assert!((share - 100.0).abs() < 0.1, "shares add up to {share}");
+    assert!(fes.iter().any(|f| f["kind"] == "NodePort" && f["ip"] == "2001:db8:1::1"));
+}
+
+#[test]
+fn compile_table_output_names_policies() {
+    let out = edgeplane(&[
+        "compile",
+        "--manifests",
+        root().join("tests/fixtures/golden.yaml").to_str().unwrap(),
+        "--node-name",
+        "node-a",
+        "--node-ip",
+        "198.18.1.1",
+    ]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("198.18.100.11:80"), "{text}");
+    assert!(text.contains("external=Local"), "{text}");
+}
+
+#[test]
+fn a_bad_manifest_is_named_and_the_rest_still_compiles() {
+    let dir = tmpdir("bad");
+    std::fs::copy(root().join("examples/demo/web.yaml"), dir.join("good.yaml")).unwrap();
+    std::fs::write(
+        dir.join("broken.yaml"),
+        "apiVersion: v1\nkind: Service\nmetadata: {name: oops, namespace: default}\nspec:\n  ports: [{port: 80, protocol: FTP}]\n  clusterIP: 198.18.200.99\n---\nkind: [unclosed\n",
+    )
+    .unwrap();
+    let out = edgeplane(&[
+        "compile",
+        "--manifests",
+        dir.to_str().unwrap(),
+        "--node-name",
+        "node-a",
+        "--node-ip",
+        "198.18.1.1",
+        "--output",
+        "json",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("broken.yaml"), "the error names the file: {stderr}");
+    assert!(stderr.contains("oops"), "the error names the object: {stderr}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["frontends"].as_array().unwrap().iter().any(|f| f["ip"] == "198.18.200.10"), "good Service compiled");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn compile_refuses_a_missing_path_clearly() {
+    let out = edgeplane(&["compile", "--manifests", "/nonexistent/edgeplane", "--node-ip", "198.18.1.1"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does not exist"));
+}
+
+fn write_pcap(path: &Path, frames: &[Vec<u8>], link: DataLink) {
+    let f = std::fs::File::create(path).unwrap();
+    let header = PcapHeader { datalink: link, ..PcapHeader::default() };
+    let mut w = PcapWriter::with_header(f, header).unwrap();
+    for (i, fr) in frames.iter().enumerate() {
+        let ts = Duration::from_millis(1_700_000_000_000 + i as u64 * 10);
+        w.write_packet(&PcapPacket::new(ts, fr.len() as u32, fr)).unwrap();
+    }
+}
+
+#[test]
+fn replay_writes_outputs_and_one_verdict_line_per_frame() {
+    let dir = tmpdir("replay");
+    let c = "198.18.0.100";
+    let frames = vec![
+        Pkt::tcp(c, 1111, "198.18.200.10", 80, SYN).bytes(),          // tx
+        Pkt::tcp("198.18.2.2", 8080, "198.18.1.1", 40000, SYN | ACK).bytes(), // tx (reply)
+        Pkt::tcp(c, 1112, "198.18.200.11", 80, SYN).bytes(),          // reject
+        Pkt::tcp(c, 1113, "198.18.1.1", 22, SYN).bytes(),             // pass
+        Pkt::tcp(c, 1114, "198.18.100.11", 80, SYN).bytes(),          // drop no_local_endpoints
+        vec![0u8; 9],                                                 // drop truncated
+    ];
+    let input = dir.join("in.pcap");
+    write_pcap(&input, &frames, DataLink::ETHERNET);
+    let (output, verdicts) = (dir.join("out.pcap"), dir.join("v.jsonl"));
+    let out = edgeplane(&[
+        "replay",
+        "--manifests",
+        root().join("tests/fixtures/golden.yaml").to_str().unwrap(),
+        "--node-name",
+        "node-a",
+        "--node-ip",
+        "198.18.1.1",
+        "--node-ip",
+        "2001:db8:1::1",
+        "--snat-ports",
+        "40000-40999",
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        output.to_str().unwrap(),
+        "--verdicts",
+        verdicts.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&verdicts)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let got: Vec<(u64, &str, Option<&str>, Option<u64>)> = lines
+        .iter()
+        .map(|l| (l["index"].as_u64().unwrap(), l["verdict"].as_str().unwrap(), l["reason"].as_str(), l["output"].as_u64()))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (0, "tx", None, Some(0)),
+            (1, "tx", None, Some(1)),
+            (2, "reject", None, Some(2)),
+            (3, "pass", None, None),
+            (4, "drop", Some("no_local_endpoints"), None),
+            (5, "drop", Some("truncated"), None),
+        ]
+    );
+    assert_eq!(lines[0]["frontend"], "198.18.200.10:80/TCP");
+    assert_eq!(lines[0]["service"], "default/web:http");
+    assert_eq!(lines[0]["backend"], "198.18.2.2:8080");
+    // The output capture holds exactly the sent frames, each well formed.
+    let mut r = PcapReader::new(std::fs::File::open(&output).unwrap()).unwrap();
+    let mut n = 0;
+    while let Some(p) = r.next_packet() {
+        verify_checksums(&p.unwrap().data);
+        n += 1;
+    }
+    assert_eq!(n, 3);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn replay_refuses_a_non_ethernet_capture() {
+    let dir = tmpdir("sll");
+    let input = dir.join("in.pcap");
+    write_pcap(&input, &[vec![0u8; 40]], DataLink::LINUX_SLL);
+    let out = edgeplane(&[
+        "replay",
+        "--manifests",
+        root().join("examples/demo").to_str().unwrap(),
+        "--node-ip",
+        "198.18.1.1",
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        dir.join("o.pcap").to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not Ethernet"));
+    let _ = std::fs::remove_dir_all(dir);
+}
