@@ -11,7 +11,10 @@ use pcap_file::DataLink;
 use support::*;
 
 fn edgeplane(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_edgeplane")).args(args).output().expect("run edgeplane")
+    Command::new(env!("CARGO_BIN_EXE_edgeplane"))
+        .args(args)
+        .output()
+        .expect("run edgeplane")
 }
 
 fn root() -> PathBuf {
@@ -41,7 +44,11 @@ fn compile_prints_every_frontend_of_the_demo_as_json() {
         "--output",
         "json",
     ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let fes = v["frontends"].as_array().unwrap();
     let lb = fes
@@ -53,7 +60,9 @@ fn compile_prints_every_frontend_of_the_demo_as_json() {
     assert_eq!(backends.len(), 3);
     let share: f64 = backends.iter().map(|b| b["share"].as_f64().unwrap()).sum();
     assert!((share - 100.0).abs() < 0.1, "shares add up to {share}");
-    assert!(fes.iter().any(|f| f["kind"] == "NodePort" && f["ip"] == "2001:db8:1::1"));
+    assert!(fes
+        .iter()
+        .any(|f| f["kind"] == "NodePort" && f["ip"] == "2001:db8:1::1"));
 }
 
 #[test]
@@ -95,27 +104,50 @@ fn a_bad_manifest_is_named_and_the_rest_still_compiles() {
     ]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
-    assert!(stderr.contains("broken.yaml"), "the error names the file: {stderr}");
-    assert!(stderr.contains("oops"), "the error names the object: {stderr}");
+    assert!(
+        stderr.contains("broken.yaml"),
+        "the error names the file: {stderr}"
+    );
+    assert!(
+        stderr.contains("oops"),
+        "the error names the object: {stderr}"
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert!(v["frontends"].as_array().unwrap().iter().any(|f| f["ip"] == "198.18.200.10"), "good Service compiled");
+    assert!(
+        v["frontends"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["ip"] == "198.18.200.10"),
+        "good Service compiled"
+    );
     let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]
 fn compile_refuses_a_missing_path_clearly() {
-    let out = edgeplane(&["compile", "--manifests", "/nonexistent/edgeplane", "--node-ip", "198.18.1.1"]);
+    let out = edgeplane(&[
+        "compile",
+        "--manifests",
+        "/nonexistent/edgeplane",
+        "--node-ip",
+        "198.18.1.1",
+    ]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("does not exist"));
 }
 
 fn write_pcap(path: &Path, frames: &[Vec<u8>], link: DataLink) {
     let f = std::fs::File::create(path).unwrap();
-    let header = PcapHeader { datalink: link, ..PcapHeader::default() };
+    let header = PcapHeader {
+        datalink: link,
+        ..PcapHeader::default()
+    };
     let mut w = PcapWriter::with_header(f, header).unwrap();
     for (i, fr) in frames.iter().enumerate() {
         let ts = Duration::from_millis(1_700_000_000_000 + i as u64 * 10);
-        w.write_packet(&PcapPacket::new(ts, fr.len() as u32, fr)).unwrap();
+        w.write_packet(&PcapPacket::new(ts, fr.len() as u32, fr))
+            .unwrap();
     }
 }
 
@@ -124,12 +156,12 @@ fn replay_writes_outputs_and_one_verdict_line_per_frame() {
     let dir = tmpdir("replay");
     let c = "198.18.0.100";
     let frames = vec![
-        Pkt::tcp(c, 1111, "198.18.200.10", 80, SYN).bytes(),          // tx
+        Pkt::tcp(c, 1111, "198.18.200.10", 80, SYN).bytes(), // tx
         Pkt::tcp("198.18.2.2", 8080, "198.18.1.1", 40000, SYN | ACK).bytes(), // tx (reply)
-        Pkt::tcp(c, 1112, "198.18.200.11", 80, SYN).bytes(),          // reject
-        Pkt::tcp(c, 1113, "198.18.1.1", 22, SYN).bytes(),             // pass
-        Pkt::tcp(c, 1114, "198.18.100.11", 80, SYN).bytes(),          // drop no_local_endpoints
-        vec![0u8; 9],                                                 // drop truncated
+        Pkt::tcp(c, 1112, "198.18.200.11", 80, SYN).bytes(), // reject
+        Pkt::tcp(c, 1113, "198.18.1.1", 22, SYN).bytes(),    // pass
+        Pkt::tcp(c, 1114, "198.18.100.11", 80, SYN).bytes(), // drop no_local_endpoints
+        vec![0u8; 9],                                        // drop truncated
     ];
     let input = dir.join("in.pcap");
     write_pcap(&input, &frames, DataLink::ETHERNET);
@@ -153,7 +185,11 @@ fn replay_writes_outputs_and_one_verdict_line_per_frame() {
         "--verdicts",
         verdicts.to_str().unwrap(),
     ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let lines: Vec<serde_json::Value> = std::fs::read_to_string(&verdicts)
         .unwrap()
         .lines()
@@ -161,7 +197,14 @@ fn replay_writes_outputs_and_one_verdict_line_per_frame() {
         .collect();
     let got: Vec<(u64, &str, Option<&str>, Option<u64>)> = lines
         .iter()
-        .map(|l| (l["index"].as_u64().unwrap(), l["verdict"].as_str().unwrap(), l["reason"].as_str(), l["output"].as_u64()))
+        .map(|l| {
+            (
+                l["index"].as_u64().unwrap(),
+                l["verdict"].as_str().unwrap(),
+                l["reason"].as_str(),
+                l["output"].as_u64(),
+            )
+        })
         .collect();
     assert_eq!(
         got,

@@ -39,7 +39,17 @@ fn client(i: usize) -> String {
 
 /// golden.yaml with every line containing `needle` replaced by `with`.
 fn edit(needle: &str, with: &str) -> String {
-    GOLDEN.lines().map(|l| if l.contains(needle) { with.to_string() } else { l.to_string() }).collect::<Vec<_>>().join("\n")
+    GOLDEN
+        .lines()
+        .map(|l| {
+            if l.contains(needle) {
+                with.to_string()
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 #[test]
@@ -51,13 +61,27 @@ fn new_flows_spread_evenly_over_three_backends() {
     let mut per: HashMap<IpAddr, u32> = HashMap::new();
     let n = 3000;
     for i in 0..n {
-        let (d, _) = send(&mut e, &t, SEC, &Pkt::tcp(&client(i % 1000), 20000 + (i / 1000) as u16, "198.18.200.19", 80, SYN));
+        let (d, _) = send(
+            &mut e,
+            &t,
+            SEC,
+            &Pkt::tcp(
+                &client(i % 1000),
+                20000 + (i / 1000) as u16,
+                "198.18.200.19",
+                80,
+                SYN,
+            ),
+        );
         *per.entry(d.backend.expect("forwarded").0).or_default() += 1;
     }
     assert_eq!(per.len(), 3, "{per:?}");
     for (b, c) in &per {
         let even = n as f64 / 3.0;
-        assert!((*c as f64 - even).abs() <= 0.15 * even, "backend {b} got {c} of {n} flows");
+        assert!(
+            (*c as f64 - even).abs() <= 0.15 * even,
+            "backend {b} got {c} of {n} flows"
+        );
     }
 }
 
@@ -67,12 +91,20 @@ fn every_node_picks_the_same_backend_for_a_flow() {
     // seed: Maglev tables and flow hashes agree, so a flow re-routed to
     // another node by an ECMP change lands on the same backend.
     let t1 = golden_tables();
-    let reversed: Vec<&str> = GOLDEN.split("\n---\n").collect::<Vec<_>>().into_iter().rev().collect();
+    let reversed: Vec<&str> = GOLDEN
+        .split("\n---\n")
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
     let t2 = compile_fixture(&reversed.join("\n---\n"), 1);
     let (mut a, mut b) = (Engine::standalone(4096), Engine::standalone(4096));
     for i in 0..500 {
         let p = Pkt::tcp(&client(i), 33000 + i as u16, "198.18.200.19", 80, SYN);
-        assert_eq!(send(&mut a, &t1, SEC, &p).0.backend, send(&mut b, &t2, SEC, &p).0.backend);
+        assert_eq!(
+            send(&mut a, &t1, SEC, &p).0.backend,
+            send(&mut b, &t2, SEC, &p).0.backend
+        );
     }
 }
 
@@ -82,16 +114,37 @@ fn client_ip_affinity_sticks_and_expires() {
     let mut e = Engine::standalone(8192);
     let mut chosen = Vec::new();
     for c in 0..30 {
-        let first = send(&mut e, &t, SEC, &Pkt::tcp(&client(c), 1000, "198.18.200.18", 80, SYN)).0.backend.unwrap();
+        let first = send(
+            &mut e,
+            &t,
+            SEC,
+            &Pkt::tcp(&client(c), 1000, "198.18.200.18", 80, SYN),
+        )
+        .0
+        .backend
+        .unwrap();
         for port in 1001..1020 {
-            let d = send(&mut e, &t, 2 * SEC, &Pkt::tcp(&client(c), port, "198.18.200.18", 80, SYN)).0;
-            assert_eq!(d.backend.unwrap(), first, "client {c} moved to another backend");
+            let d = send(
+                &mut e,
+                &t,
+                2 * SEC,
+                &Pkt::tcp(&client(c), port, "198.18.200.18", 80, SYN),
+            )
+            .0;
+            assert_eq!(
+                d.backend.unwrap(),
+                first,
+                "client {c} moved to another backend"
+            );
         }
         chosen.push(first);
     }
     chosen.sort();
     chosen.dedup();
-    assert!(chosen.len() > 1, "all clients on one backend: affinity must not collapse the spread");
+    assert!(
+        chosen.len() > 1,
+        "all clients on one backend: affinity must not collapse the spread"
+    );
 }
 
 #[test]
@@ -102,7 +155,12 @@ fn a_flow_keeps_its_backend_and_port_across_unrelated_table_changes() {
     let (d1, o1) = send(&mut e, &t1, SEC, &syn);
     // Generation 2: an unrelated Service loses its endpoint.
     let t2 = compile_fixture(&edit("198.18.7.2", ""), 2);
-    let (d2, o2) = send(&mut e, &t2, 2 * SEC, &Pkt::tcp(C4, 5555, "198.18.200.19", 80, ACK));
+    let (d2, o2) = send(
+        &mut e,
+        &t2,
+        2 * SEC,
+        &Pkt::tcp(C4, 5555, "198.18.200.19", 80, ACK),
+    );
     assert_eq!(d1.backend, d2.backend);
     assert_eq!(snat_of(&o1), snat_of(&o2));
 }
@@ -125,7 +183,10 @@ fn udp_flow_to_a_removed_backend_is_rebalanced_at_once() {
     // A late reply from the removed backend is dropped...
     let (snat, sport) = snat_of(&o1);
     let late = Pkt::udp(&gone.to_string(), 5353, &snat.to_string(), sport);
-    assert_eq!(send(&mut e, &t2, 2 * SEC, &late).0.verdict, Verdict::Drop(DropReason::BackendGone));
+    assert_eq!(
+        send(&mut e, &t2, 2 * SEC, &late).0.verdict,
+        Verdict::Drop(DropReason::BackendGone)
+    );
     // ...and the client's next datagram goes to a live backend, not into a blackhole.
     let (d2, _) = send(&mut e, &t2, 3 * SEC, &q);
     assert!(matches!(d2.verdict, Verdict::Tx { .. }));
@@ -137,18 +198,33 @@ fn udp_flow_to_a_removed_backend_is_rebalanced_at_once() {
 fn tcp_flow_to_a_removed_backend_is_reset_and_a_new_syn_is_rebalanced() {
     let t1 = golden_tables();
     let mut e = Engine::standalone(1024);
-    let (d1, _) = send(&mut e, &t1, SEC, &Pkt::tcp(C4, 6000, "198.18.200.19", 80, SYN));
+    let (d1, _) = send(
+        &mut e,
+        &t1,
+        SEC,
+        &Pkt::tcp(C4, 6000, "198.18.200.19", 80, SYN),
+    );
     let (gone, _) = d1.backend.unwrap();
     let t2 = compile_fixture(&edit(&spread_line(&gone.to_string()), ""), 2);
-    let data = Pkt::tcp(C4, 6000, "198.18.200.19", 80, ACK | PSH).seq_ack(2000, 3000).payload(b"more");
+    let data = Pkt::tcp(C4, 6000, "198.18.200.19", 80, ACK | PSH)
+        .seq_ack(2000, 3000)
+        .payload(b"more");
     let (d2, out) = send(&mut e, &t2, 2 * SEC, &data);
     assert!(matches!(d2.verdict, Verdict::Reject { .. }), "{d2:?}");
     let rst = edgeplane_packet::parse(&out).unwrap();
-    assert_eq!((rst.src, rst.dst, rst.sport, rst.dport), (ip("198.18.200.19"), ip(C4), 80, 6000));
+    assert_eq!(
+        (rst.src, rst.dst, rst.sport, rst.dport),
+        (ip("198.18.200.19"), ip(C4), 80, 6000)
+    );
     assert_eq!(rst.tcp_flags & RST, RST);
     verify_checksums(&out);
     // The client reconnects from the same port: a fresh flow on a live backend.
-    let (d3, _) = send(&mut e, &t2, 3 * SEC, &Pkt::tcp(C4, 6000, "198.18.200.19", 80, SYN));
+    let (d3, _) = send(
+        &mut e,
+        &t2,
+        3 * SEC,
+        &Pkt::tcp(C4, 6000, "198.18.200.19", 80, SYN),
+    );
     assert!(matches!(d3.verdict, Verdict::Tx { .. }));
     assert_ne!(d3.backend.unwrap().0, gone);
 }
@@ -157,17 +233,40 @@ fn tcp_flow_to_a_removed_backend_is_reset_and_a_new_syn_is_rebalanced() {
 fn a_terminating_backend_keeps_its_flows_but_gets_no_new_ones() {
     let t1 = golden_tables();
     let mut e = Engine::standalone(8192);
-    let (d1, _) = send(&mut e, &t1, SEC, &Pkt::tcp(C4, 7000, "198.18.200.19", 80, SYN));
+    let (d1, _) = send(
+        &mut e,
+        &t1,
+        SEC,
+        &Pkt::tcp(C4, 7000, "198.18.200.19", 80, SYN),
+    );
     let (draining, _) = d1.backend.unwrap();
     let term = format!(
         "- {{addresses: [{draining}], conditions: {{ready: false, serving: true, terminating: true}}, nodeName: node-b}}"
     );
     let t2 = compile_fixture(&edit(&spread_line(&draining.to_string()), &term), 2);
-    let (d2, _) = send(&mut e, &t2, 2 * SEC, &Pkt::tcp(C4, 7000, "198.18.200.19", 80, ACK));
-    assert_eq!(d2.backend.unwrap().0, draining, "the open connection finishes on its backend");
+    let (d2, _) = send(
+        &mut e,
+        &t2,
+        2 * SEC,
+        &Pkt::tcp(C4, 7000, "198.18.200.19", 80, ACK),
+    );
+    assert_eq!(
+        d2.backend.unwrap().0,
+        draining,
+        "the open connection finishes on its backend"
+    );
     for i in 0..300 {
-        let (d, _) = send(&mut e, &t2, 3 * SEC, &Pkt::tcp(&client(i), 8000, "198.18.200.19", 80, SYN));
-        assert_ne!(d.backend.unwrap().0, draining, "a new flow went to a terminating endpoint");
+        let (d, _) = send(
+            &mut e,
+            &t2,
+            3 * SEC,
+            &Pkt::tcp(&client(i), 8000, "198.18.200.19", 80, SYN),
+        );
+        assert_ne!(
+            d.backend.unwrap().0,
+            draining,
+            "a new flow went to a terminating endpoint"
+        );
     }
 }
 
@@ -180,12 +279,30 @@ fn a_syn_flood_does_not_evict_established_flows() {
     // 32 established flows: SYN, SYN-ACK, ACK.
     for i in 0..32 {
         let c = client(i);
-        let (d, out) = send(&mut e, &t, now, &Pkt::tcp(&c, 9000, "198.18.200.19", 80, SYN));
+        let (d, out) = send(
+            &mut e,
+            &t,
+            now,
+            &Pkt::tcp(&c, 9000, "198.18.200.19", 80, SYN),
+        );
         let (b, bport) = d.backend.unwrap();
         let (snat, sport) = snat_of(&out);
         let synack = Pkt::tcp(&b.to_string(), bport, &snat.to_string(), sport, SYN | ACK);
-        assert!(matches!(send(&mut e, &t, now, &synack).0.verdict, Verdict::Tx { .. }));
-        assert!(matches!(send(&mut e, &t, now, &Pkt::tcp(&c, 9000, "198.18.200.19", 80, ACK)).0.verdict, Verdict::Tx { .. }));
+        assert!(matches!(
+            send(&mut e, &t, now, &synack).0.verdict,
+            Verdict::Tx { .. }
+        ));
+        assert!(matches!(
+            send(
+                &mut e,
+                &t,
+                now,
+                &Pkt::tcp(&c, 9000, "198.18.200.19", 80, ACK)
+            )
+            .0
+            .verdict,
+            Verdict::Tx { .. }
+        ));
         est.push((c, sport));
     }
     // 20,000 spoofed SYNs from never-answering sources.
@@ -193,7 +310,15 @@ fn a_syn_flood_does_not_evict_established_flows() {
     for i in 0..20_000usize {
         now += 1_000;
         let src = format!("198.19.{}.{}", i / 250 % 250, 1 + i % 250);
-        match send(&mut e, &t, now, &Pkt::tcp(&src, 1024 + (i % 60000) as u16, "198.18.200.19", 80, SYN)).0.verdict {
+        match send(
+            &mut e,
+            &t,
+            now,
+            &Pkt::tcp(&src, 1024 + (i % 60000) as u16, "198.18.200.19", 80, SYN),
+        )
+        .0
+        .verdict
+        {
             Verdict::Drop(DropReason::ConntrackFull) => full += 1,
             Verdict::Tx { .. } => fwd += 1,
             v => panic!("unexpected verdict under flood: {v:?}"),
@@ -201,15 +326,31 @@ fn a_syn_flood_does_not_evict_established_flows() {
     }
     // Every established flow still translates, on its own port.
     for (c, sport) in &est {
-        let (d, out) = send(&mut e, &t, now, &Pkt::tcp(c, 9000, "198.18.200.19", 80, ACK | PSH).payload(b"x"));
-        assert!(matches!(d.verdict, Verdict::Tx { .. }), "established flow from {c} lost: {d:?}");
+        let (d, out) = send(
+            &mut e,
+            &t,
+            now,
+            &Pkt::tcp(c, 9000, "198.18.200.19", 80, ACK | PSH).payload(b"x"),
+        );
+        assert!(
+            matches!(d.verdict, Verdict::Tx { .. }),
+            "established flow from {c} lost: {d:?}"
+        );
         assert_eq!(snat_of(&out).1, *sport);
     }
     // A new legitimate connection still gets in (it evicts a flood entry).
-    let (d, _) = send(&mut e, &t, now, &Pkt::tcp("198.18.0.7", 4242, "198.18.200.19", 80, SYN));
+    let (d, _) = send(
+        &mut e,
+        &t,
+        now,
+        &Pkt::tcp("198.18.0.7", 4242, "198.18.200.19", 80, SYN),
+    );
     assert!(matches!(d.verdict, Verdict::Tx { .. }), "{d:?}");
     let ct = e.flow_state().conntrack.stats();
-    println!("SYN flood: {fwd} forwarded (evicting unconfirmed), {full} refused, {} evictions", ct.evictions);
+    println!(
+        "SYN flood: {fwd} forwarded (evicting unconfirmed), {full} refused, {} evictions",
+        ct.evictions
+    );
     assert!(ct.evictions > 0);
     assert!(e.flow_state().conntrack.len() <= 64);
 }
@@ -222,30 +363,52 @@ fn snat_port_exhaustion_drops_new_flows_and_never_reuses_a_live_port() {
     let mut ports = Vec::new();
     // `draining` has a single backend, so every flow competes for its 4 ports.
     for i in 0..4 {
-        let (d, out) = send(&mut e, &t, SEC, &Pkt::tcp(&client(i), 5000, "198.18.200.16", 80, SYN));
+        let (d, out) = send(
+            &mut e,
+            &t,
+            SEC,
+            &Pkt::tcp(&client(i), 5000, "198.18.200.16", 80, SYN),
+        );
         assert!(matches!(d.verdict, Verdict::Tx { .. }), "{d:?}");
         ports.push(snat_of(&out).1);
     }
+    let by_client = ports.clone();
     ports.sort();
     assert_eq!(ports, vec![40000, 40001, 40002, 40003]);
-    let (d, _) = send(&mut e, &t, SEC, &Pkt::tcp(&client(9), 5000, "198.18.200.16", 80, SYN));
+    let (d, _) = send(
+        &mut e,
+        &t,
+        SEC,
+        &Pkt::tcp(&client(9), 5000, "198.18.200.16", 80, SYN),
+    );
     assert_eq!(d.verdict, Verdict::Drop(DropReason::SnatPortsExhausted));
     assert_eq!(e.stats().dropped(DropReason::SnatPortsExhausted), 1);
     // Live flows keep their ports.
-    for i in 0..4 {
-        let (_, out) = send(&mut e, &t, 2 * SEC, &Pkt::tcp(&client(i), 5000, "198.18.200.16", 80, ACK));
-        assert_eq!(snat_of(&out).1, ports[i]);
+    for (i, port) in by_client.iter().enumerate() {
+        let (_, out) = send(
+            &mut e,
+            &t,
+            2 * SEC,
+            &Pkt::tcp(&client(i), 5000, "198.18.200.16", 80, ACK),
+        );
+        assert_eq!(snat_of(&out).1, *port);
     }
     // Once they expire (SYN_SENT: 120 s), the ports come back.
-    let (d, _) = send(&mut e, &t, 200 * SEC, &Pkt::tcp(&client(9), 5000, "198.18.200.16", 80, SYN));
+    let (d, _) = send(
+        &mut e,
+        &t,
+        200 * SEC,
+        &Pkt::tcp(&client(9), 5000, "198.18.200.16", 80, SYN),
+    );
     assert!(matches!(d.verdict, Verdict::Tx { .. }), "{d:?}");
 }
 
 #[test]
 fn batch_entry_point_matches_one_at_a_time() {
     let t = golden_tables();
-    let frames: Vec<Vec<u8>> =
-        (0..64).map(|i| Pkt::tcp(&client(i), 1234, "198.18.200.19", 80, SYN).bytes()).collect();
+    let frames: Vec<Vec<u8>> = (0..64)
+        .map(|i| Pkt::tcp(&client(i), 1234, "198.18.200.19", 80, SYN).bytes())
+        .collect();
     let mut one = Engine::standalone(1024);
     let singles: Vec<Decision> = frames
         .iter()
@@ -264,9 +427,19 @@ fn batch_entry_point_matches_one_at_a_time() {
             b
         })
         .collect();
-    let mut refs: Vec<(&mut [u8], usize)> =
-        bufs.iter_mut().zip(&frames).map(|(b, f)| (b.as_mut_slice(), f.len())).collect();
-    let mut out = vec![Decision { verdict: Verdict::Pass, frontend: None, backend: None }; 64];
+    let mut refs: Vec<(&mut [u8], usize)> = bufs
+        .iter_mut()
+        .zip(&frames)
+        .map(|(b, f)| (b.as_mut_slice(), f.len()))
+        .collect();
+    let mut out = vec![
+        Decision {
+            verdict: Verdict::Pass,
+            frontend: None,
+            backend: None
+        };
+        64
+    ];
     assert_eq!(batch.process_batch(SEC, &mut refs, &t, &mut out), 64);
     assert_eq!(out, singles);
 }
