@@ -70,7 +70,10 @@ fn compile_table_output_names_policies() {
     let out = edgeplane(&[
         "compile",
         "--manifests",
-        root().join("tests/fixtures/golden.yaml").to_str().unwrap(),
+        root()
+            .join("examples/golden/services.yaml")
+            .to_str()
+            .unwrap(),
         "--node-name",
         "node-a",
         "--node-ip",
@@ -169,7 +172,10 @@ fn replay_writes_outputs_and_one_verdict_line_per_frame() {
     let out = edgeplane(&[
         "replay",
         "--manifests",
-        root().join("tests/fixtures/golden.yaml").to_str().unwrap(),
+        root()
+            .join("examples/golden/services.yaml")
+            .to_str()
+            .unwrap(),
         "--node-name",
         "node-a",
         "--node-ip",

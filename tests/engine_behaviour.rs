@@ -12,7 +12,7 @@ use edgeplane_dataplane::{DropReason, Engine, Tables, Verdict};
 use proptest::prelude::*;
 use support::*;
 
-const GOLDEN: &str = include_str!("fixtures/golden.yaml");
+const GOLDEN: &str = include_str!("../examples/golden/services.yaml");
 const SEC: u64 = 1_000_000_000;
 
 fn send(e: &mut Engine, t: &Tables, now: u64, p: &Pkt) -> (Decision, Vec<u8>) {

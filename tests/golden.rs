@@ -6,7 +6,7 @@
 //!
 //! World: node `node-a` at 198.18.1.1 / 2001:db8:1::1, SNAT from those
 //! addresses on ports 40000-40999 (one worker, so the first new SNAT flow of a
-//! case gets port 40000). Services: tests/fixtures/golden.yaml.
+//! case gets port 40000). Services: examples/golden/services.yaml.
 
 mod support;
 
@@ -923,6 +923,7 @@ fn golden_inputs_are_in_the_fuzz_corpus() {
         for (i, (_, f, _)) in malformed().iter().enumerate() {
             std::fs::write(dir.join(format!("malformed-{i:03}")), f).unwrap();
         }
+        write_example_pcap();
     }
     let present = std::fs::read_dir(&dir).map(|d| d.count()).unwrap_or(0);
     assert!(
@@ -930,4 +931,23 @@ fn golden_inputs_are_in_the_fuzz_corpus() {
         "fuzz/corpus/engine has {present} seeds, fewer than the {} golden inputs: run EDGEPLANE_WRITE_CORPUS=1 cargo test --test golden",
         want.len()
     );
+}
+
+/// examples/golden/inputs.pcap: every row's setup and input frames in order,
+/// 10 ms apart, for trying `edgeplane replay` (see examples/README.md).
+fn write_example_pcap() {
+    use pcap_file::pcap::{PcapHeader, PcapPacket, PcapWriter};
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/golden/inputs.pcap");
+    let mut w =
+        PcapWriter::with_header(std::fs::File::create(path).unwrap(), PcapHeader::default())
+            .unwrap();
+    let mut t = std::time::Duration::from_secs(1_800_000_000);
+    for c in cases() {
+        for f in c.setup.iter().chain(std::iter::once(&c.input)) {
+            let b = f.bytes();
+            w.write_packet(&PcapPacket::new(t, b.len() as u32, &b))
+                .unwrap();
+            t += std::time::Duration::from_millis(10);
+        }
+    }
 }

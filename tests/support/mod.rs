@@ -591,10 +591,10 @@ pub fn verify_checksums(frame: &[u8]) {
     }
 }
 
-/// The golden world: tests/fixtures/golden.yaml compiled for node-a, SNAT
+/// The golden world: examples/golden/services.yaml compiled for node-a, SNAT
 /// ports 40000-40999.
 pub fn golden_tables() -> edgeplane_dataplane::Tables {
-    compile_fixture(include_str!("../fixtures/golden.yaml"), 1)
+    compile_fixture(include_str!("../../examples/golden/services.yaml"), 1)
 }
 
 /// Compiles manifest text for node-a (198.18.1.1, 2001:db8:1::1).
