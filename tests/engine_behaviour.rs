@@ -488,3 +488,51 @@ proptest! {
         prop_assert_eq!((r.src, r.sport, r.dst, r.dport), (ip(vip), vport, ip(&client), sport));
     }
 }
+
+#[test]
+fn workers_share_conntrack_and_never_collide_on_snat_ports() {
+    use edgeplane_dataplane::conntrack::Timeouts;
+    use edgeplane_dataplane::engine::{EngineConfig, FlowState};
+    use std::sync::Arc;
+    let t = golden_tables(); // SNAT ports 40000-40999
+    let state = Arc::new(FlowState::new(4096, 4096, 7, Timeouts::default()));
+    let mut workers: Vec<Engine> = (0..2u8)
+        .map(|w| {
+            Engine::new(
+                EngineConfig {
+                    worker: w,
+                    workers: 2,
+                    ..EngineConfig::default()
+                },
+                state.clone(),
+            )
+        })
+        .collect();
+    let mut ports = [Vec::new(), Vec::new()];
+    for i in 0..400 {
+        let w = i % 2;
+        let (d, out) = send(
+            &mut workers[w],
+            &t,
+            SEC,
+            &Pkt::tcp(&client(i), 3000, "198.18.200.16", 80, SYN),
+        );
+        assert!(matches!(d.verdict, Verdict::Tx { .. }), "{d:?}");
+        let (snat, sport) = snat_of(&out);
+        ports[w].push(sport);
+        // The reply arrives on the other worker's queue and is still translated.
+        let reply = Pkt::tcp("198.18.7.2", 8080, &snat.to_string(), sport, SYN | ACK);
+        let (r, back) = send(&mut workers[1 - w], &t, SEC, &reply);
+        assert!(matches!(r.verdict, Verdict::Tx { .. }), "{r:?}");
+        let b = edgeplane_packet::parse(&back).unwrap();
+        assert_eq!((b.dst, b.dport), (ip(&client(i)), 3000));
+    }
+    assert!(
+        ports[0].iter().all(|p| (40000..40500).contains(p)),
+        "worker 0 left its share"
+    );
+    assert!(
+        ports[1].iter().all(|p| (40500..41000).contains(p)),
+        "worker 1 left its share"
+    );
+}
