@@ -1,5 +1,7 @@
-//! Test-frame builder for unit tests, the golden table, benches and fuzz
-//! seeds. **Not for the packet path**: it allocates (`Vec<u8>`) and panics on
+//! Test-frame builder for this crate's unit tests. (The workspace's golden
+//! table builds its frames with `tests/support`, which deliberately shares no
+//! code with this crate, so that its byte comparisons check this crate's
+//! checksums against an independent implementation.) **Not for the packet path**: it allocates (`Vec<u8>`) and panics on
 //! a contradictory description (see [`FrameBuilder::build`]).
 //!
 //! ```
