@@ -118,3 +118,114 @@ pub fn client(k: usize) -> (Ipv4Addr, u16) {
         1024 + (k / 65536) as u16,
     )
 }
+
+/// The reply a backend sends to the translated frame `fwd` (SYN+ACK for a
+/// SYN): addresses and ports swapped, as it arrives at the node.
+pub fn reply_to(fwd: &[u8], flags: u8) -> Vec<u8> {
+    let p = edgeplane_packet::parse(fwd).expect("a translated frame parses");
+    match (p.src, p.dst) {
+        (IpAddr::V4(src), IpAddr::V4(dst)) => tcp_frame(dst, p.dport, src, p.sport, flags),
+        _ => panic!("bench flows are IPv4"),
+    }
+}
+
+/// Frame buffers for [`Engine::process_batch`] and the decisions it returns,
+/// allocated once. Each `run` copies the templates into the buffers (the
+/// engine rewrites in place) and processes them as one batch.
+#[derive(Debug)]
+pub struct BatchBufs {
+    bufs: Vec<u8>,
+    pub out: Vec<edgeplane_dataplane::engine::Decision>,
+}
+
+/// Size of each frame buffer (an AF_XDP chunk).
+pub const FRAME_BUF: usize = 2048;
+
+impl BatchBufs {
+    /// Buffers for batches of up to `batch` (at most 64) frames.
+    pub fn new(batch: usize) -> Self {
+        assert!(batch <= 64, "batches of at most 64 frames");
+        BatchBufs {
+            bufs: vec![0; batch * FRAME_BUF],
+            out: vec![
+                edgeplane_dataplane::engine::Decision {
+                    verdict: edgeplane_dataplane::Verdict::Pass,
+                    frontend: None,
+                    backend: None,
+                };
+                batch
+            ],
+        }
+    }
+
+    /// Processes `frames` (at most the batch size) as one batch; returns how
+    /// many were transmitted.
+    #[inline]
+    pub fn run<'f>(
+        &mut self,
+        engine: &mut edgeplane_dataplane::Engine,
+        now: u64,
+        t: &Tables,
+        frames: impl IntoIterator<Item = &'f [u8]>,
+    ) -> usize {
+        let mut refs: [(&mut [u8], usize); 64] = std::array::from_fn(|_| (&mut [][..], 0));
+        let mut n = 0;
+        for ((slot, buf), f) in refs
+            .iter_mut()
+            .zip(self.bufs.chunks_exact_mut(FRAME_BUF))
+            .zip(frames)
+        {
+            buf[..f.len()].copy_from_slice(f);
+            *slot = (buf, f.len());
+            n += 1;
+        }
+        let n = engine.process_batch(now, &mut refs[..n], t, &mut self.out[..n]);
+        self.out[..n]
+            .iter()
+            .filter(|d| matches!(d.verdict, edgeplane_dataplane::Verdict::Tx { .. }))
+            .count()
+    }
+
+    /// The buffer of frame `i` after the last `run`.
+    pub fn frame(&self, i: usize) -> &[u8] {
+        &self.bufs[i * FRAME_BUF..(i + 1) * FRAME_BUF]
+    }
+}
+
+/// A flat pool of frames of at most 64 bytes each (no per-frame allocation),
+/// for benches that need more distinct flows than fit in a `Vec<Vec<u8>>`.
+#[derive(Debug)]
+pub struct FramePool {
+    data: Vec<u8>,
+    lens: Vec<u8>,
+}
+
+impl FramePool {
+    pub const STRIDE: usize = 64;
+
+    pub fn new(n: usize, mut frame: impl FnMut(usize) -> Vec<u8>) -> Self {
+        let mut data = vec![0u8; n * Self::STRIDE];
+        let mut lens = Vec::with_capacity(n);
+        for (i, slot) in data.chunks_exact_mut(Self::STRIDE).enumerate() {
+            let f = frame(i);
+            assert!(f.len() <= Self::STRIDE, "pool frames are at most 64 bytes");
+            slot[..f.len()].copy_from_slice(&f);
+            lens.push(f.len() as u8);
+        }
+        FramePool { data, lens }
+    }
+
+    pub fn len(&self) -> usize {
+        self.lens.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.lens.is_empty()
+    }
+
+    #[inline]
+    pub fn get(&self, i: usize) -> &[u8] {
+        let off = i * Self::STRIDE;
+        &self.data[off..off + self.lens[i] as usize]
+    }
+}

@@ -124,6 +124,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::atomic::{fence, AtomicI64, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 use crate::hash::{addr16, hash_bytes};
+use crate::prefetch::prefetch;
 
 /// TCP flag bits, as in the TCP header's flags byte (`Parsed::tcp_flags`).
 pub mod tcp_flags {
@@ -368,6 +369,18 @@ pub struct Hit {
     seq: u32,
     /// The record's raw flag bits when it was read (FIN bits, replied...).
     flags: u8,
+}
+
+/// A key hashed once, for the batch path: [`Conntrack::probe`] hashes it,
+/// [`Conntrack::prefetch_index`] and [`Conntrack::prefetch_records`] start
+/// loading the cache lines a lookup of it will touch, and
+/// [`Conntrack::lookup_probe`] looks it up. Prefetching is only a hint: a
+/// `lookup_probe` gives exactly the answer `lookup` of the same key gives at
+/// that moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Probe {
+    key: RawKey,
+    h: u64,
 }
 
 /// Why an insert did not create a flow.
@@ -1028,6 +1041,65 @@ impl Conntrack {
         self.contains_key(key, now)
     }
 
+    /// Hashes `key` for [`lookup_probe`](Self::lookup_probe) and the
+    /// prefetches (batch path; see [`Probe`]).
+    #[inline]
+    pub fn probe(&self, key: &FlowKey) -> Probe {
+        let key = RawKey::new(key);
+        Probe {
+            key,
+            h: key.hash(self.seed),
+        }
+    }
+
+    /// Starts loading the two index buckets of `p` (no wait, no effect on
+    /// results).
+    #[inline]
+    pub fn prefetch_index(&self, p: &Probe) {
+        for b in self.buckets_of(p.h) {
+            prefetch(&self.buckets[b]);
+        }
+    }
+
+    /// Starts loading the records whose index entries carry the tag of `p`
+    /// (reads the two buckets, so call it some time after
+    /// [`prefetch_index`](Self::prefetch_index)). Returns whether any entry
+    /// carries the tag: `false` means the key is (almost surely) not tracked,
+    /// i.e. the packet probably starts a new flow. A hint only.
+    #[inline]
+    pub fn prefetch_records(&self, p: &Probe) -> bool {
+        let tag = tag_of(p.h);
+        let mut any = false;
+        for b in self.buckets_of(p.h) {
+            let bucket = &self.buckets[b].0;
+            let mut m = tag_mask(bucket, tag);
+            any |= m != 0;
+            while m != 0 {
+                let v = bucket[m.trailing_zeros() as usize].load(Ordering::Relaxed);
+                m &= m - 1;
+                self.prefetch_record(entry_slot(v));
+            }
+        }
+        any
+    }
+
+    /// Starts loading both cache lines of the record in `slot`.
+    #[inline]
+    fn prefetch_record(&self, slot: usize) {
+        if let Some(r) = self.records.get(slot) {
+            // A record is 96 bytes at a 32-byte alignment: `seq` is in its
+            // first line and `w[8]` (offset 72) in its second.
+            prefetch(&r.seq);
+            prefetch(&r.w[W_PORTS]);
+        }
+    }
+
+    /// [`lookup`](Self::lookup) of a key hashed by [`probe`](Self::probe).
+    #[inline]
+    pub fn lookup_probe(&self, p: &Probe, now: u64) -> Option<Hit> {
+        self.find(&p.key, p.h, now / NS_PER_SEC)
+    }
+
     /// Tracks a new flow. `flow.orig`, `xlat`, `frontend`, `worker` and
     /// `validated_gen` are stored; the state, `assured` and the expiry follow
     /// from the protocol and `first_tcp_flags` (the flags of the packet that
@@ -1204,6 +1276,31 @@ impl Conntrack {
             self.unlock(slot, s);
             return false;
         }
+        r.w[W_GEN].store(gen, Ordering::Relaxed);
+        self.unlock(slot, s.wrapping_add(2));
+        true
+    }
+
+    /// Like [`set_validated`](Self::set_validated), and also stores the
+    /// flow's frontend index in generation `gen` (frontend indices are only
+    /// meaningful within one generation: with `validated_gen == gen`,
+    /// [`Flow::frontend`] is valid for that generation's tables). Returns false
+    /// when the flow is gone (the slot is not touched).
+    pub fn revalidate(&self, hit: &Hit, gen: u64, frontend: u32) -> bool {
+        let slot = hit.slot as usize;
+        let Some(r) = self.records.get(slot) else {
+            return false;
+        };
+        let s = self.lock(slot);
+        if s != hit.seq && !self.same_flow_locked(slot, hit) {
+            self.unlock(slot, s);
+            return false;
+        }
+        let meta = r.w[W_META].load(Ordering::Relaxed);
+        r.w[W_META].store(
+            (meta & 0xffff_ffff) | (frontend as u64) << 32,
+            Ordering::Relaxed,
+        );
         r.w[W_GEN].store(gen, Ordering::Relaxed);
         self.unlock(slot, s.wrapping_add(2));
         true
@@ -1541,6 +1638,16 @@ impl Conntrack {
     /// the evictable one expiring first; never `exclude`) and returns its slot,
     /// not pushed. `None` when every referenced record is confirmed and live.
     fn evict_from(&self, buckets: &[usize], now_s: u64, exclude: usize) -> Option<usize> {
+        // The window's records are scattered over the table: start loading
+        // all of them before judging the first, so their misses overlap.
+        for &b in buckets {
+            for e in &self.buckets[b].0 {
+                let v = e.load(Ordering::Relaxed);
+                if v != 0 {
+                    self.prefetch_record(entry_slot(v));
+                }
+            }
+        }
         for _ in 0..4 {
             // (expired first, then earliest expiry), slot, copy
             let mut best: Option<((bool, u32), usize, Snap)> = None;
@@ -1587,20 +1694,45 @@ impl Conntrack {
         }
         let start = self.sweep_cursor.fetch_add(n, Ordering::Relaxed) % cap;
         let mut freed = 0;
-        for i in 0..n {
-            let slot = (start + i) % cap;
-            let r = &self.records[slot];
-            // Unsynchronised pre-filter; the decision is made on a seqlock copy.
-            if flags_of(r.w[W_META].load(Ordering::Relaxed)) & F_LIVE == 0
-                || now_s < r.expires.load(Ordering::Relaxed) as u64
-            {
-                continue;
+        // In groups: first find the expired records of a group and prefetch
+        // the index buckets their keys live in (random lines all over the
+        // index), then free them; the un-indexing then hits cache instead of
+        // paying one DRAM miss after another.
+        const GROUP: usize = 16;
+        let mut found: [(usize, Option<Snap>); GROUP] = [(0, None); GROUP];
+        let mut i = 0;
+        while i < n {
+            let end = (i + GROUP).min(n);
+            let mut k = 0;
+            for j in i..end {
+                let slot = (start + j) % cap;
+                let r = &self.records[slot];
+                // Unsynchronised pre-filter; the decision is made on a seqlock copy.
+                if flags_of(r.w[W_META].load(Ordering::Relaxed)) & F_LIVE == 0
+                    || now_s < r.expires.load(Ordering::Relaxed) as u64
+                {
+                    continue;
+                }
+                let snap = self.read(slot);
+                if snap.live() && snap.expired(now_s) {
+                    for key in [snap.orig_key(), snap.reply_key()] {
+                        for b in self.buckets_of(key.hash(self.seed)) {
+                            prefetch(&self.buckets[b]);
+                        }
+                    }
+                    found[k] = (slot, Some(snap));
+                    k += 1;
+                }
             }
-            let snap = self.read(slot);
-            if snap.live() && snap.expired(now_s) && self.try_free(slot, &snap) {
-                self.push(slot);
-                freed += 1;
+            for (slot, snap) in &found[..k] {
+                if let Some(snap) = snap {
+                    if self.try_free(*slot, snap) {
+                        self.push(*slot);
+                        freed += 1;
+                    }
+                }
             }
+            i = end;
         }
         freed
     }
@@ -1757,6 +1889,25 @@ mod tests {
         assert!(t.lookup(&f.orig.reversed(), S).is_none());
         assert!(t.contains_reply_key(&f.reply_key(), S));
         assert_eq!(t.len(), 1);
+    }
+
+    #[test]
+    fn probe_lookup_and_revalidate() {
+        let t = ct(64);
+        let f = flow(1000, PROTO_TCP);
+        let hit = t.insert(f, S, SYN).unwrap();
+        for k in [f.orig, f.reply_key(), f.orig.reversed()] {
+            let p = t.probe(&k);
+            t.prefetch_index(&p);
+            assert_eq!(t.prefetch_records(&p), t.lookup(&k, S).is_some());
+            assert_eq!(t.lookup_probe(&p, S), t.lookup(&k, S));
+        }
+        assert!(t.revalidate(&hit, 9, 42));
+        let h = t.lookup(&f.orig, S).unwrap();
+        assert_eq!((h.flow.validated_gen, h.flow.frontend), (9, 42));
+        assert_eq!((h.flow.state, h.flow.worker), (TcpState::SynSent, 1));
+        assert!(t.remove(&h));
+        assert!(!t.revalidate(&h, 10, 1));
     }
 
     #[test]

@@ -16,8 +16,9 @@ use std::sync::Arc;
 use edgeplane_packet::{self as packet, Frag, IcmpKind, ParseError, Parsed, Proto, Tuple};
 
 use crate::affinity::Affinity;
-use crate::conntrack::{Conntrack, Dir, Flow, FlowKey, Hit, InsertError, Timeouts};
+use crate::conntrack::{Conntrack, Dir, Flow, FlowKey, Hit, InsertError, Probe, Timeouts};
 use crate::hash::{client_hash, flow_hash};
+use crate::prefetch::prefetch;
 use crate::tables::{EmptyAction, Frontend, Tables};
 use crate::DropReason;
 
@@ -256,11 +257,151 @@ impl Engine {
     /// Processes one frame in place. `buf` is the whole frame buffer (its
     /// length is the capacity available for generated answers); the frame is
     /// `buf[..len]`.
+    ///
+    /// For a stream of frames prefer [`process_batch`](Self::process_batch):
+    /// same decisions, but it overlaps the cache misses of a whole batch.
     pub fn process(&mut self, now: u64, buf: &mut [u8], len: usize, tables: &Tables) -> Decision {
         let len = len.min(buf.len());
+        let d = match packet::parse(&buf[..len]) {
+            Ok(p) => self.decide(now, buf, len, tables, &p, None),
+            Err(e) => parse_failed(e),
+        };
+        self.count(len, &d);
+        d
+    }
+
+    /// Processes a batch: `frames[i]` is (buffer, frame length); the decision
+    /// for frame `i` is written to `out[i]`. Processes `min(frames, out)`
+    /// entries and returns that count.
+    ///
+    /// This is the hot entry point (the AF_XDP workers call it with each RX
+    /// batch). Its decisions, rewrites and counters are exactly those of
+    /// calling [`process`](Self::process) on each frame in order: every frame
+    /// still goes through the whole pipeline, in order. What differs is memory
+    /// access: frames are handled in chunks of [`BATCH_CHUNK`], and before
+    /// any frame of a chunk is decided, the engine parses all of them, hashes
+    /// their flow keys and *prefetches* the cache lines their decisions will
+    /// touch (conntrack buckets, then the matching records; for frames that
+    /// look like new flows, the Maglev slot and the SNAT reply key's buckets).
+    /// At a million flows each of those is a DRAM miss; prefetched together,
+    /// the misses of a chunk overlap instead of being paid one after another
+    /// (the `rte_hash_lookup_bulk` approach). Prefetches are hints: the real
+    /// lookups still run in order, so two frames of one flow in a batch are
+    /// handled exactly as one after the other.
+    pub fn process_batch(
+        &mut self,
+        now: u64,
+        frames: &mut [(&mut [u8], usize)],
+        tables: &Tables,
+        out: &mut [Decision],
+    ) -> usize {
+        let n = frames.len().min(out.len());
+        for (fr, o) in frames[..n]
+            .chunks_mut(BATCH_CHUNK)
+            .zip(out[..n].chunks_mut(BATCH_CHUNK))
+        {
+            self.process_chunk(now, fr, tables, o);
+        }
+        n
+    }
+
+    /// [`process_batch`](Self::process_batch) of at most [`BATCH_CHUNK`]
+    /// frames (`out.len() == frames.len()`).
+    fn process_chunk(
+        &mut self,
+        now: u64,
+        frames: &mut [(&mut [u8], usize)],
+        t: &Tables,
+        out: &mut [Decision],
+    ) {
+        let ct = &self.state.conntrack;
+        let mut pre = [Pre::EMPTY; BATCH_CHUNK];
+        let pre = &mut pre[..frames.len()];
+        // Stage 1: parse every frame, hash its flow key, prefetch its
+        // conntrack buckets. Parsing is a pure function of the frame's own
+        // bytes, and frames are separate buffers, so parsing early gives the
+        // result parsing in order would.
+        for ((buf, len), pr) in frames.iter_mut().zip(pre.iter_mut()) {
+            let len = (*len).min(buf.len());
+            pr.parsed = packet::parse(&buf[..len]);
+            if let Ok(p) = &pr.parsed {
+                if p.frag == Frag::None
+                    && matches!(p.l4(), Some(Proto::Tcp | Proto::Udp | Proto::Sctp))
+                {
+                    let probe = ct.probe(&flow_key(p));
+                    ct.prefetch_index(&probe);
+                    pr.probe = Some(probe);
+                }
+            }
+        }
+        // Stage 2: the buckets are (mostly) in cache now. Tracked-looking
+        // frames: prefetch their records. Others probably start a flow:
+        // prefetch the Maglev slot they will read.
+        for pr in pre.iter_mut() {
+            let (Ok(p), Some(probe)) = (&pr.parsed, &pr.probe) else {
+                continue;
+            };
+            if ct.prefetch_records(probe) {
+                continue;
+            }
+            if let Some((_, f)) = t.frontend(p.dst, p.dport, proto_of(p)) {
+                if f.affinity_timeout == 0 && f.n_new > 0 {
+                    let table = t.maglev_table(f);
+                    if !table.is_empty() {
+                        let h =
+                            flow_hash(t.node.hash_seed, p.src, p.dst, p.sport, p.dport, p.proto);
+                        let slot = (h % table.len() as u64) as usize;
+                        prefetch(&table[slot]);
+                        pr.maglev = Some((f, slot));
+                    }
+                }
+            }
+        }
+        // Stage 3: new-flow candidates: the backend is now known, and with it
+        // the reply key of the SNAT port the port cursor will offer first
+        // (one port per new flow, in order). Prefetch that key's buckets.
+        let (first, count) = self.snat_share(t);
+        let mut cursor = self.port_cursor;
+        for pr in pre.iter() {
+            let (Ok(p), Some((f, slot))) = (&pr.parsed, pr.maglev) else {
+                continue;
+            };
+            let bi = t.maglev_table(f)[slot] as usize;
+            let (Some(b), Some(snat), true) = (
+                t.new_backends(f).get(bi),
+                t.snat_addr(p.dst.is_ipv6()),
+                f.snat && count > 0,
+            ) else {
+                continue;
+            };
+            let port = first as u32 + cursor % count;
+            cursor = cursor.wrapping_add(1) % count;
+            let reply = FlowKey {
+                src: b.ip,
+                dst: snat,
+                sport: b.port,
+                dport: port as u16,
+                proto: p.proto,
+            };
+            ct.prefetch_index(&ct.probe(&reply));
+        }
+        // Stage 4: the pipeline, frame by frame, in order.
+        for (((buf, len), pr), o) in frames.iter_mut().zip(pre.iter()).zip(out.iter_mut()) {
+            let len = (*len).min(buf.len());
+            let d = match &pr.parsed {
+                Ok(p) => self.decide(now, buf, len, t, p, pr.probe.as_ref()),
+                Err(e) => parse_failed(*e),
+            };
+            self.count(len, &d);
+            *o = d;
+        }
+    }
+
+    /// Counts one processed frame.
+    #[inline]
+    fn count(&mut self, len: usize, d: &Decision) {
         self.stats.rx_packets += 1;
         self.stats.rx_bytes += len as u64;
-        let d = self.decide(now, buf, len, tables);
         match d.verdict {
             Verdict::Tx { .. } => self.stats.tx += 1,
             Verdict::Reject { .. } => self.stats.reject += 1,
@@ -270,24 +411,6 @@ impl Engine {
                 self.stats.drops[r.code() as usize] += 1;
             }
         }
-        d
-    }
-
-    /// Processes a batch: `frames[i]` is (buffer, frame length); the decision
-    /// for frame `i` is written to `out[i]`. Processes `min(frames, out)`
-    /// entries and returns that count.
-    pub fn process_batch(
-        &mut self,
-        now: u64,
-        frames: &mut [(&mut [u8], usize)],
-        tables: &Tables,
-        out: &mut [Decision],
-    ) -> usize {
-        let n = frames.len().min(out.len());
-        for (i, (buf, len)) in frames.iter_mut().enumerate().take(n) {
-            out[i] = self.process(now, buf, *len, tables);
-        }
-        n
     }
 
     /// Housekeeping a worker runs between batches: frees up to `budget`
@@ -296,26 +419,35 @@ impl Engine {
         self.state.conntrack.sweep(now, budget)
     }
 
-    fn decide(&mut self, now: u64, buf: &mut [u8], len: usize, t: &Tables) -> Decision {
-        // 1. Parse and validate once; everything after indexes by offsets.
-        let p = match packet::parse(&buf[..len]) {
-            Ok(p) => p,
-            Err(ParseError::NotIp) => return Decision::new(Verdict::Pass),
-            Err(e) => return Decision::new(Verdict::Drop(e.into())),
-        };
+    /// The pipeline after stage 1 (`p` is `packet::parse(&buf[..len])`).
+    /// `probe`, when given, is the conntrack probe of `p`'s flow key (batch
+    /// path: hashed once, buckets prefetched).
+    fn decide(
+        &mut self,
+        now: u64,
+        buf: &mut [u8],
+        len: usize,
+        t: &Tables,
+        p: &Parsed,
+        probe: Option<&Probe>,
+    ) -> Decision {
+        // 1. Parse and validate once (done by the caller, see `parse_failed`);
+        //    everything after indexes by offsets.
         // 2. Fragments: without reassembly a fragment cannot be matched to a
         //    flow; ours are dropped (counted), everyone else's go to the kernel.
         if p.frag != Frag::None {
-            return Decision::new(if self.is_ours(&p, t) {
+            return Decision::new(if self.is_ours(p, t) {
                 Verdict::Drop(DropReason::Fragment)
             } else {
                 Verdict::Pass
             });
         }
         match p.l4() {
-            Some(Proto::Tcp | Proto::Udp | Proto::Sctp) => self.l4_packet(now, buf, len, &p, t),
-            Some(Proto::Icmp | Proto::Icmpv6) => self.icmp_packet(now, buf, len, &p, t),
-            None => Decision::new(if self.is_ours(&p, t) && !t.is_node_ip(p.dst) {
+            Some(Proto::Tcp | Proto::Udp | Proto::Sctp) => {
+                self.l4_packet(now, buf, len, p, t, probe)
+            }
+            Some(Proto::Icmp | Proto::Icmpv6) => self.icmp_packet(now, buf, len, p, t),
+            None => Decision::new(if self.is_ours(p, t) && !t.is_node_ip(p.dst) {
                 Verdict::Drop(DropReason::UnsupportedProtocol)
             } else {
                 Verdict::Pass
@@ -339,16 +471,16 @@ impl Engine {
         len: usize,
         p: &Parsed,
         t: &Tables,
+        probe: Option<&Probe>,
     ) -> Decision {
-        let key = FlowKey {
-            src: p.src,
-            dst: p.dst,
-            sport: p.sport,
-            dport: p.dport,
-            proto: p.proto,
-        };
+        let key = flow_key(p);
         // 3. Conntrack: a known flow in either direction.
-        if let Some(hit) = self.state.conntrack.lookup(&key, now) {
+        let ct = &self.state.conntrack;
+        let found = match probe {
+            Some(probe) => ct.lookup_probe(probe, now),
+            None => ct.lookup(&key, now),
+        };
+        if let Some(hit) = found {
             // `None`: the flow's backend is gone, or the flow ended under us;
             // the packet starts over as a new flow.
             if let Some(d) = self.established(now, buf, len, p, t, &hit) {
@@ -394,7 +526,8 @@ impl Engine {
         let ct = &self.state.conntrack;
         let flow = &hit.flow;
         let backend = (flow.xlat.dst, flow.xlat.dport);
-        let mut frontend = None;
+        // Valid in the generation the flow was last validated against.
+        let mut frontend = flow.frontend;
         // 3a. A new table generation: is the backend still an endpoint of its
         //     frontend? Checked once per flow per generation.
         if flow.validated_gen != t.generation {
@@ -407,8 +540,12 @@ impl Engine {
                 self.stats.backend_gone += 1;
                 return self.backend_gone(buf, len, p, hit);
             }
-            ct.set_validated(hit, t.generation);
-            frontend = found.map(|(i, _)| i);
+            if let Some((fidx, _)) = found {
+                // The frontend's index may differ in this generation: store
+                // it with the generation, so later packets need no lookup.
+                ct.revalidate(hit, t.generation, fidx);
+                frontend = fidx;
+            }
         }
         // 3b. Advance the flow's state (TCP flags, timeouts). `None`: the
         //     flow ended under us (another worker removed or replaced it).
@@ -435,13 +572,9 @@ impl Engine {
             },
             Err(_) => Verdict::Drop(DropReason::Truncated),
         };
-        let frontend = frontend.or_else(|| {
-            t.frontend(flow.orig.dst, flow.orig.dport, proto_of(p))
-                .map(|(i, _)| i)
-        });
         Some(Decision {
             verdict,
-            frontend,
+            frontend: Some(frontend),
             backend: Some(backend),
         })
     }
@@ -773,6 +906,50 @@ impl Engine {
     }
 }
 
+/// Frames per prefetch round of [`Engine::process_batch`]: enough misses in
+/// flight to cover DRAM latency, few enough that the prefetched lines are
+/// still in L1/L2 when their frame is decided.
+pub const BATCH_CHUNK: usize = 32;
+
+/// Per-frame scratch of [`Engine::process_batch`].
+#[derive(Clone, Copy)]
+struct Pre<'t> {
+    parsed: Result<Parsed, ParseError>,
+    /// Conntrack probe of the flow key (unfragmented TCP/UDP/SCTP).
+    probe: Option<Probe>,
+    /// Probably a new flow: its frontend and Maglev slot (prefetched).
+    maglev: Option<(&'t Frontend, usize)>,
+}
+
+impl Pre<'_> {
+    const EMPTY: Pre<'static> = Pre {
+        parsed: Err(ParseError::NotIp),
+        probe: None,
+        maglev: None,
+    };
+}
+
+/// The decision for a frame `packet::parse` rejected.
+#[inline]
+fn parse_failed(e: ParseError) -> Decision {
+    match e {
+        ParseError::NotIp => Decision::new(Verdict::Pass),
+        e => Decision::new(Verdict::Drop(e.into())),
+    }
+}
+
+/// The conntrack key of a parsed frame: its 5-tuple as on the wire.
+#[inline]
+fn flow_key(p: &Parsed) -> FlowKey {
+    FlowKey {
+        src: p.src,
+        dst: p.dst,
+        sport: p.sport,
+        dport: p.dport,
+        proto: p.proto,
+    }
+}
+
 const TCP_SYN: u8 = 0x02;
 const TCP_RST: u8 = 0x04;
 const TCP_ACK: u8 = 0x10;
@@ -796,5 +973,129 @@ fn proto_from(n: u8) -> Proto {
         132 => Proto::Sctp,
         1 => Proto::Icmp,
         _ => Proto::Icmpv6,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::fuzz_tables;
+    use etherparse::PacketBuilder;
+
+    const SEC: u64 = 1_000_000_000;
+
+    fn tcp(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, syn: bool, ack: bool) -> Vec<u8> {
+        let b = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]).ipv4(src, dst, 64);
+        let mut t = b.tcp(sport, dport, 1000, 65535);
+        if syn {
+            t = t.syn();
+        }
+        if ack {
+            t = t.ack(1);
+        }
+        let mut out = Vec::new();
+        t.write(&mut out, &[]).unwrap();
+        out
+    }
+
+    fn udp(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16) -> Vec<u8> {
+        let b = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+            .ipv4(src, dst, 64)
+            .udp(sport, dport);
+        let mut out = Vec::new();
+        b.write(&mut out, &[1, 2, 3, 4]).unwrap();
+        out
+    }
+
+    /// The reply a backend sends to a translated frame.
+    fn reply(fwd: &[u8], syn: bool) -> Vec<u8> {
+        let p = packet::parse(fwd).unwrap();
+        let (IpAddr::V4(s), IpAddr::V4(d)) = (p.src, p.dst) else {
+            unreachable!()
+        };
+        if p.proto == 6 {
+            tcp(d.octets(), p.dport, s.octets(), p.sport, syn, true)
+        } else {
+            udp(d.octets(), p.dport, s.octets(), p.sport)
+        }
+    }
+
+    /// `process_batch` over mixed batches (new flows, the same flow twice in
+    /// one batch, replies, established packets, unknown ports, non-IP and
+    /// truncated frames, batches longer than a chunk) decides, rewrites and
+    /// counts exactly as `process` one frame at a time.
+    #[test]
+    fn batch_equals_one_at_a_time_on_mixed_traffic() {
+        let t = fuzz_tables();
+        let vip = [198, 18, 200, 10];
+        let mut one = Engine::standalone(4096);
+        let mut batch = Engine::standalone(4096);
+        let mut replies: Vec<Vec<u8>> = Vec::new();
+        for round in 0..4u16 {
+            let mut frames: Vec<Vec<u8>> = Vec::new();
+            for i in 0..40u16 {
+                let c = [198, 18, 7, (i % 50) as u8 + 1];
+                let port = 2000 + round * 100 + i;
+                let syn = tcp(c, port, vip, 80, true, false);
+                frames.push(syn.clone());
+                if i % 7 == 0 {
+                    frames.push(syn); // retransmission in the same batch
+                }
+                if i % 5 == 0 {
+                    frames.push(udp(c, port, vip, 53));
+                }
+                if i % 11 == 0 {
+                    frames.push(tcp(c, port, vip, 81, true, false)); // no such port
+                    frames.push(tcp(c, port + 1, vip, 80, false, true)); // no SYN
+                    frames.push(vec![0xff; 14]); // not IP
+                    frames.push(frames[0][..30].to_vec()); // truncated
+                }
+                // Established packets of earlier rounds' flows.
+                if round > 0 {
+                    let c2 = [198, 18, 7, (i % 50) as u8 + 1];
+                    frames.push(tcp(c2, 2000 + (round - 1) * 100 + i, vip, 80, false, true));
+                }
+            }
+            frames.append(&mut replies);
+            let mut bufs: Vec<Vec<u8>> = frames
+                .iter()
+                .map(|f| {
+                    let mut b = vec![0u8; 2048];
+                    b[..f.len()].copy_from_slice(f);
+                    b
+                })
+                .collect();
+            let now = SEC * (1 + round as u64);
+            let singles: Vec<(Decision, Vec<u8>)> = frames
+                .iter()
+                .map(|f| {
+                    let mut b = vec![0u8; 2048];
+                    b[..f.len()].copy_from_slice(f);
+                    let d = one.process(now, &mut b, f.len(), &t);
+                    (d, b)
+                })
+                .collect();
+            let mut refs: Vec<(&mut [u8], usize)> = bufs
+                .iter_mut()
+                .zip(&frames)
+                .map(|(b, f)| (b.as_mut_slice(), f.len()))
+                .collect();
+            let mut out = vec![Decision::new(Verdict::Pass); frames.len()];
+            assert!(frames.len() > 2 * BATCH_CHUNK);
+            assert_eq!(
+                batch.process_batch(now, &mut refs, &t, &mut out),
+                frames.len()
+            );
+            for (i, ((d, b), (o, bb))) in singles.iter().zip(out.iter().zip(&bufs)).enumerate() {
+                assert_eq!(d, o, "round {round} frame {i}");
+                assert_eq!(b, bb, "round {round} frame {i} bytes");
+                if matches!(d.verdict, Verdict::Tx { .. }) && d.backend.is_some() && i % 3 == 0 {
+                    let p = packet::parse(b).unwrap();
+                    replies.push(reply(b, p.tcp_flags & TCP_SYN != 0));
+                }
+            }
+            assert_eq!(one.stats(), batch.stats());
+        }
+        assert!(one.stats().tx > 100 && one.stats().drop > 0 && one.stats().pass > 0);
     }
 }

@@ -10,6 +10,7 @@ pub mod conntrack;
 pub mod drop_reason;
 pub mod engine;
 pub mod hash;
+pub mod prefetch;
 pub mod tables;
 pub mod testing;
 
