@@ -37,6 +37,9 @@ pub enum Command {
     Compile(CompileArgs),
     /// Run every frame of a pcap through the engine, offline.
     Replay(crate::replay::ReplayArgs),
+    /// Run the live dataplane: XDP steering and AF_XDP workers on the given
+    /// interfaces, tables from the manifests (reloaded when they change).
+    Run(crate::run::RunArgs),
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -76,11 +79,36 @@ pub struct TableArgs {
 impl TableArgs {
     /// Loads the manifests and compiles them, printing diagnostics to stderr.
     pub fn load(&self) -> Result<Compiled> {
+        self.load_generation(1)
+    }
+
+    /// As [`load`](Self::load), stamping the tables with `generation`.
+    pub fn load_generation(&self, generation: u64) -> Result<Compiled> {
+        self.load_with(generation, false)
+    }
+
+    /// As [`load_generation`](Self::load_generation); with `strict`, a file
+    /// that cannot be read or a document that is not valid YAML or does not
+    /// decode fails the whole load instead of being skipped with a warning.
+    /// The live dataplane loads strictly: publishing the rest of a half-saved
+    /// file would delete the Services in its broken part.
+    pub fn load_with(&self, generation: u64, strict: bool) -> Result<Compiled> {
         if !self.manifests.exists() {
             bail!("manifests path {} does not exist", self.manifests.display());
         }
         let (objects, diagnostics) = manifests::load_path(&self.manifests)
             .with_context(|| format!("reading {}", self.manifests.display()))?;
+        if strict {
+            use edgeplane_control::manifests::ManifestError as E;
+            if let Some(d) = diagnostics.iter().find(|d| {
+                matches!(
+                    d.error,
+                    E::Io(_) | E::Yaml(_) | E::NotAnObject | E::Decode { .. }
+                )
+            }) {
+                bail!("{d}");
+            }
+        }
         for d in &diagnostics {
             eprintln!("warning: {d}");
         }
@@ -98,7 +126,8 @@ impl TableArgs {
                 IpAddr::V6(v6) => opts.snat_v6 = Some(*v6),
             }
         }
-        let compiled = compile_objects(&objects, &opts, 1).context("compiling manifests")?;
+        let compiled =
+            compile_objects(&objects, &opts, generation).context("compiling manifests")?;
         for w in &compiled.warnings {
             eprintln!("warning: {w}");
         }
@@ -148,8 +177,10 @@ pub fn compile(a: CompileArgs) -> Result<()> {
 pub fn init_logging(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    use std::io::IsTerminal;
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => b.init(),

@@ -2,6 +2,7 @@
 
 mod cli;
 mod replay;
+mod run;
 
 use anyhow::Result;
 use clap::Parser;
@@ -19,5 +20,6 @@ fn run(args: cli::Cli) -> Result<()> {
     match args.command {
         cli::Command::Compile(a) => cli::compile(a),
         cli::Command::Replay(a) => replay::replay(a),
+        cli::Command::Run(a) => run::run(a),
     }
 }

@@ -6,6 +6,8 @@
 //! all drive this same function.
 
 pub mod affinity;
+#[cfg(feature = "afxdp")]
+pub mod afxdp;
 pub mod conntrack;
 pub mod drop_reason;
 pub mod engine;

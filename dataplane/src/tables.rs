@@ -149,7 +149,11 @@ pub struct NodeConfig {
     pub snat_v4: Option<Ipv4Addr>,
     /// Source address for SNAT of IPv6 flows.
     pub snat_v6: Option<Ipv6Addr>,
-    /// Inclusive SNAT port range, split evenly between workers.
+    /// Inclusive SNAT port range, split evenly between workers. It must not
+    /// overlap the kernel's ephemeral range (`net.ipv4.ip_local_port_range`,
+    /// 32768–60999 by default): the XDP program steers every reply to a port
+    /// of this range to the workers, so an overlap would steal the replies of
+    /// the node's own connections. `edgeplane run` refuses an overlap.
     pub snat_ports: (u16, u16),
     /// Seed of the flow hash; must be equal on all nodes so that every node
     /// picks the same backend for the same flow.
@@ -162,7 +166,7 @@ impl Default for NodeConfig {
             node_ips: Vec::new(),
             snat_v4: None,
             snat_v6: None,
-            snat_ports: (32768, 60999),
+            snat_ports: (61000, 65535),
             hash_seed: 0x6564_6765_706c_616e, // "edgeplan"
         }
     }

@@ -1,0 +1,282 @@
+//! `edgeplane run`: the live dataplane in one process. Tables come from the
+//! manifests, which are re-read when they change (a bad edit keeps the last
+//! good tables and says why).
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, ValueEnum};
+
+use edgeplane_dataplane::afxdp::{
+    check_snat_ports, Dataplane, DataplaneConfig, WorkerSnapshot, XdpMode,
+};
+use edgeplane_dataplane::engine::Stats;
+use edgeplane_dataplane::DropReason;
+
+use crate::cli::TableArgs;
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum Mode {
+    /// Native (driver) XDP if the driver supports it, else generic.
+    Auto,
+    /// Driver mode only (fails where unsupported).
+    Native,
+    /// Generic (SKB) mode: works on every interface, copies frames.
+    Generic,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub tables: TableArgs,
+    /// Interface to serve (repeat for several, at most 8).
+    #[arg(long = "interface", short = 'i', required = true)]
+    pub interfaces: Vec<String>,
+    /// Workers, one per queue id (queues 0..N of every interface).
+    /// 0: as many as the first interface has RX queues.
+    #[arg(long, default_value_t = 0)]
+    pub workers: usize,
+    /// CPUs to pin the workers to, e.g. `2,3` or `2-5` (worker i gets the
+    /// i-th, wrapping). Empty: not pinned.
+    #[arg(long, default_value = "")]
+    pub cpus: String,
+    /// XDP attach mode.
+    #[arg(long, value_enum, default_value_t = Mode::Auto)]
+    pub xdp_mode: Mode,
+    /// Idle behaviour: 0 busy-polls (lowest latency, one core per worker at
+    /// 100%); N > 0 sleeps when idle, backing off up to N microseconds.
+    #[arg(long, default_value_t = 0)]
+    pub idle_sleep_us: u64,
+    /// Conntrack capacity in flows (128 bytes each; shared by all workers).
+    #[arg(long, default_value_t = 1 << 20)]
+    pub conntrack_size: usize,
+    /// Session-affinity table capacity (entries).
+    #[arg(long, default_value_t = 1 << 16)]
+    pub affinity_size: usize,
+    /// UMEM frames per interface and worker.
+    #[arg(long, default_value_t = 4096)]
+    pub frames: u32,
+    /// UMEM frame size in bytes (2048 or 4096).
+    #[arg(long, default_value_t = 2048)]
+    pub frame_size: u32,
+    /// Size of each fill, completion, RX and TX ring.
+    #[arg(long, default_value_t = 2048)]
+    pub ring_size: u32,
+    /// Largest RX batch (1..=64).
+    #[arg(long, default_value_t = 64)]
+    pub batch: usize,
+    /// How often to check the manifests for changes, in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    pub reload_ms: u64,
+    /// Log a one-line summary of the counters every N seconds (0: never).
+    #[arg(long, default_value_t = 0)]
+    pub stats_interval: u64,
+    /// Stop after this many seconds (0: run until SIGINT/SIGTERM).
+    #[arg(long, default_value_t = 0)]
+    pub duration: u64,
+}
+
+fn parse_cpus(s: &str) -> Result<Vec<usize>> {
+    let mut out = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let a: usize = a
+                    .trim()
+                    .parse()
+                    .with_context(|| format!("--cpus {part:?}"))?;
+                let b: usize = b
+                    .trim()
+                    .parse()
+                    .with_context(|| format!("--cpus {part:?}"))?;
+                if a > b || b - a > 1024 {
+                    bail!("bad CPU range {part:?} in --cpus");
+                }
+                out.extend(a..=b);
+            }
+            None => out.push(part.parse().with_context(|| format!("--cpus {part:?}"))?),
+        }
+    }
+    Ok(out)
+}
+
+/// A cheap fingerprint of the manifests the loader reads (paths, sizes,
+/// mtimes of `*.yaml`, `*.yml`, `*.json`; editors' temporary files do not
+/// count).
+fn fingerprint(path: &Path) -> Vec<(String, u64, Option<SystemTime>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![path.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        let Ok(md) = std::fs::metadata(&p) else {
+            out.push((p.display().to_string(), u64::MAX, None));
+            continue;
+        };
+        if md.is_dir() {
+            if let Ok(rd) = std::fs::read_dir(&p) {
+                stack.extend(rd.filter_map(|e| e.ok()).map(|e| e.path()));
+            }
+        } else if p == path
+            || matches!(
+                p.extension().and_then(|e| e.to_str()),
+                Some("yaml" | "yml" | "json")
+            )
+        {
+            out.push((p.display().to_string(), md.len(), md.modified().ok()));
+        }
+    }
+    out.sort();
+    out
+}
+
+fn summary(snaps: &[WorkerSnapshot], conntrack: usize) -> (Stats, String) {
+    let mut s = Stats::default();
+    let (mut kr, mut ku, mut kp, mut kf, mut full, mut wake) = (0, 0, 0, 0, 0, 0);
+    let (mut kdrop, mut kfull, mut kempty) = (0, 0, 0);
+    for w in snaps {
+        kdrop += w.counters.socket.rx_dropped;
+        kfull += w.counters.socket.rx_ring_full;
+        kempty += w.counters.socket.rx_fill_ring_empty;
+        s.merge(&w.engine);
+        kr += w.counters.to_kernel_route;
+        ku += w.counters.to_kernel_unresolved;
+        kp += w.counters.to_kernel_pass;
+        kf += w.counters.to_kernel_failed;
+        full += w.counters.tx_ring_full;
+        wake += w.counters.wakeups;
+    }
+    let line = format!(
+        "rx {} tx {} reject {} pass {} drop {} | to kernel: unresolved {ku} no-route {kr} pass {kp} failed {kf} | tx_ring_full {full} wakeups {wake} | socket rx_dropped {kdrop} rx_ring_full {kfull} fill_empty {kempty} | conntrack {conntrack}",
+        s.rx_packets,
+        s.tx,
+        s.reject,
+        s.pass,
+        s.drop,
+    );
+    (s, line)
+}
+
+pub fn run(a: RunArgs) -> Result<()> {
+    if a.batch == 0 || a.batch > 64 {
+        bail!("--batch must be 1..=64");
+    }
+    let cpus = parse_cpus(&a.cpus)?;
+    check_snat_ports(a.tables.snat_ports)?;
+    let compiled = a.tables.load_with(1, true)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGINT, stop.clone())?;
+    signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone())?;
+
+    let cfg = DataplaneConfig {
+        interfaces: a.interfaces.clone(),
+        workers: a.workers,
+        cpus,
+        xdp_mode: match a.xdp_mode {
+            Mode::Auto => XdpMode::Auto,
+            Mode::Native => XdpMode::Native,
+            Mode::Generic => XdpMode::Generic,
+        },
+        frames_per_port: a.frames,
+        frame_size: a.frame_size,
+        ring_size: a.ring_size,
+        batch: a.batch,
+        conntrack_size: a.conntrack_size,
+        affinity_size: a.affinity_size,
+        idle_sleep_us: a.idle_sleep_us,
+        ..DataplaneConfig::default()
+    };
+    let frontends = compiled.tables.frontends.len();
+    let mut dp = Dataplane::start(&cfg, compiled.tables).context("starting the dataplane")?;
+    let nh = dp.nexthops();
+    tracing::info!(
+        interfaces = ?a.interfaces,
+        queues = dp.queues,
+        xdp_mode = ?dp.mode,
+        frontends,
+        conntrack = a.conntrack_size,
+        routes = nh.routes(),
+        neighbours = nh.neighbours(),
+        "edgeplane running"
+    );
+
+    let started = Instant::now();
+    let deadline = (a.duration > 0).then(|| started + Duration::from_secs(a.duration));
+    let mut generation = 1u64;
+    let mut seen = fingerprint(&a.tables.manifests);
+    let mut last_check = Instant::now();
+    let mut last_stats = Instant::now();
+    while !stop.load(Ordering::Relaxed) && deadline.is_none_or(|d| Instant::now() < d) {
+        std::thread::sleep(Duration::from_millis(50));
+        if !dp.healthy() {
+            tracing::error!("a worker stopped; shutting down");
+            break;
+        }
+        if last_check.elapsed() >= Duration::from_millis(a.reload_ms) {
+            last_check = Instant::now();
+            let now = fingerprint(&a.tables.manifests);
+            if now != seen {
+                seen = now;
+                match a.tables.load_with(generation + 1, true) {
+                    Ok(c) => {
+                        generation += 1;
+                        let n = c.tables.frontends.len();
+                        let t0 = Instant::now();
+                        match dp.publish(c.tables) {
+                            Ok(r) => tracing::info!(
+                                generation,
+                                frontends = n,
+                                xdp_keys_added = r.added,
+                                xdp_keys_removed = r.removed,
+                                publish_us = t0.elapsed().as_micros() as u64,
+                                "tables published"
+                            ),
+                            Err(e) => tracing::error!(generation, "XDP map update failed: {e:#}"),
+                        }
+                    }
+                    Err(e) => tracing::error!(
+                        "manifests changed but do not compile; keeping generation {generation}: {e:#}"
+                    ),
+                }
+            }
+        }
+        if a.stats_interval > 0 && last_stats.elapsed() >= Duration::from_secs(a.stats_interval) {
+            last_stats = Instant::now();
+            tracing::info!("{}", summary(&dp.snapshots(), dp.flows().conntrack.len()).1);
+        }
+    }
+
+    let conntrack = dp.flows().conntrack.len();
+    let snaps = dp.shutdown_keep_program()?;
+    // The workers have stopped: these counters are final.
+    let xdp = dp.xdp_counters().unwrap_or_default();
+    drop(dp);
+    // The final report, as stderr lines that tests and operators can grep.
+    let (s, line) = summary(&snaps, conntrack);
+    eprintln!("stats: {line}");
+    for w in &snaps {
+        let l = w.ledger;
+        eprintln!(
+            "worker {} queue {}: frames total {} free {} in_rx {} in_flight {} in_tx {} balanced {}",
+            w.worker,
+            w.queue,
+            l.total,
+            l.free,
+            l.in_rx,
+            l.in_flight,
+            l.in_tx,
+            l.check()
+        );
+    }
+    for r in DropReason::ALL {
+        let n = s.dropped(r);
+        if n > 0 {
+            eprintln!("drop {}: {n}", r.name());
+        }
+    }
+    for (name, v) in xdp {
+        eprintln!("xdp {name}: {v}");
+    }
+    Ok(())
+}

@@ -1,0 +1,60 @@
+//! Live traffic through `edgeplane run` in network namespaces (needs root:
+//! CI runs as root; elsewhere these tests say why they did not run).
+//!
+//! The scenarios live in `tests/netns/e2e.sh` (namespaces, veths, HTTP and
+//! UDP backends, curl and ping clients); each test runs it for one XDP mode
+//! and fails on any failed check. See that script for the topology.
+
+use std::process::Command;
+use std::sync::Mutex;
+
+/// One scenario at a time: both load the same two cores.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn is_root() -> bool {
+    // The effective uid, from /proc (no libc call needed).
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
+        })
+        .unwrap_or(false)
+}
+
+fn run_e2e(mode: &str) {
+    let _one_at_a_time = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !is_root() {
+        if std::env::var_os("CI").is_some() {
+            panic!("the netns tests need root, and CI must run them");
+        }
+        eprintln!("SKIPPED netns e2e ({mode}): needs root (run `sudo scripts/test`)");
+        return;
+    }
+    let out = Command::new("bash")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/netns/e2e.sh"))
+        .arg(env!("CARGO_BIN_EXE_edgeplane"))
+        .arg(mode)
+        .output()
+        .expect("running tests/netns/e2e.sh");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    println!("{stdout}");
+    assert!(
+        out.status.success() && stdout.contains("e2e: all passed"),
+        "netns e2e ({mode}) failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Generic (SKB) XDP: works on every driver.
+#[test]
+fn live_traffic_generic_xdp() {
+    run_e2e("generic");
+}
+
+/// Native (driver) XDP on veth.
+#[test]
+fn live_traffic_native_xdp() {
+    run_e2e("native");
+}
