@@ -112,9 +112,9 @@ impl NextHops {
         self.neigh.len()
     }
 
-    /// The route for `dst`: the longest matching prefix (a linear scan; an
-    /// edge node has a handful of routes, and the result is cached per
-    /// batch by the worker only implicitly through the CPU cache).
+    /// The route for `dst`: the longest matching prefix, lowest metric (a
+    /// linear scan over routes sorted that way: an edge node has a handful
+    /// of routes; a full table would want an LPM trie).
     pub fn route(&self, dst: IpAddr) -> Option<&Route> {
         let (k, v6) = key(dst);
         self.routes
