@@ -53,10 +53,13 @@ pub enum Output {
 #[derive(Debug, Clone, Args)]
 pub struct TableArgs {
     /// A manifest file or a directory of them (YAML/JSON, multi-document).
+    /// Required unless `run` reads the Kubernetes API (`--kubeconfig`,
+    /// `--in-cluster`).
     #[arg(long)]
-    pub manifests: PathBuf,
-    /// This node's name (for `nodeName` of endpoints and traffic policy `Local`).
-    #[arg(long, default_value = "")]
+    pub manifests: Option<PathBuf>,
+    /// This node's name (for `nodeName` of endpoints, traffic policy `Local`,
+    /// and the Node object whose addresses serve NodePorts).
+    #[arg(long, visible_alias = "hostname-override", default_value = "")]
     pub node_name: String,
     /// This node's addresses (repeat for several; NodePorts listen on these).
     #[arg(long = "node-ip")]
@@ -74,6 +77,23 @@ pub struct TableArgs {
     /// Seed of the flow and Maglev hashes; equal on every node.
     #[arg(long, default_value_t = edgeplane_dataplane::NodeConfig::default().hash_seed)]
     pub hash_seed: u64,
+    /// kube-proxy's `--nodeport-addresses`: NodePorts only on node IPs inside
+    /// these prefixes (repeat; default: every node IP).
+    #[arg(long = "nodeport-addresses", value_parser = parse_cidr)]
+    pub nodeport_addresses: Vec<edgeplane_dataplane::tables::Cidr>,
+}
+
+fn parse_cidr(s: &str) -> Result<edgeplane_dataplane::tables::Cidr, String> {
+    let (a, l) = s
+        .split_once('/')
+        .ok_or_else(|| format!("expected ADDRESS/PREFIX, got {s:?}"))?;
+    let addr: IpAddr = a.parse().map_err(|e| format!("{a:?}: {e}"))?;
+    let prefix_len: u8 = l.parse().map_err(|e| format!("{l:?}: {e}"))?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    if prefix_len > max {
+        return Err(format!("prefix length {prefix_len} > {max}"));
+    }
+    Ok(edgeplane_dataplane::tables::Cidr { addr, prefix_len })
 }
 
 impl TableArgs {
@@ -93,11 +113,14 @@ impl TableArgs {
     /// The live dataplane loads strictly: publishing the rest of a half-saved
     /// file would delete the Services in its broken part.
     pub fn load_with(&self, generation: u64, strict: bool) -> Result<Compiled> {
-        if !self.manifests.exists() {
-            bail!("manifests path {} does not exist", self.manifests.display());
+        let Some(path) = &self.manifests else {
+            bail!("--manifests is required");
+        };
+        if !path.exists() {
+            bail!("manifests path {} does not exist", path.display());
         }
-        let (objects, diagnostics) = manifests::load_path(&self.manifests)
-            .with_context(|| format!("reading {}", self.manifests.display()))?;
+        let (objects, diagnostics) =
+            manifests::load_path(path).with_context(|| format!("reading {}", path.display()))?;
         if strict {
             use edgeplane_control::manifests::ManifestError as E;
             if let Some(d) = diagnostics.iter().find(|d| {
@@ -112,12 +135,25 @@ impl TableArgs {
         for d in &diagnostics {
             eprintln!("warning: {d}");
         }
+        let compiled = compile_objects(&objects, &self.options(), generation)
+            .context("compiling manifests")?;
+        for w in &compiled.warnings {
+            eprintln!("warning: {w}");
+        }
+        Ok(compiled)
+    }
+}
+
+impl TableArgs {
+    /// The compile options these flags describe.
+    pub fn options(&self) -> CompileOptions {
         let mut opts = CompileOptions {
             node_name: self.node_name.clone(),
             node_ips: self.node_ips.clone(),
             snat_ports: self.snat_ports,
             hash_seed: self.hash_seed,
             maglev_m: self.maglev_size,
+            nodeport_addresses: self.nodeport_addresses.clone(),
             ..CompileOptions::default()
         };
         for ip in &self.snat_ips {
@@ -126,12 +162,7 @@ impl TableArgs {
                 IpAddr::V6(v6) => opts.snat_v6 = Some(*v6),
             }
         }
-        let compiled =
-            compile_objects(&objects, &opts, generation).context("compiling manifests")?;
-        for w in &compiled.warnings {
-            eprintln!("warning: {w}");
-        }
-        Ok(compiled)
+        opts
     }
 }
 

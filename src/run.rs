@@ -1,6 +1,7 @@
 //! `edgeplane run`: the live dataplane in one process. Tables come from the
 //! manifests, which are re-read when they change (a bad edit keeps the last
-//! good tables and says why).
+//! good tables and says why), or from the Kubernetes API (`--kubeconfig`,
+//! `--in-cluster`), through the same compile path.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,6 +16,10 @@ use edgeplane_dataplane::afxdp::{
 };
 use edgeplane_dataplane::engine::Stats;
 use edgeplane_dataplane::DropReason;
+
+use edgeplane_control::compile::{compile, Compiled};
+use edgeplane_control::kube::{KubeConfig, KubeSource, KubeStats};
+use edgeplane_control::manifests::ObjectSet;
 
 use crate::cli::TableArgs;
 
@@ -32,6 +37,17 @@ pub enum Mode {
 pub struct RunArgs {
     #[command(flatten)]
     pub tables: TableArgs,
+    /// Read Services, EndpointSlices and this node's Node from the
+    /// Kubernetes API with this kubeconfig (instead of --manifests).
+    #[arg(long, conflicts_with = "manifests")]
+    pub kubeconfig: Option<std::path::PathBuf>,
+    /// Read the Kubernetes API with the pod's service account.
+    #[arg(long, conflicts_with_all = ["manifests", "kubeconfig"])]
+    pub in_cluster: bool,
+    /// With a Kubernetes source: how long to wait for the first complete
+    /// list before giving up, in seconds.
+    #[arg(long, default_value_t = 120)]
+    pub sync_timeout: u64,
     /// Interface to serve (repeat for several, at most 8).
     #[arg(long = "interface", short = 'i', required = true)]
     pub interfaces: Vec<String>,
@@ -131,6 +147,13 @@ fn fingerprint(path: &Path) -> Vec<(String, u64, Option<SystemTime>)> {
     out
 }
 
+fn continue_stats(a: &RunArgs, dp: &Dataplane, last: &mut Instant) {
+    if a.stats_interval > 0 && last.elapsed() >= Duration::from_secs(a.stats_interval) {
+        *last = Instant::now();
+        tracing::info!("{}", summary(&dp.snapshots(), dp.flows().conntrack.len()).1);
+    }
+}
+
 fn summary(snaps: &[WorkerSnapshot], conntrack: usize) -> (Stats, String) {
     let mut s = Stats::default();
     let (mut kr, mut ku, mut kp, mut kf, mut full, mut wake) = (0, 0, 0, 0, 0, 0);
@@ -158,16 +181,92 @@ fn summary(snaps: &[WorkerSnapshot], conntrack: usize) -> (Stats, String) {
     (s, line)
 }
 
+/// Where the tables come from.
+enum Source {
+    Manifests {
+        seen: Vec<(String, u64, Option<SystemTime>)>,
+    },
+    Kube {
+        rx: tokio::sync::watch::Receiver<Option<Arc<ObjectSet>>>,
+        stats: Arc<KubeStats>,
+    },
+}
+
+/// Starts the Kubernetes source on its own thread (a small tokio runtime)
+/// and waits for its first complete snapshot.
+fn start_kube(a: &RunArgs, stop: &AtomicBool) -> Result<(Source, Arc<ObjectSet>)> {
+    if a.tables.node_name.is_empty() {
+        bail!("--node-name is required with a Kubernetes source (it selects this node's Node and local endpoints)");
+    }
+    let mut cfg = KubeConfig::new(a.tables.node_name.clone());
+    cfg.kubeconfig = a.kubeconfig.clone();
+    cfg.in_cluster = a.in_cluster;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("tokio runtime")?;
+    let source = rt
+        .block_on(KubeSource::connect(cfg))
+        .context("connecting to the Kubernetes API")?;
+    let stats = source.stats();
+    let (tx, mut rx) = tokio::sync::watch::channel(None);
+    std::thread::Builder::new()
+        .name("edgeplane-kube".into())
+        .spawn(move || {
+            if let Err(e) = rt.block_on(source.run(tx)) {
+                tracing::error!("Kubernetes source stopped: {e}");
+            }
+        })
+        .context("spawning the Kubernetes source")?;
+    let deadline = Instant::now() + Duration::from_secs(a.sync_timeout);
+    loop {
+        let first = rx.borrow_and_update().clone();
+        if let Some(s) = first {
+            return Ok((Source::Kube { rx, stats }, s));
+        }
+        if stop.load(Ordering::Relaxed) {
+            bail!("interrupted while waiting for the first sync");
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "no complete list of Services, EndpointSlices and Nodes from the API within {} s (watch restarts {})",
+                a.sync_timeout,
+                stats.watch_restarts.load(Ordering::Relaxed)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn compile_snapshot(a: &RunArgs, objects: &ObjectSet, generation: u64) -> Result<Compiled> {
+    let c = compile(objects, &a.tables.options(), generation).context("compiling")?;
+    for w in &c.warnings {
+        tracing::warn!("{w}");
+    }
+    Ok(c)
+}
+
 pub fn run(a: RunArgs) -> Result<()> {
     if a.batch == 0 || a.batch > 64 {
         bail!("--batch must be 1..=64");
     }
     let cpus = parse_cpus(&a.cpus)?;
     check_snat_ports(a.tables.snat_ports)?;
-    let compiled = a.tables.load_with(1, true)?;
     let stop = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGINT, stop.clone())?;
     signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone())?;
+    let kube = a.kubeconfig.is_some() || a.in_cluster;
+    let (mut source, compiled) = if kube {
+        let (src, snap) = start_kube(&a, &stop)?;
+        let c = compile_snapshot(&a, &snap, 1)?;
+        (src, c)
+    } else {
+        let Some(path) = &a.tables.manifests else {
+            bail!("give --manifests PATH, --kubeconfig FILE or --in-cluster");
+        };
+        let seen = fingerprint(path);
+        (Source::Manifests { seen }, a.tables.load_with(1, true)?)
+    };
 
     let cfg = DataplaneConfig {
         interfaces: a.interfaces.clone(),
@@ -204,49 +303,70 @@ pub fn run(a: RunArgs) -> Result<()> {
     let started = Instant::now();
     let deadline = (a.duration > 0).then(|| started + Duration::from_secs(a.duration));
     let mut generation = 1u64;
-    let mut seen = fingerprint(&a.tables.manifests);
     let mut last_check = Instant::now();
     let mut last_stats = Instant::now();
     while !stop.load(Ordering::Relaxed) && deadline.is_none_or(|d| Instant::now() < d) {
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(if kube { 5 } else { 50 }));
         if !dp.healthy() {
             tracing::error!("a worker stopped; shutting down");
             break;
         }
-        if last_check.elapsed() >= Duration::from_millis(a.reload_ms) {
-            last_check = Instant::now();
-            let now = fingerprint(&a.tables.manifests);
-            if now != seen {
-                seen = now;
-                match a.tables.load_with(generation + 1, true) {
-                    Ok(c) => {
-                        generation += 1;
-                        let n = c.tables.frontends.len();
-                        let t0 = Instant::now();
-                        match dp.publish(c.tables) {
-                            Ok(r) => tracing::info!(
-                                generation,
-                                frontends = n,
-                                xdp_keys_added = r.added,
-                                xdp_keys_removed = r.removed,
-                                publish_us = t0.elapsed().as_micros() as u64,
-                                "tables published"
-                            ),
-                            Err(e) => tracing::error!(generation, "XDP map update failed: {e:#}"),
-                        }
-                    }
-                    Err(e) => tracing::error!(
-                        "manifests changed but do not compile; keeping generation {generation}: {e:#}"
-                    ),
+        let next = match &mut source {
+            Source::Manifests { seen } => {
+                if last_check.elapsed() < Duration::from_millis(a.reload_ms) {
+                    continue_stats(&a, &dp, &mut last_stats);
+                    continue;
+                }
+                last_check = Instant::now();
+                let path = a.tables.manifests.as_deref().unwrap_or(Path::new("."));
+                let now = fingerprint(path);
+                if now == *seen {
+                    None
+                } else {
+                    *seen = now;
+                    Some(a.tables.load_with(generation + 1, true).map_err(|e| {
+                        anyhow::anyhow!("manifests changed but do not compile; keeping generation {generation}: {e:#}")
+                    }))
                 }
             }
+            Source::Kube { rx, stats } => {
+                if rx.has_changed().unwrap_or(false) {
+                    // Compile, then drop the snapshot at once so the source
+                    // can update it in place next time.
+                    let snap = rx.borrow_and_update().clone();
+                    let _ = stats;
+                    snap.map(|s| {
+                        compile_snapshot(&a, &s, generation + 1).map_err(|e| {
+                            anyhow::anyhow!("API objects do not compile; keeping generation {generation}: {e:#}")
+                        })
+                    })
+                } else {
+                    None
+                }
+            }
+        };
+        match next {
+            Some(Ok(c)) => {
+                generation += 1;
+                let n = c.tables.frontends.len();
+                let t0 = Instant::now();
+                match dp.publish(c.tables) {
+                    Ok(r) => tracing::info!(
+                        generation,
+                        frontends = n,
+                        xdp_keys_added = r.added,
+                        xdp_keys_removed = r.removed,
+                        publish_us = t0.elapsed().as_micros() as u64,
+                        "tables published"
+                    ),
+                    Err(e) => tracing::error!(generation, "XDP map update failed: {e:#}"),
+                }
+            }
+            Some(Err(e)) => tracing::error!("{e:#}"),
+            None => {}
         }
-        if a.stats_interval > 0 && last_stats.elapsed() >= Duration::from_secs(a.stats_interval) {
-            last_stats = Instant::now();
-            tracing::info!("{}", summary(&dp.snapshots(), dp.flows().conntrack.len()).1);
-        }
+        continue_stats(&a, &dp, &mut last_stats);
     }
-
     let conntrack = dp.flows().conntrack.len();
     let snaps = dp.shutdown_keep_program()?;
     // The workers have stopped: these counters are final.

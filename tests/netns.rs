@@ -58,3 +58,41 @@ fn live_traffic_generic_xdp() {
 fn live_traffic_native_xdp() {
     run_e2e("native");
 }
+
+/// `edgeplane run --kubeconfig` against the test API server, driven by
+/// kubectl (tests/netns/kube-e2e.sh). Needs the `testapi` binary next to
+/// `edgeplane` (scripts/test builds it first).
+#[test]
+fn live_traffic_from_kubernetes_source() {
+    let _one_at_a_time = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !is_root() {
+        if std::env::var_os("CI").is_some() {
+            panic!("the netns tests need root, and CI must run them");
+        }
+        eprintln!("SKIPPED kube e2e: needs root (run `sudo scripts/test`)");
+        return;
+    }
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_edgeplane"));
+    let api = bin.with_file_name("testapi");
+    assert!(
+        api.exists(),
+        "{} is missing: build it with `cargo build --release -p edgeplane-testapi --bin testapi` (scripts/test does)",
+        api.display()
+    );
+    let out = Command::new("bash")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/netns/kube-e2e.sh"
+        ))
+        .arg(bin)
+        .arg(&api)
+        .output()
+        .expect("running tests/netns/kube-e2e.sh");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    println!("{stdout}");
+    assert!(
+        out.status.success() && stdout.contains("kube-e2e: all passed"),
+        "kube e2e failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
