@@ -181,6 +181,74 @@ fn summary(snaps: &[WorkerSnapshot], conntrack: usize) -> (Stats, String) {
     (s, line)
 }
 
+/// Capabilities `run` needs that the effective set `cap_eff` (the `CapEff`
+/// mask of /proc/self/status) lacks.
+fn missing_caps(cap_eff: u64) -> Vec<&'static str> {
+    const NET_ADMIN: u32 = 12;
+    const NET_RAW: u32 = 13;
+    const SYS_ADMIN: u32 = 21;
+    const BPF: u32 = 39;
+    let has = |c: u32| cap_eff & (1u64 << c) != 0;
+    let mut out = Vec::new();
+    if !has(NET_ADMIN) {
+        out.push("CAP_NET_ADMIN (attach XDP, netlink)");
+    }
+    if !has(NET_RAW) {
+        out.push("CAP_NET_RAW (AF_XDP and raw sockets)");
+    }
+    if !has(BPF) && !has(SYS_ADMIN) {
+        out.push("CAP_BPF (load the XDP program)");
+    }
+    out
+}
+
+/// Refuses to start, with a clear message, without the privileges.
+fn check_privileges() -> Result<()> {
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return Ok(());
+    };
+    let Some(eff) = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+    else {
+        return Ok(());
+    };
+    let missing = missing_caps(eff);
+    if !missing.is_empty() {
+        bail!(
+            "edgeplane run needs privileges it does not have: {}. Run it as root or grant these capabilities (see deploy/edgeplane.yaml).",
+            missing.join(", ")
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{missing_caps, parse_cpus};
+
+    #[test]
+    fn capabilities_are_checked() {
+        assert!(missing_caps(u64::MAX).is_empty());
+        assert_eq!(missing_caps(0).len(), 3);
+        // NET_ADMIN + NET_RAW + SYS_ADMIN (older kernels without CAP_BPF).
+        assert!(missing_caps((1 << 12) | (1 << 13) | (1 << 21)).is_empty());
+        assert_eq!(
+            missing_caps((1 << 12) | (1 << 39)),
+            vec!["CAP_NET_RAW (AF_XDP and raw sockets)"]
+        );
+    }
+
+    #[test]
+    fn cpu_lists() {
+        assert_eq!(parse_cpus("").unwrap(), Vec::<usize>::new());
+        assert_eq!(parse_cpus("2,4-6").unwrap(), vec![2, 4, 5, 6]);
+        assert!(parse_cpus("3-1").is_err());
+        assert!(parse_cpus("x").is_err());
+    }
+}
+
 /// Where the tables come from.
 enum Source {
     Manifests {
@@ -251,6 +319,7 @@ pub fn run(a: RunArgs) -> Result<()> {
         bail!("--batch must be 1..=64");
     }
     let cpus = parse_cpus(&a.cpus)?;
+    check_privileges()?;
     check_snat_ports(a.tables.snat_ports)?;
     let stop = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGINT, stop.clone())?;
