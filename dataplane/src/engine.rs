@@ -16,7 +16,9 @@ use std::sync::Arc;
 use edgeplane_packet::{self as packet, Frag, IcmpKind, ParseError, Parsed, Proto, Tuple};
 
 use crate::affinity::Affinity;
-use crate::conntrack::{Conntrack, Dir, Flow, FlowKey, Hit, InsertError, Probe, Timeouts};
+use crate::conntrack::{
+    Conntrack, Dir, Flow, FlowKey, Hit, InsertError, Probe, TcpState, Timeouts,
+};
 use crate::hash::{client_hash, flow_hash};
 use crate::prefetch::prefetch;
 use crate::tables::{EmptyAction, Frontend, Tables};
@@ -526,6 +528,19 @@ impl Engine {
         let ct = &self.state.conntrack;
         let flow = &hit.flow;
         let backend = (flow.xlat.dst, flow.xlat.dport);
+        // 3-. A new connection on the tuple of one that is over (port reuse):
+        //     forget the old flow and balance the new one afresh, with a new
+        //     SNAT port — as nf_conntrack does (`nf_ct_kill` + `NF_REPEAT`).
+        //     Keeping the old entry would send it to the old backend even
+        //     when that backend is now terminating.
+        if hit.dir == Dir::Original
+            && p.proto == Proto::Tcp as u8
+            && is_syn(p.tcp_flags)
+            && matches!(flow.state, TcpState::TimeWait | TcpState::Close)
+        {
+            ct.remove(hit);
+            return None;
+        }
         // Valid in the generation the flow was last validated against.
         let mut frontend = flow.frontend;
         // 3a. A new table generation: is the backend still an endpoint of its
