@@ -224,31 +224,6 @@ fn check_privileges() -> Result<()> {
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::{missing_caps, parse_cpus};
-
-    #[test]
-    fn capabilities_are_checked() {
-        assert!(missing_caps(u64::MAX).is_empty());
-        assert_eq!(missing_caps(0).len(), 3);
-        // NET_ADMIN + NET_RAW + SYS_ADMIN (older kernels without CAP_BPF).
-        assert!(missing_caps((1 << 12) | (1 << 13) | (1 << 21)).is_empty());
-        assert_eq!(
-            missing_caps((1 << 12) | (1 << 39)),
-            vec!["CAP_NET_RAW (AF_XDP and raw sockets)"]
-        );
-    }
-
-    #[test]
-    fn cpu_lists() {
-        assert_eq!(parse_cpus("").unwrap(), Vec::<usize>::new());
-        assert_eq!(parse_cpus("2,4-6").unwrap(), vec![2, 4, 5, 6]);
-        assert!(parse_cpus("3-1").is_err());
-        assert!(parse_cpus("x").is_err());
-    }
-}
-
 /// Where the tables come from.
 enum Source {
     Manifests {
@@ -468,4 +443,29 @@ pub fn run(a: RunArgs) -> Result<()> {
         eprintln!("xdp {name}: {v}");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{missing_caps, parse_cpus};
+
+    #[test]
+    fn capabilities_are_checked() {
+        assert!(missing_caps(u64::MAX).is_empty());
+        assert_eq!(missing_caps(0).len(), 3);
+        // NET_ADMIN + NET_RAW + SYS_ADMIN (older kernels without CAP_BPF).
+        assert!(missing_caps((1 << 12) | (1 << 13) | (1 << 21)).is_empty());
+        assert_eq!(
+            missing_caps((1 << 12) | (1 << 39)),
+            vec!["CAP_NET_RAW (AF_XDP and raw sockets)"]
+        );
+    }
+
+    #[test]
+    fn cpu_lists() {
+        assert_eq!(parse_cpus("").unwrap(), Vec::<usize>::new());
+        assert_eq!(parse_cpus("2,4-6").unwrap(), vec![2, 4, 5, 6]);
+        assert!(parse_cpus("3-1").is_err());
+        assert!(parse_cpus("x").is_err());
+    }
 }
