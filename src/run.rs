@@ -18,7 +18,7 @@ use edgeplane_dataplane::engine::Stats;
 use edgeplane_dataplane::DropReason;
 
 use edgeplane_control::compile::{compile, Compiled};
-use edgeplane_control::kube::{KubeConfig, KubeSource, KubeStats};
+use edgeplane_control::kube::{KubeConfig, KubeSource};
 use edgeplane_control::manifests::ObjectSet;
 
 use crate::cli::TableArgs;
@@ -231,7 +231,6 @@ enum Source {
     },
     Kube {
         rx: tokio::sync::watch::Receiver<Option<Arc<ObjectSet>>>,
-        stats: Arc<KubeStats>,
     },
 }
 
@@ -265,7 +264,7 @@ fn start_kube(a: &RunArgs, stop: &AtomicBool) -> Result<(Source, Arc<ObjectSet>)
     loop {
         let first = rx.borrow_and_update().clone();
         if let Some(s) = first {
-            return Ok((Source::Kube { rx, stats }, s));
+            return Ok((Source::Kube { rx }, s));
         }
         if stop.load(Ordering::Relaxed) {
             bail!("interrupted while waiting for the first sync");
@@ -373,12 +372,11 @@ pub fn run(a: RunArgs) -> Result<()> {
                     }))
                 }
             }
-            Source::Kube { rx, stats } => {
+            Source::Kube { rx } => {
                 if rx.has_changed().unwrap_or(false) {
                     // Compile, then drop the snapshot at once so the source
                     // can update it in place next time.
                     let snap = rx.borrow_and_update().clone();
-                    let _ = stats;
                     snap.map(|s| {
                         compile_snapshot(&a, &s, generation + 1).map_err(|e| {
                             anyhow::anyhow!("API objects do not compile; keeping generation {generation}: {e:#}")

@@ -23,13 +23,22 @@ fn is_root() -> bool {
         .unwrap_or(false)
 }
 
+/// True when the privileged tests can run. Without root they skip with a
+/// message, except under CI, where skipping is a failure.
+fn may_run(what: &str) -> bool {
+    if is_root() {
+        return true;
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!("the netns tests need root, and CI must run them");
+    }
+    eprintln!("SKIPPED {what}: needs root (run `sudo scripts/test`)");
+    false
+}
+
 fn run_e2e(mode: &str) {
     let _one_at_a_time = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    if !is_root() {
-        if std::env::var_os("CI").is_some() {
-            panic!("the netns tests need root, and CI must run them");
-        }
-        eprintln!("SKIPPED netns e2e ({mode}): needs root (run `sudo scripts/test`)");
+    if !may_run(&format!("netns e2e ({mode})")) {
         return;
     }
     let out = Command::new("bash")
@@ -65,11 +74,7 @@ fn live_traffic_native_xdp() {
 #[test]
 fn live_traffic_from_kubernetes_source() {
     let _one_at_a_time = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    if !is_root() {
-        if std::env::var_os("CI").is_some() {
-            panic!("the netns tests need root, and CI must run them");
-        }
-        eprintln!("SKIPPED kube e2e: needs root (run `sudo scripts/test`)");
+    if !may_run("kube e2e") {
         return;
     }
     let bin = std::path::Path::new(env!("CARGO_BIN_EXE_edgeplane"));
