@@ -29,9 +29,7 @@
 //! # Layout
 //!
 //! ```text
-//! records: [Record; capacity]          96 B each (align 32: every record spans exactly 2 cache lines)
-//!   seq: u32      seqlock counter, odd while a writer is inside
-//!   expires: u32  expiry, whole seconds of the caller's clock (see "Time")
+//! A record is 11 logical words w[0..11] plus a seqlock counter and the expiry:
 //!   w[0..2]  original src address (16 B, IPv4 as IPv4-mapped IPv6)
 //!   w[2..4]  original dst address
 //!   w[4..6]  translated src address (SNAT address or the client)
@@ -39,6 +37,16 @@
 //!   w[8]     orig sport | orig dport << 16 | xlat sport << 32 | xlat dport << 48
 //!   w[9]     proto | tcp state << 8 | flags << 16 | worker << 24 | frontend << 32
 //!   w[10]    validated_gen (while the record is free: the free-list link)
+//! stored in two parallel arrays, so that an IPv4 flow is one cache line:
+//!
+//! records: [Record; capacity]          64 B each (align 64: the hot line)
+//!   seq: u32      seqlock counter, odd while a writer is inside (guards both halves)
+//!   expires: u32  expiry, whole seconds of the caller's clock (see "Time")
+//!   hot[0..7]     w[1], w[3], w[5], w[7] (high halves of the addresses: the
+//!                 whole IPv4 address), w[8], w[9], w[10]
+//! cold: [Cold; capacity]               32 B each
+//!   w[0], w[2], w[4], w[6]  low halves of the addresses: zero for IPv4, so
+//!                           written and read only when w[9] flags a tuple as IPv6
 //!
 //! index: [Bucket; ceil(capacity / 2)]  64 B each = 8 entries of u64 (4 entries per flow: load <= 0.5)
 //!   entry = tag (31 bits of the key hash, low bit forced to 1) << 32 | slot << 1 | dir;  0 = empty
@@ -47,21 +55,24 @@
 //! insert stripes: 1024 spin flags, writers only
 //! ```
 //!
-//! Memory: 96 B of record + 32 B of index = **128 bytes per flow**, plus a few
+//! Memory: 64 + 32 B of record + 32 B of index = **128 bytes per flow**, plus a few
 //! kilobytes of fixed overhead ([`Conntrack::memory_bytes`]). One million flows
 //! take 122 MiB.
 //!
 //! # Probing
 //!
-//! A key's hash `h` chooses two buckets (two-choice hashing): `b1` from the high
-//! 32 bits of `h`, `b2` from the high bits of `h * φ`. An entry goes into the
-//! less occupied of the two (ties: `b1`). A lookup scans `b1` then `b2`
+//! A key's hash `h` chooses two buckets: `b1` from the high 32 bits of `h`,
+//! `b2` from the high bits of `h * φ`. An entry goes into `b1` while it holds
+//! fewer than [`PREFER_FIRST`] entries, else into the less occupied of the two
+//! (ties: `b1`): at load 0.5 a bucket holds 4 entries on average, so only a
+//! few percent of the keys go elsewhere, and two choices still keep bucket
+//! overflow negligible. A lookup scans `b1` then `b2`
 //! comparing 32-bit tags, and reads a record only on a tag match (a false match
 //! costs one record read and is rejected by the full key comparison). An
-//! established-flow hit therefore costs one hash, one or two index cache lines
-//! and the record's two adjacent cache lines. Two choices keep bucket overflow
-//! negligible at load 0.5; if both buckets are ever full, the insert frees an
-//! expired or evictable record referenced from them, or fails with `Full`.
+//! established-flow hit therefore costs one hash, almost always a single index
+//! cache line, and the record's hot line (IPv4) or its hot line and cold half
+//! (IPv6). A miss reads both buckets. If both are ever full, the insert frees
+//! an expired or evictable record referenced from them, or fails with `Full`.
 //!
 //! # Concurrency protocol
 //!
@@ -123,7 +134,7 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::atomic::{fence, AtomicI64, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
-use crate::hash::{addr16, hash_bytes};
+use crate::hash::addr16;
 use crate::prefetch::prefetch;
 
 /// TCP flag bits, as in the TCP header's flags byte (`Parsed::tcp_flags`).
@@ -356,19 +367,119 @@ impl Flow {
 
 /// A found (or just inserted) flow: where it lives, which direction the
 /// looked-up key matched, and a copy of the record.
+///
+/// The copy is kept in the record's raw form (no address is decoded on the
+/// per-packet path): [`flow`](Hit::flow) decodes all of it; the accessors
+/// below read single fields, and [`rewrite`](Hit::rewrite) gives the tuple a
+/// packet of this direction is translated to, in wire form.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Hit {
     /// Record index; stable for the flow's lifetime.
     pub slot: u32,
     /// The direction the key matched.
     pub dir: Dir,
-    /// The record as it was read.
-    pub flow: Flow,
     /// The record's sequence number when it was read (lets `update` skip the
     /// identity check when nothing changed since).
     seq: u32,
-    /// The record's raw flag bits when it was read (FIN bits, replied...).
-    flags: u8,
+    /// The record's expiry (whole seconds) when it was read.
+    exp: u32,
+    /// The record's words when it was read.
+    w: [u64; WORDS],
+}
+
+/// The addresses and ports a packet is translated to, in wire form: the
+/// address bytes of its family ([`addrs`](Rewrite::addrs)) and host-order
+/// ports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rewrite {
+    src: [u8; 16],
+    dst: [u8; 16],
+    v6: bool,
+    pub sport: u16,
+    pub dport: u16,
+}
+
+impl Rewrite {
+    /// Source and destination address bytes: 4 each for IPv4, 16 for IPv6.
+    #[inline]
+    pub fn addrs(&self) -> (&[u8], &[u8]) {
+        if self.v6 {
+            (&self.src, &self.dst)
+        } else {
+            (&self.src[12..], &self.dst[12..])
+        }
+    }
+}
+
+#[inline]
+fn words_bytes(w: [u64; 2]) -> [u8; 16] {
+    let mut b = [0u8; 16];
+    b[..8].copy_from_slice(&w[0].to_le_bytes());
+    b[8..].copy_from_slice(&w[1].to_le_bytes());
+    b
+}
+
+impl Hit {
+    /// The whole record, decoded.
+    pub fn flow(&self) -> Flow {
+        flow_of(&self.w, self.exp)
+    }
+
+    /// [`Flow::frontend`].
+    #[inline]
+    pub fn frontend(&self) -> u32 {
+        (self.w[W_META] >> 32) as u32
+    }
+
+    /// [`Flow::validated_gen`].
+    #[inline]
+    pub fn validated_gen(&self) -> u64 {
+        self.w[W_GEN]
+    }
+
+    /// [`Flow::state`].
+    #[inline]
+    pub fn state(&self) -> TcpState {
+        Meta::unpack(self.w[W_META]).state
+    }
+
+    /// The backend: `flow().xlat.dst` and `.dport`.
+    #[inline]
+    pub fn backend(&self) -> (IpAddr, u16) {
+        let v6 = flags_of(self.w[W_META]) & F_XLAT_V6 != 0;
+        let ip = words_addr([self.w[W_XLAT_DST], self.w[W_XLAT_DST + 1]], v6);
+        (ip, (self.w[W_PORTS] >> 48) as u16)
+    }
+
+    /// What a packet travelling in `self.dir` is rewritten to: `xlat` for an
+    /// original-direction packet, the reverse of `orig` for a reply.
+    #[inline]
+    pub fn rewrite(&self) -> Rewrite {
+        self.rewrite_as(self.dir)
+    }
+
+    /// What a packet travelling in `dir` is rewritten to.
+    #[inline]
+    pub fn rewrite_as(&self, dir: Dir) -> Rewrite {
+        let (w, p, f) = (&self.w, self.w[W_PORTS], flags_of(self.w[W_META]));
+        let pair = |i: usize| words_bytes([w[i], w[i + 1]]);
+        match dir {
+            Dir::Original => Rewrite {
+                src: pair(W_XLAT_SRC),
+                dst: pair(W_XLAT_DST),
+                v6: f & F_XLAT_V6 != 0,
+                sport: (p >> 32) as u16,
+                dport: (p >> 48) as u16,
+            },
+            Dir::Reply => Rewrite {
+                src: pair(W_ORIG_DST),
+                dst: pair(W_ORIG_SRC),
+                v6: f & F_ORIG_V6 != 0,
+                sport: (p >> 16) as u16,
+                dport: p as u16,
+            },
+        }
+    }
 }
 
 /// A key hashed once, for the batch path: [`Conntrack::probe`] hashes it,
@@ -452,15 +563,27 @@ const F_ORIG_V6: u8 = 1 << 6;
 /// The translated tuple is IPv6.
 const F_XLAT_V6: u8 = 1 << 7;
 
-/// One flow record. See the module docs for the word layout.
-#[repr(C, align(32))]
+/// Physical home of the logical words `w[0..11]`: the *hot* line (the
+/// [`Record`]) holds the high halves of the four addresses, the ports, the
+/// meta word and the generation; the *cold* half ([`Cold`], a parallel array)
+/// holds the low halves of the addresses, which are zero for IPv4 (stored
+/// IPv4-mapped). A lookup of an IPv4 flow therefore reads one cache line.
+const H_PORTS: usize = 4;
+const H_META: usize = 5;
+const H_GEN: usize = 6;
+const HOT_WORDS: usize = 7;
+
+/// The hot line of one flow record (64 bytes, one cache line). See the
+/// module docs for the word layout.
+#[repr(C, align(64))]
 struct Record {
-    /// Seqlock counter: odd while a writer is inside.
+    /// Seqlock counter: odd while a writer is inside. Guards the cold half
+    /// too.
     seq: AtomicU32,
     /// Expiry in whole seconds of the caller's clock.
     expires: AtomicU32,
-    /// The record's words.
-    w: [AtomicU64; WORDS],
+    /// `w[1], w[3], w[5], w[7], w[8], w[9], w[10]`.
+    hot: [AtomicU64; HOT_WORDS],
 }
 
 impl Record {
@@ -468,10 +591,21 @@ impl Record {
         Record {
             seq: AtomicU32::new(0),
             expires: AtomicU32::new(0),
-            w: Default::default(),
+            hot: Default::default(),
         }
     }
 }
+
+/// The cold half of a record: `w[0], w[2], w[4], w[6]` (the low 8 bytes of
+/// each address). Only written and read when the record's meta word says a
+/// tuple is IPv6; for an IPv4 record these words are logically zero and their
+/// memory is never touched.
+#[repr(C, align(32))]
+#[derive(Default)]
+struct Cold([AtomicU64; 4]);
+
+/// Meta flags that say the cold half is in use.
+const F_ANY_V6: u8 = F_ORIG_V6 | F_XLAT_V6;
 
 /// Eight index entries, one cache line.
 #[repr(C, align(64))]
@@ -498,6 +632,14 @@ struct Counters {
     swept: AtomicU64,
     removed: AtomicU64,
 }
+
+/// An entry goes into its key's first bucket while that holds fewer than
+/// this many entries (see "Probing"). Simulated at 2^17 buckets: 99.7% of the
+/// keys land in their first bucket at load 0.25 (half the capacity in use)
+/// and 95% at load 0.5 (full), with no insert finding both buckets full.
+/// Always the first bucket unless full: 99.98% and 99.1%, but 0.03% of the
+/// inserts into a full table find both full. Plain two-choice: 73% and 69%.
+const PREFER_FIRST: usize = 6;
 
 const FREE_SHARDS: usize = 8;
 const STRIPES: usize = 1024;
@@ -560,12 +702,22 @@ struct RawKey {
 
 #[inline]
 fn addr_words(ip: IpAddr) -> [u64; 2] {
-    let b = addr16(ip);
-    let mut lo = [0u8; 8];
-    let mut hi = [0u8; 8];
-    lo.copy_from_slice(&b[..8]);
-    hi.copy_from_slice(&b[8..]);
-    [u64::from_le_bytes(lo), u64::from_le_bytes(hi)]
+    match ip {
+        // IPv4-mapped (`addr16`): bytes 0..10 zero, 10..12 0xff, 12..16 the
+        // address; read as two little-endian words.
+        IpAddr::V4(a) => [
+            0,
+            0xffff_0000 | (u32::from_le_bytes(a.octets()) as u64) << 32,
+        ],
+        IpAddr::V6(_) => {
+            let b = addr16(ip);
+            let mut lo = [0u8; 8];
+            let mut hi = [0u8; 8];
+            lo.copy_from_slice(&b[..8]);
+            hi.copy_from_slice(&b[8..]);
+            [u64::from_le_bytes(lo), u64::from_le_bytes(hi)]
+        }
+    }
 }
 
 #[inline]
@@ -592,18 +744,25 @@ impl RawKey {
         }
     }
 
+    /// The index hash: three independent multiply-folds (addresses, then
+    /// ports and protocol) combined by a fourth, on the words as they are;
+    /// local to this table (not the cross-node flow hash).
     #[inline]
     fn hash(&self, seed: u64) -> u64 {
-        let mut b = [0u8; 40];
-        b[0..8].copy_from_slice(&self.src[0].to_le_bytes());
-        b[8..16].copy_from_slice(&self.src[1].to_le_bytes());
-        b[16..24].copy_from_slice(&self.dst[0].to_le_bytes());
-        b[24..32].copy_from_slice(&self.dst[1].to_le_bytes());
-        b[32..36].copy_from_slice(&self.ports.to_le_bytes());
-        b[36] = self.proto;
-        b[37] = self.v6 as u8;
-        hash_bytes(seed, &b)
+        const P0: u64 = 0xa076_1d64_78bd_642f;
+        const P1: u64 = 0xe703_7ed1_a0b4_28db;
+        const P2: u64 = 0x8ebc_6af0_9c88_c6e3;
+        let a = mum(self.src[0] ^ seed ^ P0, self.src[1] ^ P1);
+        let b = mum(self.dst[0] ^ seed ^ P1, self.dst[1] ^ P2);
+        let rest = self.ports as u64 | (self.proto as u64) << 32 | (self.v6 as u64) << 40;
+        mum(a ^ rest ^ P2, b ^ seed ^ P0)
     }
+}
+
+#[inline(always)]
+fn mum(a: u64, b: u64) -> u64 {
+    let r = (a as u128).wrapping_mul(b as u128);
+    (r as u64) ^ ((r >> 64) as u64)
 }
 
 /// The key words (`w[0..9]`) and family flags of a flow.
@@ -681,12 +840,30 @@ impl Snap {
             Dir::Reply => self.reply_key(),
         }
     }
+    #[inline]
     fn flow(&self) -> Flow {
-        let m = self.meta();
-        let p = self.w[W_PORTS];
+        flow_of(&self.w, self.exp)
+    }
+    #[inline]
+    fn hit(&self, slot: usize, dir: Dir) -> Hit {
+        Hit {
+            slot: slot as u32,
+            dir,
+            seq: self.seq,
+            exp: self.exp,
+            w: self.w,
+        }
+    }
+}
+
+/// Decodes a record's words.
+fn flow_of(w: &[u64; WORDS], exp: u32) -> Flow {
+    {
+        let m = Meta::unpack(w[W_META]);
+        let p = w[W_PORTS];
         let ov6 = m.flags & F_ORIG_V6 != 0;
         let xv6 = m.flags & F_XLAT_V6 != 0;
-        let pair = |i: usize| [self.w[i], self.w[i + 1]];
+        let pair = |i: usize| [w[i], w[i + 1]];
         Flow {
             orig: FlowKey {
                 src: words_addr(pair(W_ORIG_SRC), ov6),
@@ -705,18 +882,9 @@ impl Snap {
             frontend: m.frontend,
             state: m.state,
             assured: m.flags & F_ASSURED != 0,
-            validated_gen: self.w[W_GEN],
+            validated_gen: w[W_GEN],
             worker: m.worker,
-            expires: self.exp as u64 * NS_PER_SEC,
-        }
-    }
-    fn hit(&self, slot: usize, dir: Dir) -> Hit {
-        Hit {
-            slot: slot as u32,
-            dir,
-            flow: self.flow(),
-            seq: self.seq,
-            flags: self.flags(),
+            expires: exp as u64 * NS_PER_SEC,
         }
     }
 }
@@ -882,8 +1050,10 @@ fn initial(proto: u8, tcp: u8) -> (TcpState, u8) {
 
 /// The connection-tracking table. See the module docs.
 pub struct Conntrack {
-    /// One record per flow; a flow's slot is its index here.
+    /// One record per flow (its hot line); a flow's slot is its index here.
     records: Box<[Record]>,
+    /// The cold halves of the records, same index.
+    cold: Box<[Cold]>,
     /// The index over both keys of every record.
     buckets: Box<[Bucket]>,
     /// Insert serialisation, striped by a key's first bucket. 0 = free.
@@ -942,6 +1112,7 @@ impl Conntrack {
         );
         let cap = capacity_flows.max(1);
         let records: Box<[Record]> = (0..cap).map(|_| Record::new()).collect();
+        let cold: Box<[Cold]> = (0..cap).map(|_| Cold::default()).collect();
         let nbuckets = cap.div_ceil(2).max(2);
         let buckets: Box<[Bucket]> = (0..nbuckets).map(|_| Bucket::default()).collect();
         let stripes: Box<[AtomicU32]> = (0..STRIPES).map(|_| AtomicU32::new(0)).collect();
@@ -949,7 +1120,7 @@ impl Conntrack {
         let mut heads = [0u64; FREE_SHARDS];
         for slot in (0..cap).rev() {
             let sh = slot % FREE_SHARDS;
-            records[slot].w[W_GEN].store(heads[sh], Ordering::Relaxed);
+            records[slot].hot[H_GEN].store(heads[sh], Ordering::Relaxed);
             heads[sh] = slot as u64 + 1;
         }
         let free: Box<[Shard]> = heads
@@ -961,6 +1132,7 @@ impl Conntrack {
             .collect();
         Conntrack {
             records,
+            cold,
             buckets,
             stripes,
             free,
@@ -998,6 +1170,7 @@ impl Conntrack {
     pub fn memory_bytes(&self) -> usize {
         std::mem::size_of::<Conntrack>()
             + std::mem::size_of_val::<[Record]>(&self.records)
+            + std::mem::size_of_val::<[Cold]>(&self.cold)
             + std::mem::size_of_val::<[Bucket]>(&self.buckets)
             + std::mem::size_of_val::<[AtomicU32]>(&self.stripes)
             + std::mem::size_of_val::<[Shard]>(&self.free)
@@ -1052,45 +1225,57 @@ impl Conntrack {
         }
     }
 
-    /// Starts loading the two index buckets of `p` (no wait, no effect on
-    /// results).
+    /// Starts loading the index bucket a tracked key of `p` is found in
+    /// (almost always its first one: see "Probing"). No wait, no effect on
+    /// results.
     #[inline]
     pub fn prefetch_index(&self, p: &Probe) {
+        prefetch(&self.buckets[self.buckets_of(p.h)[0]]);
+    }
+
+    /// Starts loading both index buckets of `p`: what a lookup that misses
+    /// reads (new flows, free SNAT ports).
+    #[inline]
+    pub fn prefetch_buckets(&self, p: &Probe) {
         for b in self.buckets_of(p.h) {
             prefetch(&self.buckets[b]);
         }
     }
 
-    /// Starts loading the records whose index entries carry the tag of `p`
-    /// (reads the two buckets, so call it some time after
+    /// Starts loading the records whose entries in the first bucket of `p`
+    /// carry its tag (reads that bucket, so call it some time after
     /// [`prefetch_index`](Self::prefetch_index)). Returns whether any entry
-    /// carries the tag: `false` means the key is (almost surely) not tracked,
-    /// i.e. the packet probably starts a new flow. A hint only.
+    /// does; when none does, the key is (almost surely) not tracked, i.e. the
+    /// packet probably starts a new flow, and the second bucket, which the
+    /// lookup will then scan, is prefetched. A hint only.
     #[inline]
     pub fn prefetch_records(&self, p: &Probe) -> bool {
-        let tag = tag_of(p.h);
-        let mut any = false;
-        for b in self.buckets_of(p.h) {
-            let bucket = &self.buckets[b].0;
-            let mut m = tag_mask(bucket, tag);
-            any |= m != 0;
-            while m != 0 {
-                let v = bucket[m.trailing_zeros() as usize].load(Ordering::Relaxed);
-                m &= m - 1;
-                self.prefetch_record(entry_slot(v));
-            }
+        let [b1, b2] = self.buckets_of(p.h);
+        let bucket = &self.buckets[b1].0;
+        let mut m = tag_mask(bucket, tag_of(p.h));
+        if m == 0 {
+            prefetch(&self.buckets[b2]);
+            return false;
         }
-        any
+        while m != 0 {
+            let v = bucket[m.trailing_zeros() as usize].load(Ordering::Relaxed);
+            m &= m - 1;
+            self.prefetch_record(entry_slot(v), p.key.v6);
+        }
+        true
     }
 
-    /// Starts loading both cache lines of the record in `slot`.
+    /// Starts loading the hot line of the record in `slot` and, for an IPv6
+    /// key, its cold half.
     #[inline]
-    fn prefetch_record(&self, slot: usize) {
+    fn prefetch_record(&self, slot: usize, v6: bool) {
         if let Some(r) = self.records.get(slot) {
-            // A record is 96 bytes at a 32-byte alignment: `seq` is in its
-            // first line and `w[8]` (offset 72) in its second.
-            prefetch(&r.seq);
-            prefetch(&r.w[W_PORTS]);
+            prefetch(r);
+        }
+        if v6 {
+            if let Some(c) = self.cold.get(slot) {
+                prefetch(c);
+            }
         }
     }
 
@@ -1114,24 +1299,35 @@ impl Conntrack {
         let (oh, rh) = (okey.hash(self.seed), rkey.hash(self.seed));
         let index_reply = rkey != okey;
 
-        // 1. Cheap lock-free check for the common race (another worker got here first).
-        if let Some(hit) = self.find(&okey, oh, now_s) {
-            return Err(InsertError::Exists(hit));
-        }
-        if let Some(hit) = self.find(&rkey, rh, now_s) {
-            // The same flow may have been published between the two finds.
-            return Err(match self.find(&okey, oh, now_s) {
-                Some(same) => InsertError::Exists(same),
-                None => InsertError::ReplyTaken(hit),
-            });
-        }
-
-        // 2. A slot: free list, else expired/evictable in the window, else a small sweep.
-        let Some(slot) = self.alloc(flow.worker, [oh, rh], now_s) else {
-            self.counters
-                .insert_failures
-                .fetch_add(1, Ordering::Relaxed);
-            return Err(InsertError::Full);
+        // 1.-2. A slot. From the free list when it has one: then a key that
+        //    is already tracked is found by the checks under the stripes
+        //    (step 5) and the slot goes straight back, with the same result
+        //    and no second pair of lookups on the common path. Without a free
+        //    slot, eviction would free a record for nothing if a key were
+        //    tracked, so check first (lock-free; the common race: another
+        //    worker got here first), then take an expired or evictable record
+        //    from the window, else run a small sweep.
+        let slot = match self.pop(flow.worker) {
+            Some(slot) => slot,
+            None => {
+                if let Some(hit) = self.find(&okey, oh, now_s) {
+                    return Err(InsertError::Exists(hit));
+                }
+                if let Some(hit) = self.find(&rkey, rh, now_s) {
+                    // The same flow may have been published between the two finds.
+                    return Err(match self.find(&okey, oh, now_s) {
+                        Some(same) => InsertError::Exists(same),
+                        None => InsertError::ReplyTaken(hit),
+                    });
+                }
+                let Some(slot) = self.alloc(flow.worker, [oh, rh], now_s) else {
+                    self.counters
+                        .insert_failures
+                        .fetch_add(1, Ordering::Relaxed);
+                    return Err(InsertError::Full);
+                };
+                slot
+            }
         };
 
         // 3. Write the record, PENDING (invisible to lookups, skipped by eviction).
@@ -1148,11 +1344,9 @@ impl Conntrack {
         {
             let r = &self.records[slot];
             let s = self.lock(slot);
-            for (i, &v) in kw.iter().enumerate() {
-                r.w[i].store(v, Ordering::Relaxed);
-            }
-            r.w[W_META].store(meta.pack(), Ordering::Relaxed);
-            r.w[W_GEN].store(flow.validated_gen, Ordering::Relaxed);
+            self.store_key_words(slot, &kw, fam);
+            r.hot[H_META].store(meta.pack(), Ordering::Relaxed);
+            r.hot[H_GEN].store(flow.validated_gen, Ordering::Relaxed);
             r.expires.store(exp, Ordering::Relaxed);
             self.unlock(slot, s.wrapping_add(2));
         }
@@ -1193,7 +1387,7 @@ impl Conntrack {
         meta.flags = (meta.flags & !F_PENDING) | F_LIVE;
         let r = &self.records[slot];
         let s = self.lock(slot);
-        r.w[W_META].store(meta.pack(), Ordering::Relaxed);
+        r.hot[H_META].store(meta.pack(), Ordering::Relaxed);
         let seq = s.wrapping_add(2);
         self.unlock(slot, seq);
 
@@ -1214,14 +1408,8 @@ impl Conntrack {
     pub fn update(&self, hit: &Hit, now: u64, tcp_flags: u8) -> Option<TcpState> {
         let slot = hit.slot as usize;
         let r = self.records.get(slot)?;
-        let old = Meta {
-            proto: hit.flow.orig.proto,
-            state: hit.flow.state,
-            flags: hit.flags,
-            worker: hit.flow.worker,
-            frontend: hit.flow.frontend,
-        };
-        let old_exp = (hit.flow.expires / NS_PER_SEC) as u32;
+        let old = Meta::unpack(hit.w[W_META]);
+        let old_exp = hit.exp;
         let new = step(old, hit.dir, tcp_flags);
         let t = self.timeout_secs(&new);
         let exp = expiry(now, t);
@@ -1245,14 +1433,14 @@ impl Conntrack {
             self.unlock(slot, s);
             return None;
         }
-        let cur = Meta::unpack(r.w[W_META].load(Ordering::Relaxed));
+        let cur = Meta::unpack(r.hot[H_META].load(Ordering::Relaxed));
         let cur_exp = r.expires.load(Ordering::Relaxed);
         let new = step(cur, hit.dir, tcp_flags);
         let t = self.timeout_secs(&new);
         let exp = expiry(now, t);
         let mut changed = false;
         if new != cur {
-            r.w[W_META].store(new.pack(), Ordering::Relaxed);
+            r.hot[H_META].store(new.pack(), Ordering::Relaxed);
             changed = true;
         }
         // A state change may shorten the timeout (RST), so store any new value then.
@@ -1276,7 +1464,7 @@ impl Conntrack {
             self.unlock(slot, s);
             return false;
         }
-        r.w[W_GEN].store(gen, Ordering::Relaxed);
+        r.hot[H_GEN].store(gen, Ordering::Relaxed);
         self.unlock(slot, s.wrapping_add(2));
         true
     }
@@ -1296,12 +1484,12 @@ impl Conntrack {
             self.unlock(slot, s);
             return false;
         }
-        let meta = r.w[W_META].load(Ordering::Relaxed);
-        r.w[W_META].store(
+        let meta = r.hot[H_META].load(Ordering::Relaxed);
+        r.hot[H_META].store(
             (meta & 0xffff_ffff) | (frontend as u64) << 32,
             Ordering::Relaxed,
         );
-        r.w[W_GEN].store(gen, Ordering::Relaxed);
+        r.hot[H_GEN].store(gen, Ordering::Relaxed);
         self.unlock(slot, s.wrapping_add(2));
         true
     }
@@ -1352,7 +1540,7 @@ impl Conntrack {
     pub fn for_each(&self, now: u64, mut f: impl FnMut(&Flow)) {
         let now_s = now / NS_PER_SEC;
         for (slot, r) in self.records.iter().enumerate() {
-            if flags_of(r.w[W_META].load(Ordering::Relaxed)) & F_LIVE == 0 {
+            if flags_of(r.hot[H_META].load(Ordering::Relaxed)) & F_LIVE == 0 {
                 continue;
             }
             let snap = self.read(slot);
@@ -1408,13 +1596,56 @@ impl Conntrack {
             let s1 = r.seq.load(Ordering::Acquire);
             if s1 & 1 == 0 {
                 let exp = r.expires.load(Ordering::Relaxed);
-                let w: [u64; WORDS] = std::array::from_fn(|i| r.w[i].load(Ordering::Relaxed));
+                let w = self.load_words(slot);
                 fence(Ordering::Acquire);
                 if r.seq.load(Ordering::Relaxed) == s1 {
                     return Snap { seq: s1, exp, w };
                 }
             }
             backoff(&mut spins);
+        }
+    }
+
+    /// The logical words of the record in `slot` (relaxed loads; the caller
+    /// validates with the seqlock or holds the lock). The cold half is read
+    /// only when the meta word says a tuple is IPv6; otherwise its words are
+    /// zero, as IPv4-mapped addresses have them.
+    #[inline]
+    fn load_words(&self, slot: usize) -> [u64; WORDS] {
+        let h = &self.records[slot].hot;
+        let mut w = [0u64; WORDS];
+        w[W_ORIG_SRC + 1] = h[0].load(Ordering::Relaxed);
+        w[W_ORIG_DST + 1] = h[1].load(Ordering::Relaxed);
+        w[W_XLAT_SRC + 1] = h[2].load(Ordering::Relaxed);
+        w[W_XLAT_DST + 1] = h[3].load(Ordering::Relaxed);
+        w[W_PORTS] = h[H_PORTS].load(Ordering::Relaxed);
+        w[W_META] = h[H_META].load(Ordering::Relaxed);
+        w[W_GEN] = h[H_GEN].load(Ordering::Relaxed);
+        if flags_of(w[W_META]) & F_ANY_V6 != 0 {
+            let c = &self.cold[slot].0;
+            w[W_ORIG_SRC] = c[0].load(Ordering::Relaxed);
+            w[W_ORIG_DST] = c[1].load(Ordering::Relaxed);
+            w[W_XLAT_SRC] = c[2].load(Ordering::Relaxed);
+            w[W_XLAT_DST] = c[3].load(Ordering::Relaxed);
+        }
+        w
+    }
+
+    /// Under the record lock: stores the key words of a flow whose family
+    /// flags are `fam` (the cold half only when a tuple is IPv6).
+    fn store_key_words(&self, slot: usize, kw: &[u64; KEY_WORDS], fam: u8) {
+        let h = &self.records[slot].hot;
+        h[0].store(kw[W_ORIG_SRC + 1], Ordering::Relaxed);
+        h[1].store(kw[W_ORIG_DST + 1], Ordering::Relaxed);
+        h[2].store(kw[W_XLAT_SRC + 1], Ordering::Relaxed);
+        h[3].store(kw[W_XLAT_DST + 1], Ordering::Relaxed);
+        h[H_PORTS].store(kw[W_PORTS], Ordering::Relaxed);
+        if fam & F_ANY_V6 != 0 {
+            let c = &self.cold[slot].0;
+            c[0].store(kw[W_ORIG_SRC], Ordering::Relaxed);
+            c[1].store(kw[W_ORIG_DST], Ordering::Relaxed);
+            c[2].store(kw[W_XLAT_SRC], Ordering::Relaxed);
+            c[3].store(kw[W_XLAT_DST], Ordering::Relaxed);
         }
     }
 
@@ -1459,15 +1690,12 @@ impl Conntrack {
 
     /// Under the record lock: does `slot` still hold the live flow of `hit`?
     fn same_flow_locked(&self, slot: usize, hit: &Hit) -> bool {
-        let r = &self.records[slot];
-        let m = Meta::unpack(r.w[W_META].load(Ordering::Relaxed));
-        if m.flags & F_LIVE == 0 || m.proto != hit.flow.orig.proto {
-            return false;
-        }
-        let (kw, _) = key_words(&hit.flow);
-        kw.iter()
-            .enumerate()
-            .all(|(i, &v)| r.w[i].load(Ordering::Relaxed) == v)
+        let cur = self.load_words(slot);
+        let (m, old) = (Meta::unpack(cur[W_META]), Meta::unpack(hit.w[W_META]));
+        m.flags & F_LIVE != 0
+            && m.proto == old.proto
+            && m.flags & F_ANY_V6 == old.flags & F_ANY_V6
+            && cur[..KEY_WORDS] == hit.w[..KEY_WORDS]
     }
 
     /// Under the record lock (taken at even `s`): the record's contents.
@@ -1476,7 +1704,7 @@ impl Conntrack {
         Snap {
             seq: s,
             exp: r.expires.load(Ordering::Relaxed),
-            w: std::array::from_fn(|i| r.w[i].load(Ordering::Relaxed)),
+            w: self.load_words(slot),
         }
     }
 
@@ -1489,7 +1717,7 @@ impl Conntrack {
         if rk != ok {
             self.unplace(rk.hash(self.seed), slot, Dir::Reply);
         }
-        self.records[slot].w[W_META].store(0, Ordering::Relaxed);
+        self.records[slot].hot[H_META].store(0, Ordering::Relaxed);
         self.unlock(slot, snap.seq.wrapping_add(2));
     }
 
@@ -1505,7 +1733,7 @@ impl Conntrack {
     /// Returns an unpublished (PENDING) record to the free list.
     fn release_pending(&self, slot: usize) {
         let s = self.lock(slot);
-        self.records[slot].w[W_META].store(0, Ordering::Relaxed);
+        self.records[slot].hot[H_META].store(0, Ordering::Relaxed);
         self.unlock(slot, s.wrapping_add(2));
         self.push(slot);
     }
@@ -1539,8 +1767,11 @@ impl Conntrack {
     fn find_reclaim(&self, key: &RawKey, h: u64, now_s: u64) -> Option<Hit> {
         let tag = tag_of(h);
         for b in self.buckets_of(h) {
-            for e in &self.buckets[b].0 {
-                let v = e.load(Ordering::Acquire);
+            let bucket = &self.buckets[b].0;
+            let mut m = tag_mask(bucket, tag);
+            while m != 0 {
+                let v = bucket[m.trailing_zeros() as usize].load(Ordering::Acquire);
+                m &= m - 1;
                 if (v >> 32) as u32 != tag {
                     continue;
                 }
@@ -1578,10 +1809,15 @@ impl Conntrack {
                     .filter(|e| e.load(Ordering::Relaxed) != 0)
                     .count()
             };
-            let order = if used(b2) < used(b1) {
-                [b2, b1]
-            } else {
+            // The first bucket while it has room to spare, so that lookups of
+            // tracked keys almost always read a single index line; past that,
+            // the less occupied one (ties: the first), which keeps both-full
+            // buckets as rare as plain two-choice hashing does.
+            let u1 = used(b1);
+            let order = if u1 < PREFER_FIRST || u1 <= used(b2) {
                 [b1, b2]
+            } else {
+                [b2, b1]
             };
             for b in order {
                 for e in &self.buckets[b].0 {
@@ -1644,7 +1880,7 @@ impl Conntrack {
             for e in &self.buckets[b].0 {
                 let v = e.load(Ordering::Relaxed);
                 if v != 0 {
-                    self.prefetch_record(entry_slot(v));
+                    self.prefetch_record(entry_slot(v), true);
                 }
             }
         }
@@ -1708,7 +1944,7 @@ impl Conntrack {
                 let slot = (start + j) % cap;
                 let r = &self.records[slot];
                 // Unsynchronised pre-filter; the decision is made on a seqlock copy.
-                if flags_of(r.w[W_META].load(Ordering::Relaxed)) & F_LIVE == 0
+                if flags_of(r.hot[H_META].load(Ordering::Relaxed)) & F_LIVE == 0
                     || now_s < r.expires.load(Ordering::Relaxed) as u64
                 {
                     continue;
@@ -1779,7 +2015,7 @@ impl Conntrack {
             let slot = (top - 1) as usize;
             // May be stale if `slot` was popped meanwhile; the ABA counter
             // makes the CAS fail then.
-            let next = self.records[slot].w[W_GEN].load(Ordering::Relaxed) as u32;
+            let next = self.records[slot].hot[H_GEN].load(Ordering::Relaxed) as u32;
             let new = ((h >> 32).wrapping_add(1) << 32) | next as u64;
             match sh
                 .head
@@ -1787,6 +2023,11 @@ impl Conntrack {
             {
                 Ok(_) => {
                     sh.used.fetch_add(1, Ordering::Relaxed);
+                    // The next pop reads the new top's link: start loading
+                    // it now rather than miss on it then.
+                    if next != 0 {
+                        self.prefetch_record(next as usize - 1, false);
+                    }
                     return Some(slot);
                 }
                 Err(cur) => h = cur,
@@ -1798,7 +2039,7 @@ impl Conntrack {
         let sh = &self.free[slot % self.free.len()];
         let mut h = sh.head.load(Ordering::Relaxed);
         loop {
-            self.records[slot].w[W_GEN].store(h as u32 as u64, Ordering::Relaxed);
+            self.records[slot].hot[H_GEN].store(h as u32 as u64, Ordering::Relaxed);
             let new = ((h >> 32).wrapping_add(1) << 32) | (slot as u64 + 1);
             match sh
                 .head
@@ -1858,7 +2099,8 @@ mod tests {
 
     #[test]
     fn layout_is_128_bytes_per_flow() {
-        assert_eq!(std::mem::size_of::<Record>(), 96);
+        assert_eq!(std::mem::size_of::<Record>(), 64);
+        assert_eq!(std::mem::size_of::<Cold>(), 32);
         assert_eq!(std::mem::size_of::<Bucket>(), 64);
         let t = ct(1_000_000);
         let per_flow = (t.memory_bytes() as f64) / 1e6;
@@ -1875,15 +2117,22 @@ mod tests {
         let f = flow(1000, PROTO_TCP);
         let hit = t.insert(f, S, SYN).unwrap();
         assert_eq!(hit.dir, Dir::Original);
-        assert_eq!(hit.flow.orig, f.orig);
-        assert_eq!(hit.flow.xlat, f.xlat);
+        assert_eq!(hit.flow().orig, f.orig);
+        assert_eq!(hit.flow().xlat, f.xlat);
         assert_eq!(
-            (hit.flow.frontend, hit.flow.worker, hit.flow.validated_gen),
+            (
+                hit.flow().frontend,
+                hit.flow().worker,
+                hit.flow().validated_gen
+            ),
             (3, 1, 7)
         );
-        assert_eq!(hit.flow.state, TcpState::SynSent);
+        assert_eq!(hit.flow().state, TcpState::SynSent);
         let o = t.lookup(&f.orig, S).unwrap();
-        assert_eq!((o.slot, o.dir, o.flow), (hit.slot, Dir::Original, hit.flow));
+        assert_eq!(
+            (o.slot, o.dir, o.flow()),
+            (hit.slot, Dir::Original, hit.flow())
+        );
         let r = t.lookup(&f.reply_key(), S).unwrap();
         assert_eq!((r.slot, r.dir), (hit.slot, Dir::Reply));
         assert!(t.lookup(&f.orig.reversed(), S).is_none());
@@ -1904,8 +2153,8 @@ mod tests {
         }
         assert!(t.revalidate(&hit, 9, 42));
         let h = t.lookup(&f.orig, S).unwrap();
-        assert_eq!((h.flow.validated_gen, h.flow.frontend), (9, 42));
-        assert_eq!((h.flow.state, h.flow.worker), (TcpState::SynSent, 1));
+        assert_eq!((h.flow().validated_gen, h.flow().frontend), (9, 42));
+        assert_eq!((h.flow().state, h.flow().worker), (TcpState::SynSent, 1));
         assert!(t.remove(&h));
         assert!(!t.revalidate(&h, 10, 1));
     }
@@ -1922,8 +2171,8 @@ mod tests {
         );
         t.insert(f, 0, SYN).unwrap();
         let h = t.lookup(&f.reply_key(), 0).unwrap();
-        assert_eq!(h.flow.orig, f.orig);
-        assert_eq!(h.flow.xlat, f.xlat);
+        assert_eq!(h.flow().orig, f.orig);
+        assert_eq!(h.flow().xlat, f.xlat);
         // An IPv4-mapped IPv6 address is not the IPv4 address.
         let mapped = key(
             "::ffff:198.18.0.1",
@@ -1961,8 +2210,8 @@ mod tests {
         let t = ct(64);
         let f = flow(1000, PROTO_UDP);
         let h = t.insert(f, 0, 0).unwrap();
-        assert!(!h.flow.assured);
-        assert_eq!(h.flow.expires, 30 * S);
+        assert!(!h.flow().assured);
+        assert_eq!(h.flow().expires, 30 * S);
         assert!(t.lookup(&f.orig, 30 * S - 1).is_some());
         assert!(t.lookup(&f.orig, 30 * S).is_none());
 
@@ -1971,8 +2220,8 @@ mod tests {
         let r = t.lookup(&u.reply_key(), 10 * S).unwrap();
         assert_eq!(t.update(&r, 10 * S, 0), Some(TcpState::None));
         let h = t.lookup(&u.orig, 10 * S).unwrap();
-        assert!(h.flow.assured);
-        assert_eq!(h.flow.expires, 130 * S);
+        assert!(h.flow().assured);
+        assert_eq!(h.flow().expires, 130 * S);
         assert!(t.lookup(&u.orig, 129 * S).is_some());
         assert!(t.lookup(&u.orig, 130 * S).is_none());
     }
@@ -1981,17 +2230,20 @@ mod tests {
     fn icmp_and_sctp_and_generic_timeouts() {
         let t = ct(64);
         let i = t.insert(flow(1, PROTO_ICMP), 0, 0).unwrap();
-        assert_eq!(i.flow.expires, 30 * S);
+        assert_eq!(i.flow().expires, 30 * S);
         let s = t.insert(flow(2, PROTO_SCTP), 0, 0).unwrap();
-        assert_eq!(s.flow.expires, 30 * S);
+        assert_eq!(s.flow().expires, 30 * S);
         let r = t.lookup(&flow(2, PROTO_SCTP).reply_key(), S).unwrap();
         t.update(&r, S, 0);
         assert_eq!(
-            t.lookup(&flow(2, PROTO_SCTP).orig, S).unwrap().flow.expires,
+            t.lookup(&flow(2, PROTO_SCTP).orig, S)
+                .unwrap()
+                .flow()
+                .expires,
             211 * S
         );
         let g = t.insert(flow(3, 47), 0, 0).unwrap();
-        assert_eq!(g.flow.expires, 600 * S);
+        assert_eq!(g.flow().expires, 600 * S);
     }
 
     /// Drives one packet through lookup + update and returns the new state.
@@ -2007,7 +2259,7 @@ mod tests {
     }
 
     fn exp_of(t: &Conntrack, f: &Flow, now: u64) -> u64 {
-        t.lookup(&f.orig, now).unwrap().flow.expires
+        t.lookup(&f.orig, now).unwrap().flow().expires
     }
 
     #[test]
@@ -2015,17 +2267,20 @@ mod tests {
         let t = ct(64);
         let f = flow(2000, PROTO_TCP);
         let h = t.insert(f, 0, SYN).unwrap();
-        assert_eq!((h.flow.state, h.flow.expires), (TcpState::SynSent, 120 * S));
+        assert_eq!(
+            (h.flow().state, h.flow().expires),
+            (TcpState::SynSent, 120 * S)
+        );
         assert_eq!(pkt(&t, &f, Dir::Reply, S, SYN | ACK), TcpState::SynRecv);
         assert_eq!(exp_of(&t, &f, S), 61 * S);
-        assert!(!t.lookup(&f.orig, S).unwrap().flow.assured);
+        assert!(!t.lookup(&f.orig, S).unwrap().flow().assured);
         assert_eq!(
             pkt(&t, &f, Dir::Original, 2 * S, ACK),
             TcpState::Established
         );
         let h = t.lookup(&f.orig, 2 * S).unwrap();
-        assert!(h.flow.assured);
-        assert_eq!(h.flow.expires, (2 + 86_400) * S);
+        assert!(h.flow().assured);
+        assert_eq!(h.flow().expires, (2 + 86_400) * S);
         assert_eq!(pkt(&t, &f, Dir::Reply, 3 * S, ACK), TcpState::Established);
         assert_eq!(
             pkt(&t, &f, Dir::Original, 4 * S, FIN | ACK),
@@ -2056,8 +2311,8 @@ mod tests {
         // Port reuse: a new SYN from the client reopens the record, unconfirmed.
         assert_eq!(pkt(&t, &f, Dir::Original, 105 * S, SYN), TcpState::SynSent);
         let h = t.lookup(&f.orig, 105 * S).unwrap();
-        assert!(!h.flow.assured);
-        assert_eq!(h.flow.expires, 225 * S);
+        assert!(!h.flow().assured);
+        assert_eq!(h.flow().expires, 225 * S);
         // ... and from TIME_WAIT too.
         pkt(&t, &f, Dir::Reply, 106 * S, SYN | ACK);
         pkt(&t, &f, Dir::Original, 106 * S, ACK);
@@ -2086,13 +2341,13 @@ mod tests {
         let f = flow(4000, PROTO_TCP);
         let h = t.insert(f, 0, ACK).unwrap();
         assert_eq!(
-            (h.flow.state, h.flow.assured, h.flow.expires),
+            (h.flow().state, h.flow().assured, h.flow().expires),
             (TcpState::Established, false, 300 * S)
         );
         assert_eq!(pkt(&t, &f, Dir::Reply, S, ACK), TcpState::Established);
         let h = t.lookup(&f.orig, S).unwrap();
-        assert!(h.flow.assured);
-        assert_eq!(h.flow.expires, (1 + 86_400) * S);
+        assert!(h.flow().assured);
+        assert_eq!(h.flow().expires, (1 + 86_400) * S);
     }
 
     #[test]
@@ -2106,7 +2361,7 @@ mod tests {
         // 86400 >> 8 = 337 s: earlier refreshes store nothing.
         assert_eq!(t.update(&h, 100 * S, ACK), Some(TcpState::Established));
         let h2 = t.lookup(&f.orig, 100 * S).unwrap();
-        assert_eq!((h2.seq, h2.flow.expires), (h.seq, 86_400 * S));
+        assert_eq!((h2.seq, h2.flow().expires), (h.seq, 86_400 * S));
         t.update(&h2, 400 * S, ACK);
         assert_eq!(exp_of(&t, &f, 400 * S), (400 + 86_400) * S);
     }
@@ -2139,9 +2394,9 @@ mod tests {
         assert!(!t.set_validated(&h, 99));
         assert_eq!(t.update(&h, 40 * S, 0), None);
         let now = t.lookup(&g.orig, 0).unwrap();
-        assert_eq!(now.flow, hg.flow);
+        assert_eq!(now.flow(), hg.flow());
         assert!(t.set_validated(&now, 42));
-        assert_eq!(t.lookup(&g.orig, 0).unwrap().flow.validated_gen, 42);
+        assert_eq!(t.lookup(&g.orig, 0).unwrap().flow().validated_gen, 42);
         assert_eq!(t.stats().removed, 1);
         assert!(t.remove_key(&g.reply_key(), 0));
         assert!(t.is_empty());
@@ -2183,7 +2438,7 @@ mod tests {
         let b = t.insert(f, 31 * S, 0).unwrap();
         assert_eq!(t.len(), 1);
         assert_eq!(t.stats().reclaimed, 1);
-        assert_eq!(b.flow.expires, 61 * S);
+        assert_eq!(b.flow().expires, 61 * S);
         assert!(t.update(&a, 31 * S, 0).is_none() || a.slot == b.slot);
     }
 
@@ -2206,7 +2461,7 @@ mod tests {
         }
         for f in &flows {
             assert_eq!(
-                t.lookup(&f.orig, S).unwrap().flow.state,
+                t.lookup(&f.orig, S).unwrap().flow().state,
                 TcpState::Established
             );
         }

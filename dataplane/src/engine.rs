@@ -265,7 +265,7 @@ impl Engine {
     pub fn process(&mut self, now: u64, buf: &mut [u8], len: usize, tables: &Tables) -> Decision {
         let len = len.min(buf.len());
         let d = match packet::parse(&buf[..len]) {
-            Ok(p) => self.decide(now, buf, len, tables, &p, None),
+            Ok(p) => self.decide(now, buf, len, tables, &p, Hints::NONE),
             Err(e) => parse_failed(e),
         };
         self.count(len, &d);
@@ -319,8 +319,8 @@ impl Engine {
         let ct = &self.state.conntrack;
         let mut pre = [Pre::EMPTY; BATCH_CHUNK];
         let pre = &mut pre[..frames.len()];
-        // Stage 1: parse every frame, hash its flow key, prefetch its
-        // conntrack buckets. Parsing is a pure function of the frame's own
+        // Stage 1: parse every frame, hash its flow key, prefetch the
+        // conntrack bucket a tracked key is found in. Parsing is a pure function of the frame's own
         // bytes, and frames are separate buffers, so parsing early gives the
         // result parsing in order would.
         for ((buf, len), pr) in frames.iter_mut().zip(pre.iter_mut()) {
@@ -338,7 +338,8 @@ impl Engine {
         }
         // Stage 2: the buckets are (mostly) in cache now. Tracked-looking
         // frames: prefetch their records. Others probably start a flow:
-        // prefetch the Maglev slot they will read.
+        // prefetch their second bucket (`prefetch_records` does) and the
+        // Maglev slot they will read.
         for pr in pre.iter_mut() {
             let (Ok(p), Some(probe)) = (&pr.parsed, &pr.probe) else {
                 continue;
@@ -346,7 +347,11 @@ impl Engine {
             if ct.prefetch_records(probe) {
                 continue;
             }
-            if let Some((_, f)) = t.frontend(p.dst, p.dport, proto_of(p)) {
+            // The lookup is a pure function of the frame and the tables, so
+            // stage 4 reuses its result.
+            let front = t.frontend(p.dst, p.dport, proto_of(p));
+            pr.front = Some(front);
+            if let Some((_, f)) = front {
                 if f.affinity_timeout == 0 && f.n_new > 0 {
                     let table = t.maglev_table(f);
                     if !table.is_empty() {
@@ -385,13 +390,20 @@ impl Engine {
                 dport: port as u16,
                 proto: p.proto,
             };
-            ct.prefetch_index(&ct.probe(&reply));
+            // A free port's key is a miss: both buckets are read.
+            ct.prefetch_buckets(&ct.probe(&reply));
         }
         // Stage 4: the pipeline, frame by frame, in order.
         for (((buf, len), pr), o) in frames.iter_mut().zip(pre.iter()).zip(out.iter_mut()) {
             let len = (*len).min(buf.len());
             let d = match &pr.parsed {
-                Ok(p) => self.decide(now, buf, len, t, p, pr.probe.as_ref()),
+                Ok(p) => {
+                    let hints = Hints {
+                        probe: pr.probe.as_ref(),
+                        front: pr.front,
+                    };
+                    self.decide(now, buf, len, t, p, hints)
+                }
                 Err(e) => parse_failed(*e),
             };
             self.count(len, &d);
@@ -422,8 +434,8 @@ impl Engine {
     }
 
     /// The pipeline after stage 1 (`p` is `packet::parse(&buf[..len])`).
-    /// `probe`, when given, is the conntrack probe of `p`'s flow key (batch
-    /// path: hashed once, buckets prefetched).
+    /// `hints` carries what the batch path already computed for `p` (see
+    /// [`Hints`]); [`Hints::NONE`] on the one-frame path.
     fn decide(
         &mut self,
         now: u64,
@@ -431,7 +443,7 @@ impl Engine {
         len: usize,
         t: &Tables,
         p: &Parsed,
-        probe: Option<&Probe>,
+        hints: Hints<'_, '_>,
     ) -> Decision {
         // 1. Parse and validate once (done by the caller, see `parse_failed`);
         //    everything after indexes by offsets.
@@ -446,7 +458,7 @@ impl Engine {
         }
         match p.l4() {
             Some(Proto::Tcp | Proto::Udp | Proto::Sctp) => {
-                self.l4_packet(now, buf, len, p, t, probe)
+                self.l4_packet(now, buf, len, p, t, hints)
             }
             Some(Proto::Icmp | Proto::Icmpv6) => self.icmp_packet(now, buf, len, p, t),
             None => Decision::new(if self.is_ours(p, t) && !t.is_node_ip(p.dst) {
@@ -473,12 +485,12 @@ impl Engine {
         len: usize,
         p: &Parsed,
         t: &Tables,
-        probe: Option<&Probe>,
+        hints: Hints<'_, '_>,
     ) -> Decision {
         let key = flow_key(p);
         // 3. Conntrack: a known flow in either direction.
         let ct = &self.state.conntrack;
-        let found = match probe {
+        let found = match hints.probe {
             Some(probe) => ct.lookup_probe(probe, now),
             None => ct.lookup(&key, now),
         };
@@ -490,7 +502,11 @@ impl Engine {
             }
         }
         // 4. Frontend: a new flow to a Service.
-        let Some((fidx, f)) = t.frontend(p.dst, p.dport, proto_of(p)) else {
+        let front = match hints.front {
+            Some(front) => front,
+            None => t.frontend(p.dst, p.dport, proto_of(p)),
+        };
+        let Some((fidx, f)) = front else {
             return Decision::new(self.not_a_frontend(p, t));
         };
         self.new_flow(now, buf, len, p, t, fidx, f, key)
@@ -526,8 +542,7 @@ impl Engine {
         hit: &Hit,
     ) -> Option<Decision> {
         let ct = &self.state.conntrack;
-        let flow = &hit.flow;
-        let backend = (flow.xlat.dst, flow.xlat.dport);
+        let backend = hit.backend();
         // 3-. A new connection on the tuple of one that is over (port reuse):
         //     forget the old flow and balance the new one afresh, with a new
         //     SNAT port — as nf_conntrack does (`nf_ct_kill` + `NF_REPEAT`).
@@ -536,16 +551,17 @@ impl Engine {
         if hit.dir == Dir::Original
             && p.proto == Proto::Tcp as u8
             && is_syn(p.tcp_flags)
-            && matches!(flow.state, TcpState::TimeWait | TcpState::Close)
+            && matches!(hit.state(), TcpState::TimeWait | TcpState::Close)
         {
             ct.remove(hit);
             return None;
         }
         // Valid in the generation the flow was last validated against.
-        let mut frontend = flow.frontend;
+        let mut frontend = hit.frontend();
         // 3a. A new table generation: is the backend still an endpoint of its
         //     frontend? Checked once per flow per generation.
-        if flow.validated_gen != t.generation {
+        if hit.validated_gen() != t.generation {
+            let flow = hit.flow();
             let found = t.frontend(flow.orig.dst, flow.orig.dport, proto_of(p));
             let alive = found
                 .map(|(_, f)| t.all_backends(f).iter().any(|b| (b.ip, b.port) == backend))
@@ -565,28 +581,9 @@ impl Engine {
         // 3b. Advance the flow's state (TCP flags, timeouts). `None`: the
         //     flow ended under us (another worker removed or replaced it).
         ct.update(hit, now, p.tcp_flags)?;
-        // 3c. Rewrite: originals go to the backend, replies back to the client.
-        let new = match hit.dir {
-            Dir::Original => Tuple {
-                src: flow.xlat.src,
-                dst: flow.xlat.dst,
-                sport: flow.xlat.sport,
-                dport: flow.xlat.dport,
-            },
-            Dir::Reply => Tuple {
-                src: flow.orig.dst,
-                dst: flow.orig.src,
-                sport: flow.orig.dport,
-                dport: flow.orig.sport,
-            },
-        };
-        let verdict = match packet::rewrite_tuple(&mut buf[..len], p, &new) {
-            Ok(()) => Verdict::Tx {
-                len,
-                egress: Egress::Route,
-            },
-            Err(_) => Verdict::Drop(DropReason::Truncated),
-        };
+        // 3c. Rewrite: originals go to the backend, replies back to the client
+        //     (`Hit::rewrite` picks the tuple by direction, in wire form).
+        let verdict = rewrite(buf, len, p, hit, hit.dir);
         Some(Decision {
             verdict,
             frontend: Some(frontend),
@@ -732,20 +729,8 @@ impl Engine {
                 return with(Verdict::Drop(DropReason::ConntrackFull));
             }
         };
-        // 9. Rewrite in place.
-        let new = Tuple {
-            src: hit.flow.xlat.src,
-            dst: hit.flow.xlat.dst,
-            sport: hit.flow.xlat.sport,
-            dport: hit.flow.xlat.dport,
-        };
-        let verdict = match packet::rewrite_tuple(&mut buf[..len], p, &new) {
-            Ok(()) => Verdict::Tx {
-                len,
-                egress: Egress::Route,
-            },
-            Err(_) => Verdict::Drop(DropReason::Truncated),
-        };
+        // 9. Rewrite in place to the flow's translated tuple.
+        let verdict = rewrite(buf, len, p, &hit, Dir::Original);
         Decision {
             verdict,
             frontend: Some(fidx),
@@ -844,7 +829,7 @@ impl Engine {
                 Verdict::Pass
             });
         };
-        let flow = &hit.flow;
+        let flow = &hit.flow();
         let backend = Some((flow.xlat.dst, flow.xlat.dport));
         let (outer_src, outer_dst, inner_new) = match hit.dir {
             // About a packet we sent towards the backend: the error goes back
@@ -934,6 +919,24 @@ struct Pre<'t> {
     probe: Option<Probe>,
     /// Probably a new flow: its frontend and Maglev slot (prefetched).
     maglev: Option<(&'t Frontend, usize)>,
+    /// `Some(t.frontend(..))` when stage 2 looked the frontend up.
+    front: Option<Option<(u32, &'t Frontend)>>,
+}
+
+/// What the batch path already knows about a frame when it is decided: its
+/// conntrack probe (hashed, buckets prefetched) and, for a probable new flow,
+/// the frontend lookup's result. Both equal what the pipeline would compute.
+#[derive(Clone, Copy)]
+struct Hints<'p, 't> {
+    probe: Option<&'p Probe>,
+    front: Option<Option<(u32, &'t Frontend)>>,
+}
+
+impl Hints<'_, '_> {
+    const NONE: Hints<'static, 'static> = Hints {
+        probe: None,
+        front: None,
+    };
 }
 
 impl Pre<'_> {
@@ -941,7 +944,23 @@ impl Pre<'_> {
         parsed: Err(ParseError::NotIp),
         probe: None,
         maglev: None,
+        front: None,
     };
+}
+
+/// Rewrites the frame to the translation of `hit` for a packet travelling in
+/// `dir` (see [`Hit::rewrite_as`]).
+#[inline]
+fn rewrite(buf: &mut [u8], len: usize, p: &Parsed, hit: &Hit, dir: Dir) -> Verdict {
+    let new = hit.rewrite_as(dir);
+    let (src, dst) = new.addrs();
+    match packet::rewrite_tuple_bytes(&mut buf[..len], p, src, dst, new.sport, new.dport) {
+        Ok(()) => Verdict::Tx {
+            len,
+            egress: Egress::Route,
+        },
+        Err(_) => Verdict::Drop(DropReason::Truncated),
+    }
 }
 
 /// The decision for a frame `packet::parse` rejected.

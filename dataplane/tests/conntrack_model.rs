@@ -114,12 +114,12 @@ fn run(cap: usize, ops: Vec<Op>) {
                 match &res {
                     Err(InsertError::Exists(h)) => {
                         assert!(was_live, "Exists for a dead key");
-                        assert_eq!(h.flow.orig, flow(p).orig);
+                        assert_eq!(h.flow().orig, flow(p).orig);
                     }
                     Err(InsertError::ReplyTaken(_)) => panic!("reply keys are unique here"),
                     Ok(h) => {
                         assert!(!was_live, "inserted a live key twice");
-                        assert_eq!(h.flow.expires, exp_at(now, 30) * S);
+                        assert_eq!(h.flow().expires, exp_at(now, 30) * S);
                     }
                     Err(InsertError::Full) => assert!(!was_live),
                 }
@@ -197,8 +197,8 @@ fn run(cap: usize, ops: Vec<Op>) {
                 assert_eq!(h.is_some(), live(&model, p), "lookup {p} at {now_s}");
                 if let Some(h) = h {
                     assert_eq!(h.dir, Dir::Original);
-                    assert_eq!(h.flow.expires / S, model[&p].exp);
-                    assert_eq!(h.flow.assured, model[&p].assured);
+                    assert_eq!(h.flow().expires / S, model[&p].exp);
+                    assert_eq!(h.flow().assured, model[&p].assured);
                 }
             }
             Op::Remove(p) => {

@@ -101,12 +101,12 @@ fn readers_never_see_torn_records() {
                 for i in 0..KEYS {
                     let now = clock.load(Ordering::Relaxed);
                     if let Some(h) = t.lookup(&orig(i, UDP), now) {
-                        check_consistent(&h.flow);
-                        if let Some(r) = t.lookup(&h.flow.reply_key(), now) {
-                            check_consistent(&r.flow);
+                        check_consistent(&h.flow());
+                        if let Some(r) = t.lookup(&h.flow().reply_key(), now) {
+                            check_consistent(&r.flow());
                             let _ = t.update(&r, now, 0);
                         }
-                        let _ = t.set_validated(&h, h.flow.frontend as u64 + 1_000_000);
+                        let _ = t.set_validated(&h, h.flow().frontend as u64 + 1_000_000);
                         n += 1;
                     }
                 }
@@ -123,7 +123,7 @@ fn readers_never_see_torn_records() {
                 let now = clock.load(Ordering::Relaxed);
                 for i in 0..KEYS {
                     if let Some(h) = t.lookup(&orig(i, UDP), now) {
-                        check_consistent(&h.flow);
+                        check_consistent(&h.flow());
                         n += 1;
                     }
                 }
@@ -166,7 +166,7 @@ fn concurrent_inserts_of_one_key_succeed_once() {
                         f.xlat.dport = 8080;
                         match t.insert(f, round * S, 0x02) {
                             Ok(h) => won.push((i, h.slot)),
-                            Err(InsertError::Exists(h)) => assert_eq!(h.flow.orig, f.orig),
+                            Err(InsertError::Exists(h)) => assert_eq!(h.flow().orig, f.orig),
                             Err(e) => panic!("{e:?}"),
                         }
                     }
@@ -208,7 +208,7 @@ fn concurrent_inserts_of_one_key_succeed_once() {
                         match t.insert(f, 0, 0) {
                             Ok(_) => true,
                             Err(InsertError::ReplyTaken(h)) => {
-                                assert_eq!(h.flow.reply_key(), f.reply_key());
+                                assert_eq!(h.flow().reply_key(), f.reply_key());
                                 false
                             }
                             Err(e) => panic!("{e:?}"),

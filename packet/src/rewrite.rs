@@ -212,17 +212,76 @@ enum L4Action {
 /// Errors (frame untouched): [`RewriteError::FamilyMismatch`] if `new`'s
 /// addresses are not of `p.family`; [`RewriteError::NoL4Header`] if `p` does
 /// not match the frame, or for an SCTP first fragment.
+#[inline]
 pub fn rewrite_tuple(frame: &mut [u8], p: &Parsed, new: &Tuple) -> Result<(), RewriteError> {
-    if family_of(&new.src) != p.family || family_of(&new.dst) != p.family {
+    match (p.family, new.src, new.dst) {
+        (IpFamily::V4, IpAddr::V4(s), IpAddr::V4(d)) => {
+            rewrite_addrs(frame, p, &s.octets(), &d.octets(), new.sport, new.dport)
+        }
+        (IpFamily::V6, IpAddr::V6(s), IpAddr::V6(d)) => {
+            rewrite_addrs(frame, p, &s.octets(), &d.octets(), new.sport, new.dport)
+        }
+        _ => Err(RewriteError::FamilyMismatch),
+    }
+}
+
+/// [`rewrite_tuple`] with the new addresses as bytes: 4 for an IPv4 packet,
+/// 16 for IPv6 (another length is [`RewriteError::FamilyMismatch`]). For
+/// callers that keep addresses in wire form (the conntrack), so that the
+/// per-packet path converts nothing.
+#[inline]
+pub fn rewrite_tuple_bytes(
+    frame: &mut [u8],
+    p: &Parsed,
+    src: &[u8],
+    dst: &[u8],
+    sport: u16,
+    dport: u16,
+) -> Result<(), RewriteError> {
+    match p.family {
+        IpFamily::V4 => match (<&[u8; 4]>::try_from(src), <&[u8; 4]>::try_from(dst)) {
+            (Ok(s), Ok(d)) => rewrite_addrs(frame, p, s, d, sport, dport),
+            _ => Err(RewriteError::FamilyMismatch),
+        },
+        IpFamily::V6 => match (<&[u8; 16]>::try_from(src), <&[u8; 16]>::try_from(dst)) {
+            (Ok(s), Ok(d)) => rewrite_addrs(frame, p, s, d, sport, dport),
+            _ => Err(RewriteError::FamilyMismatch),
+        },
+    }
+}
+
+/// The body of [`rewrite_tuple`] for addresses of `N` bytes (4: IPv4, 16:
+/// IPv6; the caller matched `N` with `p.family`).
+///
+/// All checks come first; then the checksum arithmetic works on fixed-size
+/// fields: the address change is summed once ([`checksum::delta`]) and
+/// applied to the IPv4 header checksum and to the transport checksum's
+/// pseudo-header alike, the port change to the transport checksum only.
+#[inline(always)]
+fn rewrite_addrs<const N: usize>(
+    frame: &mut [u8],
+    p: &Parsed,
+    src: &[u8; N],
+    dst: &[u8; N],
+    sport: u16,
+    dport: u16,
+) -> Result<(), RewriteError> {
+    let lay = layout(p.family);
+    if lay.alen != N {
         return Err(RewriteError::FamilyMismatch);
     }
-    let lay = layout(p.family);
     let (l3, l4, end) = (
         usize::from(p.l3_off),
         usize::from(p.l4_off),
         usize::from(p.l3_end),
     );
-    if l3 + lay.hdr_min > l4 || l4 > end || end > frame.len() || frame[l3] >> 4 != lay.version {
+    if l3 + lay.hdr_min > l4 || l4 > end || end > frame.len() {
+        return Err(RewriteError::NoL4Header);
+    }
+    // The datagram; from here on offsets are relative to its start.
+    let dg = &mut frame[l3..end];
+    let l4 = l4 - l3;
+    if dg[0] >> 4 != lay.version {
         return Err(RewriteError::NoL4Header);
     }
 
@@ -238,14 +297,8 @@ pub fn rewrite_tuple(frame: &mut [u8], p: &Parsed, new: &Tuple) -> Result<(), Re
             (1, IpFamily::V4) | (58, IpFamily::V6) => {
                 let pseudo = p.family == IpFamily::V6;
                 let action = match p.icmp {
-                    Some(IcmpKind::EchoRequest) => L4Action::Echo {
-                        id: new.sport,
-                        pseudo,
-                    },
-                    Some(IcmpKind::EchoReply) => L4Action::Echo {
-                        id: new.dport,
-                        pseudo,
-                    },
+                    Some(IcmpKind::EchoRequest) => L4Action::Echo { id: sport, pseudo },
+                    Some(IcmpKind::EchoReply) => L4Action::Echo { id: dport, pseudo },
                     _ if pseudo => L4Action::Icmp6Pseudo,
                     _ => L4Action::None,
                 };
@@ -254,62 +307,102 @@ pub fn rewrite_tuple(frame: &mut [u8], p: &Parsed, new: &Tuple) -> Result<(), Re
             _ => (L4Action::None, 0),
         }
     };
-    if l4 + need > end {
+    if l4 + need > dg.len() {
         return Err(RewriteError::NoL4Header);
     }
-    let change =
-        AddrChange::read(frame, l3, &lay, &new.src, &new.dst).ok_or(RewriteError::NoL4Header)?;
 
-    // 2. Transport header and checksum (needs the old addresses).
-    let done = match action {
-        L4Action::None => Some(()),
-        L4Action::Tcp => rewrite_ports(
-            frame,
-            l4,
-            l4 + 16,
-            new.sport,
-            new.dport,
-            Some(&change),
-            false,
-        ),
+    // 2. The address change, once, for the IPv4 header and the pseudo-header.
+    //    Both address fields lie in the fixed header (`lay.hdr_min <= l4`).
+    let (sa, da) = (lay.src, lay.dst);
+    let old_src: [u8; N] = field(dg, sa);
+    let old_dst: [u8; N] = field(dg, da);
+    let addr_delta = checksum::delta(&old_src, src) + checksum::delta(&old_dst, dst);
+
+    // 3. Transport header and checksum (bounds checked in step 1).
+    match action {
+        L4Action::None => {}
+        L4Action::Tcp => set_ports(dg, l4, l4 + 16, sport, dport, addr_delta, false),
         L4Action::Udp => {
             let zero_is_none = p.family == IpFamily::V4;
-            rewrite_ports(
-                frame,
-                l4,
-                l4 + 6,
-                new.sport,
-                new.dport,
-                Some(&change),
-                zero_is_none,
-            )
+            set_ports(dg, l4, l4 + 6, sport, dport, addr_delta, zero_is_none);
         }
-        L4Action::Sctp => (|| {
-            write16(frame, l4, new.sport)?;
-            write16(frame, l4 + 2, new.dport)?;
-            let crc = checksum::sctp_crc32c(frame.get(l4..end)?)?;
-            frame
-                .get_mut(l4 + 8..l4 + 12)?
-                .copy_from_slice(&crc.to_le_bytes());
-            Some(())
-        })(),
-        L4Action::Echo { id, pseudo } => (|| {
-            let old = read16(frame, l4 + 4)?;
-            let mut hc = checksum::update16(read16(frame, l4 + 2)?, old, id);
-            if pseudo {
-                hc = change.update(hc);
+        L4Action::Sctp => {
+            put16(dg, l4, sport);
+            put16(dg, l4 + 2, dport);
+            // `need` covered the 12-byte common header.
+            if let Some(crc) = checksum::sctp_crc32c(&dg[l4..]) {
+                dg[l4 + 8..l4 + 12].copy_from_slice(&crc.to_le_bytes());
             }
-            write16(frame, l4 + 4, id)?;
-            write16(frame, l4 + 2, hc)
-        })(),
-        L4Action::Icmp6Pseudo => (|| {
-            let hc = change.update(read16(frame, l4 + 2)?);
-            write16(frame, l4 + 2, hc)
-        })(),
-    };
-    // 3. Addresses and the IPv4 header checksum.
-    done.and_then(|()| change.write(frame, l3, &lay, p.family))
-        .ok_or(RewriteError::NoL4Header)
+        }
+        L4Action::Echo { id, pseudo } => {
+            let mut d = checksum::delta16(get16(dg, l4 + 4), id);
+            if pseudo {
+                d += addr_delta;
+            }
+            let hc = checksum::apply(get16(dg, l4 + 2), d);
+            put16(dg, l4 + 4, id);
+            put16(dg, l4 + 2, hc);
+        }
+        L4Action::Icmp6Pseudo => {
+            let hc = checksum::apply(get16(dg, l4 + 2), addr_delta);
+            put16(dg, l4 + 2, hc);
+        }
+    }
+
+    // 4. Addresses and the IPv4 header checksum.
+    dg[sa..sa + N].copy_from_slice(src);
+    dg[da..da + N].copy_from_slice(dst);
+    if p.family == IpFamily::V4 {
+        let hc = checksum::apply(get16(dg, 10), addr_delta);
+        put16(dg, 10, hc);
+    }
+    Ok(())
+}
+
+/// The `N` bytes at `off` (the caller checked the bounds).
+#[inline(always)]
+fn field<const N: usize>(b: &[u8], off: usize) -> [u8; N] {
+    let mut a = [0u8; N];
+    a.copy_from_slice(&b[off..off + N]);
+    a
+}
+
+/// The big-endian word at `off` (the caller checked the bounds).
+#[inline(always)]
+fn get16(b: &[u8], off: usize) -> u16 {
+    u16::from_be_bytes([b[off], b[off + 1]])
+}
+
+/// Stores a big-endian word at `off` (the caller checked the bounds).
+#[inline(always)]
+fn put16(b: &mut [u8], off: usize, v: u16) {
+    b[off..off + 2].copy_from_slice(&v.to_be_bytes());
+}
+
+/// Writes ports at `l4` and updates the checksum at `csum` for them and for
+/// `addr_delta` (the pseudo-header's address change), like [`rewrite_ports`]
+/// (same rules for zero checksums), on a header whose bounds were checked.
+#[inline(always)]
+fn set_ports(
+    dg: &mut [u8],
+    l4: usize,
+    csum: usize,
+    sport: u16,
+    dport: u16,
+    addr_delta: u32,
+    zero_is_none: bool,
+) {
+    let old: [u8; 4] = field(dg, l4);
+    let mut new = [0u8; 4];
+    new[..2].copy_from_slice(&sport.to_be_bytes());
+    new[2..].copy_from_slice(&dport.to_be_bytes());
+    dg[l4..l4 + 4].copy_from_slice(&new);
+    let hc = get16(dg, csum);
+    if zero_is_none && hc == 0 {
+        return;
+    }
+    let hc = checksum::apply(hc, checksum::delta(&old, &new) + addr_delta);
+    put16(dg, csum, if hc == 0 { 0xffff } else { hc });
 }
 
 /// Writes ports at `l4` and updates the checksum at `csum_off` for the port
