@@ -402,6 +402,23 @@ fn cases() -> Vec<Case> {
         lhr4.clone(),
         Expect::Tx(lhr4.clone().to("198.18.100.12", 80, C4, 12345)),
     ));
+    // Hairpin: the chosen endpoint is the client itself. kube-proxy marks
+    // that for masquerade (`-s <endpoint> -j KUBE-MARK-MASQ` in every SEP
+    // chain) even under eTP=Local, or the endpoint would answer itself
+    // directly from its own address and the client would drop the reply.
+    let hp4 = from_backend(Pkt::tcp("198.18.5.2", 33000, "198.18.100.12", 80, SYN));
+    v.push(case(
+        "tcp4 hairpin (endpoint to its own Service, eTP=Local) is SNATed",
+        hp4.clone(),
+        Expect::Tx(hp4.clone().to(N4, SNAT_PORT, "198.18.5.2", 8080)),
+    ));
+    let hpr4 = from_backend(Pkt::tcp("198.18.5.2", 8080, N4, SNAT_PORT, SYN | ACK));
+    v.push(after(
+        "tcp4 hairpin reply returns from the Service address",
+        vec![hp4.clone()],
+        hpr4.clone(),
+        Expect::Tx(hpr4.clone().to("198.18.100.12", 80, "198.18.5.2", 33000)),
+    ));
     v.push(case(
         "tcp4 iTP=Local without a local endpoint is dropped",
         Pkt::tcp(C4, 12345, "198.18.200.14", 80, SYN),
@@ -925,11 +942,16 @@ fn golden_inputs_are_in_the_fuzz_corpus() {
         }
         write_example_pcap();
     }
-    let present = std::fs::read_dir(&dir).map(|d| d.count()).unwrap_or(0);
-    assert!(
-        present >= want.len(),
-        "fuzz/corpus/engine has {present} seeds, fewer than the {} golden inputs: run EDGEPLANE_WRITE_CORPUS=1 cargo test --test golden",
-        want.len()
+    let present: std::collections::HashSet<Vec<u8>> = std::fs::read_dir(&dir)
+        .map(|d| {
+            d.filter_map(|e| std::fs::read(e.ok()?.path()).ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    let missing = want.iter().filter(|f| !present.contains(*f)).count();
+    assert_eq!(
+        missing, 0,
+        "{missing} golden inputs are not in fuzz/corpus/engine: run EDGEPLANE_WRITE_CORPUS=1 cargo test --test golden"
     );
 }
 

@@ -694,7 +694,11 @@ impl Engine {
                 .set(p.src, f.affinity_group, b.ip, b.port, now);
         }
         // 7. Source NAT: a port from this worker's share whose reply key is free.
-        let (src, sport) = match (f.snat, t.snat_addr(p.dst.is_ipv6())) {
+        //    Hairpin (the client is the chosen endpoint) is always SNATed, as
+        //    kube-proxy masquerades it: without, the endpoint would answer
+        //    itself from its own address, never through us.
+        let snat = f.snat || p.src == b.ip;
+        let (src, sport) = match (snat, t.snat_addr(p.dst.is_ipv6())) {
             (true, Some(snat)) => match self.alloc_port(now, t, snat, b.ip, b.port, p.proto) {
                 Some(port) => (snat, port),
                 None => return with(Verdict::Drop(DropReason::SnatPortsExhausted)),
