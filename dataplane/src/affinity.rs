@@ -14,6 +14,16 @@
 //! * Fixed capacity, flat and pointer-free like [`crate::conntrack`]: one
 //!   64-byte (one cache line) slot per entry, made of atomics. Every operation
 //!   takes `&self`; the type is `Send + Sync`; there is no `unsafe`.
+//! * On the heap ([`Affinity::new`]) or in the file `DIR/affinity`
+//!   ([`Affinity::open`], magic `EPAFFINI`): header page as in [`crate::shm`],
+//!   then section 0 the entries (`[Entry; capacity]`, at 4096) and section 1
+//!   the 256 writer stripes. A restarted dataplane re-attaches under the same
+//!   rules as the conntrack (layout version, capacity, seed, boot). Recovery:
+//!   stripes released; an entry whose writer died inside (odd `seq`) is
+//!   cleared — affinity is a preference, and the flows it placed are pinned by
+//!   conntrack anyway —, entries older than the longest Kubernetes timeout
+//!   (86,400 s) are cleared, times ahead of `now` are pulled back to it, the
+//!   count is redone. Times are `CLOCK_MONOTONIC` ns on the live path.
 //! * Readers never lock: each slot is a seqlock (odd `seq` = writer inside),
 //!   read with the same protocol as conntrack records, so a reader never sees a
 //!   backend address paired with another backend's port.

@@ -5,6 +5,11 @@
 //!
 //! * **Fixed capacity.** [`Conntrack::new`] allocates everything once; no
 //!   operation allocates afterwards.
+//! * **Heap or shared memory.** [`Conntrack::new`] keeps the arrays on the
+//!   heap (tests, replay); [`Conntrack::open`] keeps them in the file
+//!   `DIR/conntrack`, mapped shared, so that a dataplane restarted after a
+//!   crash or `kill -9` re-attaches to every live flow (see "Shared memory").
+//!   The code that works on the table is the same for both.
 //! * **One record per flow, two keys.** A record holds the original tuple
 //!   (client → frontend) and the translated tuple (what original packets are
 //!   rewritten to). It is found by its *original key* and by its *reply key*
@@ -18,7 +23,7 @@
 //! * **Shared by every worker through `&self`.** Readers never take a lock;
 //!   they read a record between two loads of its sequence counter (a seqlock)
 //!   and retry if a writer was active. No reader ever sees a torn record. There
-//!   is no `unsafe` in this module.
+//!   is no `unsafe` in this module (the mapping is [`crate::shm`]'s).
 //! * **Time is a parameter.** Expiry is judged against the `now` (monotonic
 //!   nanoseconds) each call passes in; nothing reads a clock.
 //! * **A SYN flood cannot push out established flows.** When the table is full,
@@ -129,6 +134,72 @@
 //! a packet that changes nothing but the expiry only rewrites it when the
 //! expiry moves by at least one second and at least 1/256 of the timeout (an
 //! established TCP flow is refreshed at most every ~6 minutes of its 24 hours).
+//! The live path passes `CLOCK_MONOTONIC` ([`crate::shm::monotonic_ns`]),
+//! which every process shares, so a re-attached table's expiry times keep
+//! their meaning; the file header records the clock and the boot.
+//!
+//! # Shared memory
+//!
+//! [`Conntrack::open`]`(dir, capacity, seed, timeouts, now)` maps
+//! `dir/conntrack` (file mode 0600, directory 0700; [`crate::shm`] describes
+//! the header page and how a file is created, checked, locked and replaced):
+//!
+//! ```text
+//! offset 0                     header page: magic "EPCONNTR", LAYOUT_VERSION, capacity,
+//!                              seed, clock (1 = CLOCK_MONOTONIC), clean flag, owner and
+//!                              creator pid, boot id, section table, params[0..13] = the
+//!                              timeouts in Timeouts field order (seconds)
+//! 4096                         section 0  records  [Record; capacity]        64 B each
+//! next multiple of 4096        section 1  cold     [Cold; capacity]          32 B each
+//! next multiple of 4096        section 2  index    [Bucket; ceil(capacity/2), >= 2]  64 B each
+//! next multiple of 4096        section 3  stripes  [AtomicU32; 1024]
+//! next multiple of 4096        section 4  free     [Shard; 8]                64 B each
+//!                                                  (head: u64, used: i64, padding)
+//! ```
+//!
+//! Every word is native-endian (the file never leaves its host) and holds
+//! exactly what the heap table holds: the record, entry and free-list
+//! formats above, slot numbers as indices into section 0. For one million
+//! flows the file is 128,016,384 bytes (122.1 MiB; the 128 MiB budget is
+//! 134,217,728).
+//!
+//! **Attach.** Same layout version, capacity and seed, same clock and boot:
+//! the records are kept and recovered (below). Anything else — another
+//! version (an upgrade that changed the layout), another `--conntrack-size`
+//! or `--hash-seed`, a reboot, a truncated or foreign file — starts empty,
+//! replacing the file, and [`Attach::StartedEmpty`] names the reason (both
+//! versions for a version change) for the caller to log. Only one process may
+//! hold the file for writing (`flock`); a second gets [`ShmError::Busy`] with
+//! the holder's pid. [`ConntrackView`] reads a live table without a lock
+//! (`edgeplane inspect conntrack`).
+//!
+//! # Recovery
+//!
+//! The previous owner may have died anywhere, so every attach (clean or not;
+//! the clean flag is only reported) runs, single-threaded before any worker
+//! starts:
+//!
+//! 1. insert stripes: all released;
+//! 2. records: an odd `seq` (a writer died inside) is made even. A torn
+//!    record is still whole where it matters: key words are written only while
+//!    a record is PENDING or free, and meta and expiry are single words. Then
+//!    each record is kept if it is LIVE, not PENDING, its meta word is one this
+//!    build writes (protocol/state) and it is not expired at `now`; anything
+//!    else is freed (an interrupted insert is PENDING and simply vanishes).
+//!    Kept records get `validated_gen = 0`, so the first packet re-validates
+//!    the backend against the new process's tables (generations restart), and
+//!    an expiry beyond `now` + the longest timeout is clamped;
+//! 3. free lists: rebuilt from the freed slots (the file's heads and links,
+//!    which a crash may have left mid-push, are ignored), `used` recounted;
+//! 4. index: cleared, then both keys of every kept record are placed anew, as
+//!    an insert would. A key already held by an earlier record (only possible
+//!    in a corrupt file) or that finds no entry (both buckets full) frees the
+//!    record. Slot numbers in the index are therefore always ours, never read
+//!    from the file.
+//!
+//! Cost: one pass over the records, one over the index, and two placements
+//! per live flow: about 0.2 s for a full table of one million flows (see
+//! docs/benchmarks.md, `conntrack_shm/reattach_1m`).
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
