@@ -246,12 +246,7 @@ impl Dataplane {
                 (f, a.to_vec())
             }
             None => (
-                FlowState::new(
-                    cfg.conntrack_size,
-                    cfg.affinity_size,
-                    seed,
-                    cfg.timeouts,
-                ),
+                FlowState::new(cfg.conntrack_size, cfg.affinity_size, seed, cfg.timeouts),
                 Vec::new(),
             ),
         };
