@@ -409,6 +409,7 @@ unsafe impl Plain for SectionHdr {}
 const _: () = assert!(std::mem::size_of::<Header>() <= PAGE);
 const _: () = assert!(std::mem::offset_of!(Header, sections) == 88);
 const _: () = assert!(std::mem::offset_of!(Header, params) == 280);
+const _: () = assert!(std::mem::size_of::<Header>() == 536);
 
 /// The header as plain values, decoded from bytes (validation, `inspect`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -784,8 +785,9 @@ impl SharedFile {
 
     /// Publishes a created file: writes the magic (release: a reader that
     /// sees it sees the initialised sections) and links the file into place.
-    /// A no-op for an attached file. Returns false when another process
-    /// created the file first (only possible when there was none).
+    /// A no-op for an attached file. Fails with [`ShmError::Busy`] when
+    /// another process created the file first (only possible when there was
+    /// none).
     pub fn commit(&mut self, magic: [u8; 8]) -> Result<(), ShmError> {
         let Some((tmp, replace)) = self.pending.take() else {
             return Ok(());
@@ -909,7 +911,7 @@ impl SharedFile {
         }
     }
 
-    /// Keeps the file descriptor (and its lock) reachable for `Debug`.
+    /// The open file (a writer's holds the `flock`).
     pub fn file(&self) -> &File {
         &self.file
     }
