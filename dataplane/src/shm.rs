@@ -717,6 +717,7 @@ impl SharedFile {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
+        remove_stale_temporaries(path, &name);
         let tmp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
         let _ = std::fs::remove_file(&tmp); // a leftover of this pid's predecessor
         let file = OpenOptions::new()
@@ -921,6 +922,32 @@ impl Drop for SharedFile {
     fn drop(&mut self) {
         if let Some((tmp, _)) = self.pending.take() {
             let _ = std::fs::remove_file(tmp);
+        }
+    }
+}
+
+/// Removes `.NAME.PID.tmp` files next to `path` whose creator is gone (it
+/// died between creating and linking a file: up to a whole table of tmpfs).
+fn remove_stale_temporaries(path: &Path, name: &str) {
+    let Some(dir) = path.parent() else {
+        return;
+    };
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let prefix = format!(".{name}.");
+    for e in rd.flatten() {
+        let f = e.file_name();
+        let Some(pid) = f
+            .to_str()
+            .and_then(|f| f.strip_prefix(&prefix))
+            .and_then(|r| r.strip_suffix(".tmp"))
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_file(e.path());
         }
     }
 }
@@ -1197,6 +1224,21 @@ pub(crate) mod tests {
                 .is_err());
             }
         }
+    }
+
+    #[test]
+    fn dead_creators_temporaries_are_removed() {
+        let d = tempdir();
+        std::fs::create_dir_all(d.path()).unwrap();
+        // pid_max is at most 2^22: this pid cannot be alive.
+        let stale = d.path().join(".t.4294967.tmp");
+        std::fs::write(&stale, b"half-made").unwrap();
+        let mine = d.path().join(format!(".t.{}.tmp", std::process::id()));
+        let (mut f, _) = SharedFile::open_rw(d.path(), "t", &spec(10)).unwrap();
+        assert!(!stale.exists());
+        assert!(mine.exists(), "ours until committed");
+        f.commit(*b"EPTESTTB").unwrap();
+        assert!(!mine.exists());
     }
 
     #[test]
