@@ -35,7 +35,8 @@
 //!   `O_NOFOLLOW` (a symlink planted at the path is refused), under a
 //!   temporary name (`O_EXCL`) and linked into place only once initialised
 //!   (`link(2)`, which never replaces: two dataplanes creating at once cannot
-//!   both win).
+//!   both win). A temporary left by a creator that died is removed by the
+//!   next one.
 //!
 //! # File layout
 //!
