@@ -15,6 +15,7 @@ pub mod hash;
 pub mod prefetch;
 pub mod tables;
 pub mod testing;
+pub mod traffic;
 
 pub use drop_reason::DropReason;
 pub use engine::{Egress, Engine, EngineConfig, Stats, Verdict};
