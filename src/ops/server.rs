@@ -167,3 +167,83 @@ fn route(ctx: &Ctx, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         ),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use edgeplane_dataplane::afxdp::WorkerSnapshot;
+    use edgeplane_dataplane::engine::FlowState;
+    use std::io::{Read, Write};
+    use std::time::Duration;
+
+    /// `GET path` over a fresh connection: (status, body).
+    pub(crate) fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        let status = out[9..12].parse().unwrap();
+        let body = out
+            .split_once("\r\n\r\n")
+            .map(|x| x.1)
+            .unwrap_or("")
+            .to_string();
+        (status, body)
+    }
+
+    fn snap(worker: usize, polls: u64) -> WorkerSnapshot {
+        let mut s = WorkerSnapshot {
+            worker,
+            queue: worker as u32,
+            ..WorkerSnapshot::default()
+        };
+        s.counters.idle_polls = polls;
+        s
+    }
+
+    #[test]
+    fn healthz_turns_503_when_a_worker_stops_polling_and_back() {
+        let state = OpsState::new();
+        state.set_dataplane(
+            vec!["eth0".into()],
+            Arc::new(FlowState::new(1024, 1024, 1, Default::default())),
+            Box::new(|| 0),
+        );
+        state.update_workers(vec![snap(0, 1), snap(1, 1)]);
+        let cfg = OpsConfig {
+            metrics_addr: Some("127.0.0.1:0".parse().unwrap()),
+            healthz_addr: Some("127.0.0.1:0".parse().unwrap()),
+            stale_after: Duration::from_secs(60),
+            worker_stall: Duration::from_millis(300),
+            health_check_node_ports: false,
+        };
+        let h = serve(cfg, state.clone()).unwrap();
+        let (ha, ma) = (h.healthz_addr.unwrap(), h.metrics_addr.unwrap());
+        let (code, body) = get(ha, "/healthz");
+        assert_eq!(code, 200, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["nodeEligible"], true);
+        assert_eq!(get(ha, "/livez").0, 200);
+        // Worker 1 keeps polling, worker 0's counters freeze.
+        for i in 2..8 {
+            std::thread::sleep(Duration::from_millis(60));
+            state.update_workers(vec![snap(0, 1), snap(1, i)]);
+        }
+        let (code, body) = get(ha, "/healthz");
+        assert_eq!(code, 503, "{body}");
+        assert!(body.contains("worker 0 (queue 0) has not polled"), "{body}");
+        assert_eq!(get(ha, "/livez").0, 503);
+        let (code, metrics) = get(ma, "/metrics");
+        assert_eq!(code, 200);
+        assert!(metrics.contains("edgeplane_healthy 0"), "{metrics}");
+        // It moves again.
+        state.update_workers(vec![snap(0, 2), snap(1, 9)]);
+        assert_eq!(get(ha, "/healthz").0, 200);
+        assert_eq!(get(ha, "/nothing").0, 404);
+    }
+}
