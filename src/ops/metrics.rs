@@ -664,10 +664,7 @@ pub(crate) mod tests {
             3.0
         );
         assert_eq!(value(&s, "edgeplane_conntrack_entries", &[]), 3.0);
-        assert_eq!(
-            value(&s, "edgeplane_conntrack_capacity", &[]) >= 4096.0,
-            true
-        );
+        assert!(value(&s, "edgeplane_conntrack_capacity", &[]) >= 4096.0);
         assert_eq!(
             value(&s, "edgeplane_snat_ports_in_use", &[("worker", "0")]),
             3.0
@@ -790,6 +787,26 @@ pub(crate) mod tests {
             "edgeplane_snat_ports_in_use",
         ] {
             assert!(used.contains(m), "no panel shows {m}");
+        }
+    }
+
+    #[test]
+    fn docs_list_every_metric_and_no_other() {
+        let doc = include_str!("../../docs/operations.md");
+        for (name, _, _) in METRICS {
+            assert!(
+                doc.contains(&format!("| `{name}` |")),
+                "{name} is not in the metrics table of docs/operations.md"
+            );
+        }
+        for m in promql_metrics(doc) {
+            if m.ends_with('_') {
+                continue; // a prefix, e.g. `edgeplane_frontend_*`
+            }
+            assert!(
+                METRICS.iter().any(|(n, _, _)| *n == m),
+                "docs/operations.md mentions {m}, which is not exposed"
+            );
         }
     }
 }
