@@ -97,3 +97,44 @@ fn every_run_flag_is_documented_with_its_default() {
         );
     }
 }
+
+#[test]
+fn troubleshooting_names_only_real_replay_flags() {
+    let out = Command::new(env!("CARGO_BIN_EXE_edgeplane"))
+        .args(["replay", "--help"])
+        .output()
+        .expect("running edgeplane replay --help");
+    let help = from_help(&String::from_utf8_lossy(&out.stdout));
+    assert!(help.contains_key("input") && help.contains_key("verdicts"));
+    let doc = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/docs/troubleshooting.md"
+    ))
+    .expect("docs/troubleshooting.md");
+    let section = doc
+        .split("## 4. Replay")
+        .nth(1)
+        .expect("a replay section")
+        .split("\n## ")
+        .next()
+        .unwrap_or("");
+    let mut seen = 0;
+    for (i, _) in section.match_indices("--") {
+        let name: String = section[i + 2..]
+            .chars()
+            .take_while(|c| c.is_ascii_lowercase() || *c == '-')
+            .collect();
+        if name.is_empty() {
+            continue;
+        }
+        seen += 1;
+        assert!(
+            help.contains_key(&name),
+            "troubleshooting.md: replay has no --{name}"
+        );
+        if name == "conntrack-size" {
+            assert!(section.contains(&format!("default {}", help[&name])));
+        }
+    }
+    assert!(seen >= 10, "only {seen} flags mentioned");
+}
