@@ -371,6 +371,7 @@ pub fn run(a: RunArgs) -> Result<()> {
     );
     let mut warn_limit = crate::ops::logging::RateLimit::new(Duration::from_secs(30));
     let mut last_feed = Instant::now();
+    let mut last_xdp = Instant::now();
     let mut queued_at: Option<Instant> = None;
 
     let started = Instant::now();
@@ -383,6 +384,12 @@ pub fn run(a: RunArgs) -> Result<()> {
         if last_feed.elapsed() >= Duration::from_millis(100) {
             last_feed = Instant::now();
             ops.update_workers(dp.snapshots());
+            if last_xdp.elapsed() >= Duration::from_secs(1) {
+                last_xdp = Instant::now();
+                if let Ok(x) = dp.xdp_counters() {
+                    ops.set_xdp_counters(x);
+                }
+            }
         }
         if !dp.healthy() {
             tracing::error!("a worker stopped; shutting down");

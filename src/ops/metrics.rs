@@ -43,6 +43,7 @@ pub const METRICS: &[(&str, &str, &str)] = &[
     ("edgeplane_interface_tx_bytes_total", "counter", "Bytes queued for AF_XDP transmit, by interface and queue."),
     ("edgeplane_drops_total", "counter", "Frames dropped, by drop reason name and code (docs/drop-reasons.md)."),
     ("edgeplane_to_kernel_total", "counter", "Frames handed to the kernel through the raw socket, by reason (pass, unresolved_neighbour, no_route, failed)."),
+    ("edgeplane_xdp_packets_total", "counter", "Frames the XDP steering program handled, by action (redirect_frontend, redirect_snat, pass, pass_no_socket, ...)."),
     ("edgeplane_tx_ring_full_total", "counter", "Times a TX ring had no room, by worker."),
     ("edgeplane_socket_rx_dropped_total", "counter", "Frames the kernel dropped for the AF_XDP sockets, by worker."),
     ("edgeplane_socket_rx_ring_full_total", "counter", "Frames dropped because an RX ring was full, by worker."),
@@ -306,7 +307,11 @@ fn families(g: &Inner, healthy: bool) -> Vec<Family> {
     {
         tk.add(vec![("reason", name.to_string())], n as f64);
     }
-    out.extend([tk, ringfull, sdrop, sfull, sempty, polls, busy, wgen]);
+    let mut xdp = counter("edgeplane_xdp_packets");
+    for (name, v) in &g.xdp {
+        xdp.add(vec![("action", name.to_string())], *v as f64);
+    }
+    out.extend([tk, xdp, ringfull, sdrop, sfull, sempty, polls, busy, wgen]);
 
     // --- per frontend / backend -----------------------------------------
     out.extend(traffic_families(g));
@@ -553,6 +558,7 @@ pub(crate) mod tests {
         );
         state.adopt_tables(tables);
         state.set_kube_stats(Arc::default());
+        state.set_xdp_counters(vec![("redirect_frontend", 4), ("pass", 1)]);
         state.queued_update();
         state.synced(1, Duration::from_millis(3));
         let mut snap = WorkerSnapshot {

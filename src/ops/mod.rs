@@ -15,6 +15,7 @@
 //! |---|---|
 //! | [`OpsState::set_dataplane`] (interfaces, flow state, clock) | the process running the workers, once at start |
 //! | [`OpsState::update_workers`] (worker snapshots) | the process running the workers, every loop (≤ 100 ms) |
+//! | [`OpsState::set_xdp_counters`] | the process that attached the XDP program, every second |
 //! | [`OpsState::adopt_tables`] (the tables the workers read) | the process running the workers, on every publication it adopts |
 //! | [`OpsState::queued_update`], [`OpsState::synced`], [`OpsState::sync_failed`] | the process compiling and publishing tables |
 //! | [`OpsState::set_kube_stats`] | the process watching the Kubernetes API |
@@ -159,6 +160,8 @@ pub struct Inner {
     /// Open `healthCheckNodePort` responders (set by the server).
     pub hc_ports_open: usize,
     pub hc_bind_failures: u64,
+    /// The XDP steering program's counters (name, value), summed over CPUs.
+    pub xdp: Vec<(&'static str, u64)>,
 }
 
 /// The shared state behind the ops endpoints.
@@ -248,6 +251,11 @@ impl OpsState {
             })
             .collect();
         g.workers_fed_at = Some(now);
+    }
+
+    /// The XDP program's counters (the process that attached it).
+    pub fn set_xdp_counters(&self, counters: Vec<(&'static str, u64)>) {
+        self.lock().xdp = counters;
     }
 
     /// The process running the workers adopted these tables.
