@@ -304,3 +304,72 @@ impl OpsState {
         health::evaluate(&g, cfg, Instant::now())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct T {
+        #[command(flatten)]
+        ops: OpsArgs,
+    }
+
+    #[test]
+    fn flags_parse_addresses_off_and_bounds() {
+        let t = T::try_parse_from(["t"]).unwrap();
+        let c = t.ops.config().unwrap();
+        assert_eq!(c.metrics_addr, Some("127.0.0.1:10249".parse().unwrap()));
+        assert_eq!(c.healthz_addr, Some("0.0.0.0:10256".parse().unwrap()));
+        assert_eq!(c.stale_after, Duration::from_secs(60));
+        assert!(c.health_check_node_ports);
+        let t = T::try_parse_from([
+            "t",
+            "--metrics-addr",
+            "off",
+            "--healthz-addr",
+            "[::1]:9",
+            "--healthz-stale-after",
+            "0.5",
+            "--health-check-node-ports",
+            "false",
+        ])
+        .unwrap();
+        let c = t.ops.config().unwrap();
+        assert_eq!(c.metrics_addr, None);
+        assert_eq!(c.healthz_addr, Some("[::1]:9".parse().unwrap()));
+        assert_eq!(c.stale_after, Duration::from_millis(500));
+        assert!(!c.health_check_node_ports);
+        assert!(T::try_parse_from(["t", "--metrics-addr", "nowhere"]).is_err());
+        let t = T::try_parse_from(["t", "--healthz-stale-after", "0"]).unwrap();
+        assert!(t.ops.config().is_err());
+        let t = T::try_parse_from(["t", "--healthz-worker-stall", "NaN"]).unwrap();
+        assert!(t.ops.config().is_err());
+    }
+
+    #[test]
+    fn busy_ratio_and_progress_come_from_poll_counter_deltas() {
+        let s = OpsState::default();
+        let snap = |busy, idle| {
+            let mut w = WorkerSnapshot::default();
+            w.counters.busy_polls = busy;
+            w.counters.idle_polls = idle;
+            w
+        };
+        let t0 = Instant::now();
+        s.update_workers_at(vec![snap(10, 10)], t0);
+        s.update_workers_at(vec![snap(40, 20)], t0 + Duration::from_millis(100));
+        {
+            let g = s.lock();
+            assert!((g.workers[0].busy_ratio - 0.75).abs() < 1e-9);
+            assert_eq!(g.workers[0].last_progress, t0 + Duration::from_millis(100));
+        }
+        // No movement: the ratio and the progress time stay.
+        s.update_workers_at(vec![snap(40, 20)], t0 + Duration::from_millis(200));
+        let g = s.lock();
+        assert!((g.workers[0].busy_ratio - 0.75).abs() < 1e-9);
+        assert_eq!(g.workers[0].last_progress, t0 + Duration::from_millis(100));
+        assert_eq!(g.workers_fed_at, Some(t0 + Duration::from_millis(200)));
+    }
+}
