@@ -342,7 +342,7 @@ pub fn run(a: RunArgs) -> Result<()> {
     ops.set_dataplane(
         a.interfaces.clone(),
         dp.flows().clone(),
-        Box::new(dp.clock()),
+        Arc::new(dp.clock()),
     );
     ops.adopt_tables(dp.tables());
     ops.synced(1, t_start.elapsed());

@@ -199,7 +199,7 @@ mod tests {
             dataplane: Some(DataplaneInfo {
                 interfaces: vec!["eth0".into()],
                 flows: Arc::new(FlowState::new(1024, 1024, 1, Default::default())),
-                clock: Box::new(|| 0),
+                clock: Arc::new(|| 0),
             }),
             ..Inner::default()
         };

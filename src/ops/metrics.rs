@@ -169,7 +169,9 @@ fn gauge(name: &'static str) -> Family {
 impl Collector for StateCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let health = self.state.health(&self.cfg);
-        let g = self.state.lock();
+        // Render from a copy: the conntrack walk must not hold the lock the
+        // run loop feeds through.
+        let g = self.state.lock().clone();
         for f in families(&g, health.healthy) {
             f.encode(&mut enc)?;
         }
@@ -554,7 +556,7 @@ pub(crate) mod tests {
         state.set_dataplane(
             vec!["eth0".into()],
             engine.flow_state().clone(),
-            Box::new(move || now),
+            Arc::new(move || now),
         );
         state.adopt_tables(tables);
         state.set_kube_stats(Arc::default());

@@ -111,7 +111,7 @@ pub struct OpsConfig {
 }
 
 /// The clock of the flow state (ns, the workers' time base).
-pub type FlowClock = Box<dyn Fn() -> u64 + Send + Sync>;
+pub type FlowClock = Arc<dyn Fn() -> u64 + Send + Sync>;
 
 /// One worker as the ops side sees it.
 #[derive(Debug, Clone)]
@@ -124,6 +124,7 @@ pub struct WorkerView {
 }
 
 /// The data-plane side of the state.
+#[derive(Clone)]
 pub struct DataplaneInfo {
     pub interfaces: Vec<String>,
     pub flows: Arc<FlowState>,
@@ -139,8 +140,9 @@ impl std::fmt::Debug for DataplaneInfo {
 }
 
 /// Everything the ops endpoints report, fed by the process (see the module
-/// doc for who feeds what).
-#[derive(Debug, Default)]
+/// doc for who feeds what). Cheap to clone (vectors of snapshots, `Arc`s):
+/// a scrape clones it and renders without holding the lock.
+#[derive(Debug, Default, Clone)]
 pub struct Inner {
     pub dataplane: Option<DataplaneInfo>,
     pub workers: Vec<WorkerView>,

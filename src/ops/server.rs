@@ -212,7 +212,7 @@ mod tests {
         state.set_dataplane(
             vec!["eth0".into()],
             Arc::new(FlowState::new(1024, 1024, 1, Default::default())),
-            Box::new(|| 0),
+            Arc::new(|| 0),
         );
         state.update_workers(vec![snap(0, 1), snap(1, 1)]);
         let cfg = OpsConfig {
