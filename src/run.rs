@@ -283,11 +283,21 @@ fn start_kube(a: &RunArgs, stop: &AtomicBool) -> Result<(Source, Arc<ObjectSet>)
     }
 }
 
-fn compile_snapshot(a: &RunArgs, objects: &ObjectSet, generation: u64) -> Result<Compiled> {
+/// Compiles an API snapshot. Every watch event recompiles everything, so
+/// a warning is logged when it first appears, not on every compile
+/// (`seen` holds the previous compile's warnings).
+fn compile_snapshot(
+    a: &RunArgs,
+    objects: &ObjectSet,
+    generation: u64,
+    seen: &mut Vec<String>,
+) -> Result<Compiled> {
     let c = compile(objects, &a.tables.options(), generation).context("compiling")?;
-    for w in &c.warnings {
+    let now: Vec<String> = c.warnings.iter().map(|w| w.to_string()).collect();
+    for w in now.iter().filter(|w| !seen.contains(w)) {
         tracing::warn!("{w}");
     }
+    *seen = now;
     Ok(c)
 }
 
@@ -303,9 +313,10 @@ pub fn run(a: RunArgs) -> Result<()> {
     signal_hook::flag::register(signal_hook::consts::SIGINT, stop.clone())?;
     signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone())?;
     let kube = a.kubeconfig.is_some() || a.in_cluster;
+    let mut seen_warnings = Vec::new();
     let (mut source, compiled) = if kube {
         let (src, snap) = start_kube(&a, &stop)?;
-        let c = compile_snapshot(&a, &snap, 1)?;
+        let c = compile_snapshot(&a, &snap, 1, &mut seen_warnings)?;
         (src, c)
     } else {
         let Some(path) = &a.tables.manifests else {
@@ -423,7 +434,7 @@ pub fn run(a: RunArgs) -> Result<()> {
                     // can update it in place next time.
                     let snap = rx.borrow_and_update().clone();
                     snap.map(|s| {
-                        compile_snapshot(&a, &s, generation + 1).map_err(|e| {
+                        compile_snapshot(&a, &s, generation + 1, &mut seen_warnings).map_err(|e| {
                             anyhow::anyhow!("API objects do not compile; keeping generation {generation}: {e:#}")
                         })
                     })
