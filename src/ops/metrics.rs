@@ -624,7 +624,6 @@ pub(crate) mod tests {
     #[test]
     fn scrape_sums_worker_counters_and_parses() {
         let (text, _state) = scraped();
-        std::fs::write(std::env::temp_dir().join("edgeplane-scrape.txt"), &text).unwrap();
         strictly_valid(&text);
         let s = parse(&text);
         assert_eq!(
