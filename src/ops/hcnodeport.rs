@@ -263,18 +263,102 @@ endpoints:
 "#;
 
     fn tables_for(node: &str) -> Tables {
-        let dir = std::env::temp_dir().join(format!("ep-hc-{}-{node}", std::process::id()));
+        tables_with(node, "198.18.0.1", 32000, MANIFEST)
+    }
+
+    fn tables_with(node: &str, node_ip: &str, hc_port: u16, manifest: &str) -> Tables {
+        let dir = std::env::temp_dir().join(format!(
+            "ep-hc-{}-{node}-{hc_port}-{}",
+            std::process::id(),
+            manifest.len()
+        ));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("m.yaml");
-        std::fs::write(&path, MANIFEST.replace("LOCAL", "node-a")).unwrap();
+        let text = manifest
+            .replace("LOCAL", "node-a")
+            .replace("32000", &hc_port.to_string());
+        std::fs::write(&path, text).unwrap();
         let (objects, _) = manifests::load_path(&path).unwrap();
         let _ = std::fs::remove_dir_all(&dir);
         let opts = CompileOptions {
             node_name: node.into(),
-            node_ips: vec!["198.18.0.1".parse().unwrap()],
+            node_ips: vec![node_ip.parse().unwrap()],
             ..CompileOptions::default()
         };
         compile(&objects, &opts, 1).unwrap().tables
+    }
+
+    /// `GET /` on 127.0.0.1:port: `Some((status, body))`, `None` if refused.
+    fn probe(port: u16) -> Option<(u16, String)> {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        write!(s, "GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").ok()?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).ok()?;
+        let status = out.get(9..12)?.parse().ok()?;
+        Some((status, out.split_once("\r\n\r\n")?.1.to_string()))
+    }
+
+    /// Polls until `want` holds (responders reconcile asynchronously).
+    fn until(port: u16, want: impl Fn(&Option<(u16, String)>) -> bool) -> Option<(u16, String)> {
+        let mut last = None;
+        for _ in 0..100 {
+            last = probe(port);
+            if want(&last) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        last
+    }
+
+    #[test]
+    fn responders_open_flip_and_close_as_tables_change() {
+        // A free port for the health check.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let state = OpsState::new();
+        let cfg = OpsConfig {
+            metrics_addr: None,
+            healthz_addr: None,
+            stale_after: Duration::from_secs(60),
+            worker_stall: Duration::from_secs(60),
+            health_check_node_ports: true,
+        };
+        let _h = crate::ops::serve(cfg, state.clone()).unwrap();
+        let local = || tables_with("node-a", "127.0.0.1", port, MANIFEST);
+        state.adopt_tables(Arc::new(local()));
+        let r = until(port, |r| matches!(r, Some((200, _))));
+        let (code, body) = r.expect("the responder answers");
+        assert_eq!(code, 200, "{body}");
+        assert!(body.contains(r#""localEndpoints":1"#), "{body}");
+        assert_eq!(state.lock().hc_ports_open, 1);
+        // The local endpoint goes away: 503, same listener.
+        state.adopt_tables(Arc::new(tables_with("node-b", "127.0.0.1", port, MANIFEST)));
+        let r = until(port, |r| matches!(r, Some((503, _))));
+        assert!(
+            matches!(&r, Some((503, b)) if b.contains(r#""localEndpoints":0"#)),
+            "{r:?}"
+        );
+        state.adopt_tables(Arc::new(local()));
+        assert!(matches!(
+            until(port, |r| matches!(r, Some((200, _)))),
+            Some((200, _))
+        ));
+        // The Service goes away: the port closes.
+        let without: String = MANIFEST
+            .split("---")
+            .skip(1)
+            .collect::<Vec<_>>()
+            .join("---");
+        state.adopt_tables(Arc::new(tables_with("node-a", "127.0.0.1", port, &without)));
+        let r = until(port, |r| r.is_none());
+        assert!(r.is_none(), "still answering: {r:?}");
+        assert_eq!(state.lock().hc_ports_open, 0);
     }
 
     #[test]
