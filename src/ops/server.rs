@@ -71,10 +71,11 @@ pub fn serve(cfg: OpsConfig, state: Arc<OpsState>) -> Result<OpsHandle> {
                     registry,
                 });
                 if let Some(l) = ml {
-                    spawn_listener(l, ctx.clone());
+                    spawn_listener(l, ctx.clone(), true);
                 }
                 if let Some(l) = hl {
-                    spawn_listener(l, ctx.clone());
+                    // Health only: it usually listens on every address.
+                    spawn_listener(l, ctx.clone(), false);
                 }
                 if cfg.health_check_node_ports {
                     tokio::spawn(hcnodeport::run(state, cfg));
@@ -103,7 +104,8 @@ struct Ctx {
     registry: Arc<Registry>,
 }
 
-fn spawn_listener(l: std::net::TcpListener, ctx: Arc<Ctx>) {
+/// Serves `/healthz` and `/livez`, and `/metrics` when `metrics` is set.
+fn spawn_listener(l: std::net::TcpListener, ctx: Arc<Ctx>, metrics: bool) {
     tokio::spawn(async move {
         let l = match tokio::net::TcpListener::from_std(l) {
             Ok(l) => l,
@@ -120,7 +122,7 @@ fn spawn_listener(l: std::net::TcpListener, ctx: Arc<Ctx>) {
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |req| {
                     let ctx = ctx.clone();
-                    async move { Ok::<_, Infallible>(route(&ctx, &req)) }
+                    async move { Ok::<_, Infallible>(route(&ctx, &req, metrics)) }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), svc)
@@ -143,9 +145,9 @@ pub fn response(status: StatusCode, ctype: &str, body: String) -> Response<Full<
     r
 }
 
-fn route(ctx: &Ctx, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+fn route(ctx: &Ctx, req: &Request<Incoming>, metrics: bool) -> Response<Full<Bytes>> {
     match req.uri().path() {
-        "/metrics" => response(
+        "/metrics" if metrics => response(
             StatusCode::OK,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
             metrics::render(&ctx.registry),
@@ -245,5 +247,9 @@ mod tests {
         state.update_workers(vec![snap(0, 2), snap(1, 9)]);
         assert_eq!(get(ha, "/healthz").0, 200);
         assert_eq!(get(ha, "/nothing").0, 404);
+        // The health listener (often on every address) does not expose
+        // the metrics; the metrics listener also answers health.
+        assert_eq!(get(ha, "/metrics").0, 404);
+        assert_eq!(get(ma, "/healthz").0, 200);
     }
 }
