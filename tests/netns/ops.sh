@@ -225,9 +225,11 @@ wait_published() { # count-before
     return 1
 }
 node_get() { # url → "CODE BODY"
+    rm -f "$WORK/body"
     ip netns exec "$NS_N" curl -s -m 3 -o "$WORK/body" -w '%{http_code}' "$1"; echo " $(cat "$WORK/body" 2>/dev/null)"
 }
 client_get() { # url → "CODE BODY"
+    rm -f "$WORK/body"
     ip netns exec "$NS_C" curl -s -m 3 -o "$WORK/body" -w '%{http_code}' "$1"; echo " $(cat "$WORK/body" 2>/dev/null)"
 }
 rm -f "$WORK/body"
