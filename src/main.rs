@@ -1,6 +1,7 @@
 //! `edgeplane`: one binary, one subcommand per job.
 
 mod cli;
+mod ops;
 mod replay;
 mod run;
 

@@ -105,6 +105,8 @@ pub struct RunArgs {
     /// Stop after this many seconds (0: run until SIGINT/SIGTERM).
     #[arg(long, default_value_t = 0)]
     pub duration: u64,
+    #[command(flatten)]
+    pub ops: crate::ops::OpsArgs,
 }
 
 fn parse_cpus(s: &str) -> Result<Vec<usize>> {
@@ -243,6 +245,7 @@ enum Source {
     },
     Kube {
         rx: tokio::sync::watch::Receiver<Option<Arc<ObjectSet>>>,
+        stats: Arc<edgeplane_control::kube::KubeStats>,
     },
 }
 
@@ -276,7 +279,7 @@ fn start_kube(a: &RunArgs, stop: &AtomicBool) -> Result<(Source, Arc<ObjectSet>)
     loop {
         let first = rx.borrow_and_update().clone();
         if let Some(s) = first {
-            return Ok((Source::Kube { rx }, s));
+            return Ok((Source::Kube { rx, stats }, s));
         }
         if stop.load(Ordering::Relaxed) {
             bail!("interrupted while waiting for the first sync");
@@ -292,11 +295,21 @@ fn start_kube(a: &RunArgs, stop: &AtomicBool) -> Result<(Source, Arc<ObjectSet>)
     }
 }
 
-fn compile_snapshot(a: &RunArgs, objects: &ObjectSet, generation: u64) -> Result<Compiled> {
+/// Compiles an API snapshot. Every watch event recompiles everything, so
+/// a warning is logged when it first appears, not on every compile
+/// (`seen` holds the previous compile's warnings).
+fn compile_snapshot(
+    a: &RunArgs,
+    objects: &ObjectSet,
+    generation: u64,
+    seen: &mut Vec<String>,
+) -> Result<Compiled> {
     let c = compile(objects, &a.tables.options(), generation).context("compiling")?;
-    for w in &c.warnings {
+    let now: Vec<String> = c.warnings.iter().map(|w| w.to_string()).collect();
+    for w in now.iter().filter(|w| !seen.contains(w)) {
         tracing::warn!("{w}");
     }
+    *seen = now;
     Ok(c)
 }
 
@@ -305,15 +318,17 @@ pub fn run(a: RunArgs) -> Result<()> {
         bail!("--batch must be 1..=64");
     }
     let cpus = parse_cpus(&a.cpus)?;
+    let ops_cfg = a.ops.config()?;
     check_privileges()?;
     check_snat_ports(a.tables.snat_ports)?;
     let stop = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGINT, stop.clone())?;
     signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone())?;
     let kube = a.kubeconfig.is_some() || a.in_cluster;
+    let mut seen_warnings = Vec::new();
     let (mut source, compiled) = if kube {
         let (src, snap) = start_kube(&a, &stop)?;
-        let c = compile_snapshot(&a, &snap, 1)?;
+        let c = compile_snapshot(&a, &snap, 1, &mut seen_warnings)?;
         (src, c)
     } else {
         let Some(path) = &a.tables.manifests else {
@@ -342,19 +357,46 @@ pub fn run(a: RunArgs) -> Result<()> {
         state_dir: Some(a.state_dir.clone()),
         ..DataplaneConfig::default()
     };
-    let frontends = compiled.tables.frontends.len();
+    let t_start = Instant::now();
+    let sizes = crate::ops::logging::diff(None, &compiled.tables);
+    let maglev_entries = compiled.tables.maglev.len();
     let mut dp = Dataplane::start(&cfg, compiled.tables).context("starting the dataplane")?;
+    // Operations endpoints: fed from this loop (workers, tables, publication).
+    let ops = crate::ops::OpsState::new();
+    ops.set_dataplane(
+        a.interfaces.clone(),
+        dp.flows().clone(),
+        Arc::new(dp.clock()),
+    );
+    ops.adopt_tables(dp.tables());
+    ops.synced(1, t_start.elapsed());
+    if let Source::Kube { stats, .. } = &source {
+        ops.set_kube_stats(stats.clone());
+    }
+    ops.update_workers(dp.snapshots());
+    let ops_server = crate::ops::serve(ops_cfg, ops.clone())?;
     let nh = dp.nexthops();
     tracing::info!(
+        source = if kube { "kubernetes" } else { "manifests" },
         interfaces = ?a.interfaces,
         queues = dp.queues,
         xdp_mode = ?dp.mode,
-        frontends,
+        services = sizes.services,
+        frontends = sizes.frontends,
+        backends = sizes.backends,
+        maglev_entries,
         conntrack = a.conntrack_size,
+        affinity = a.affinity_size,
         routes = nh.routes(),
         neighbours = nh.neighbours(),
+        metrics = ?ops_server.metrics_addr,
+        healthz = ?ops_server.healthz_addr,
         "edgeplane running"
     );
+    let mut warn_limit = crate::ops::logging::RateLimit::new(Duration::from_secs(30));
+    let mut last_feed = Instant::now();
+    let mut last_xdp = Instant::now();
+    let mut queued_at: Option<Instant> = None;
 
     let started = Instant::now();
     let deadline = (a.duration > 0).then(|| started + Duration::from_secs(a.duration));
@@ -363,6 +405,16 @@ pub fn run(a: RunArgs) -> Result<()> {
     let mut last_stats = Instant::now();
     while !stop.load(Ordering::Relaxed) && deadline.is_none_or(|d| Instant::now() < d) {
         std::thread::sleep(Duration::from_millis(if kube { 5 } else { 50 }));
+        if last_feed.elapsed() >= Duration::from_millis(100) {
+            last_feed = Instant::now();
+            ops.update_workers(dp.snapshots());
+            if last_xdp.elapsed() >= Duration::from_secs(1) {
+                last_xdp = Instant::now();
+                if let Ok(x) = dp.xdp_counters() {
+                    ops.set_xdp_counters(x);
+                }
+            }
+        }
         if !dp.healthy() {
             tracing::error!("a worker stopped; shutting down");
             break;
@@ -380,18 +432,22 @@ pub fn run(a: RunArgs) -> Result<()> {
                     None
                 } else {
                     *seen = now;
+                    ops.queued_update();
+                    queued_at.get_or_insert_with(Instant::now);
                     Some(a.tables.load_with(generation + 1, true).map_err(|e| {
                         anyhow::anyhow!("manifests changed but do not compile; keeping generation {generation}: {e:#}")
                     }))
                 }
             }
-            Source::Kube { rx } => {
+            Source::Kube { rx, .. } => {
                 if rx.has_changed().unwrap_or(false) {
+                    ops.queued_update();
+                    queued_at.get_or_insert_with(Instant::now);
                     // Compile, then drop the snapshot at once so the source
                     // can update it in place next time.
                     let snap = rx.borrow_and_update().clone();
                     snap.map(|s| {
-                        compile_snapshot(&a, &s, generation + 1).map_err(|e| {
+                        compile_snapshot(&a, &s, generation + 1, &mut seen_warnings).map_err(|e| {
                             anyhow::anyhow!("API objects do not compile; keeping generation {generation}: {e:#}")
                         })
                     })
@@ -403,26 +459,50 @@ pub fn run(a: RunArgs) -> Result<()> {
         match next {
             Some(Ok(c)) => {
                 generation += 1;
-                let n = c.tables.frontends.len();
+                let old = dp.tables();
+                let d = crate::ops::logging::diff(Some(&old), &c.tables);
+                drop(old);
                 let t0 = Instant::now();
                 match dp.publish(c.tables) {
-                    Ok(r) => tracing::info!(
-                        generation,
-                        frontends = n,
-                        xdp_keys_added = r.added,
-                        xdp_keys_removed = r.removed,
-                        publish_us = t0.elapsed().as_micros() as u64,
-                        "tables published"
-                    ),
-                    Err(e) => tracing::error!(generation, "XDP map update failed: {e:#}"),
+                    Ok(r) => {
+                        let took = queued_at.take().map_or(t0.elapsed(), |q| q.elapsed());
+                        ops.adopt_tables(dp.tables());
+                        ops.synced(generation, took);
+                        tracing::info!(
+                            generation,
+                            frontends = d.frontends,
+                            services = d.services,
+                            backends = d.backends,
+                            frontends_added = d.frontends_added,
+                            frontends_removed = d.frontends_removed,
+                            backends_added = d.backends_added,
+                            backends_removed = d.backends_removed,
+                            xdp_keys_added = r.added,
+                            xdp_keys_removed = r.removed,
+                            publish_us = t0.elapsed().as_micros() as u64,
+                            "tables published"
+                        )
+                    }
+                    Err(e) => {
+                        // The workers have the new tables; the XDP maps lag.
+                        ops.adopt_tables(dp.tables());
+                        ops.sync_failed();
+                        tracing::error!(generation, "XDP map update failed: {e:#}")
+                    }
                 }
             }
-            Some(Err(e)) => tracing::error!("{e:#}"),
+            Some(Err(e)) => {
+                ops.sync_failed();
+                if let Some(suppressed) = warn_limit.allow(Instant::now()) {
+                    tracing::error!(suppressed, "{e:#}");
+                }
+            }
             None => {}
         }
         continue_stats(&a, &dp, &mut last_stats);
     }
     let conntrack = dp.flows().conntrack.len();
+    drop(ops_server);
     let snaps = dp.shutdown_keep_program()?;
     // The workers have stopped: these counters are final.
     let xdp = dp.xdp_counters().unwrap_or_default();

@@ -131,3 +131,139 @@ fn live_traffic_from_kubernetes_source() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Operations end to end (tests/netns/ops.sh): live traffic with a known
+/// count, then `/metrics` must add up to it, per verdict and per backend,
+/// parsed with a Prometheus exposition parser; the script itself checks
+/// `/healthz` (200, then 503 once a change is stale) and a
+/// `healthCheckNodePort` responder flipping between 200 and 503. The log is
+/// `--log-format json`: every line of it must be a JSON object.
+#[test]
+fn operations_metrics_health_and_logs() {
+    let _one_at_a_time = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !may_run("netns ops") {
+        return;
+    }
+    let out_dir = std::env::temp_dir().join(format!("edgeplane-ops-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out_dir);
+    let out = Command::new("bash")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/netns/ops.sh"))
+        .arg(env!("CARGO_BIN_EXE_edgeplane"))
+        .arg(&out_dir)
+        .arg("generic")
+        .output()
+        .expect("running tests/netns/ops.sh");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    println!("{stdout}");
+    assert!(
+        out.status.success() && stdout.contains("ops: all passed"),
+        "netns ops failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let read = |f: &str| std::fs::read_to_string(out_dir.join(f)).expect(f);
+
+    // What the client sent and got back.
+    let tally = read("tally.txt");
+    let kv: std::collections::HashMap<String, u64> = tally
+        .split_whitespace()
+        .filter_map(|w| w.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.parse().expect("a count")))
+        .collect();
+    let (n, m, lost) = (kv["N"], kv["M"], kv["lost"]);
+    assert!(lost <= 2, "too many datagrams lost: {tally}");
+
+    let text = read("metrics.txt");
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())))
+        .expect("the exposition parses");
+    let sum = |name: &str, labels: &[(&str, &str)]| -> u64 {
+        scrape
+            .samples
+            .iter()
+            .filter(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+            .map(|s| match s.value {
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => v as u64,
+                _ => 0,
+            })
+            .sum()
+    };
+    // Per verdict: N requests + their answers translated, M dropped
+    // (no local endpoint), M rejected (no endpoint).
+    let answered = n - lost;
+    assert_eq!(
+        sum("edgeplane_packets_total", &[("verdict", "tx")]),
+        n + answered,
+        "{text}"
+    );
+    assert_eq!(sum("edgeplane_packets_total", &[("verdict", "drop")]), m);
+    assert_eq!(sum("edgeplane_packets_total", &[("verdict", "reject")]), m);
+    assert_eq!(sum("edgeplane_packets_total", &[("verdict", "pass")]), 0);
+    assert_eq!(
+        sum("edgeplane_drops_total", &[("reason", "no_local_endpoints")]),
+        m
+    );
+    assert_eq!(sum("edgeplane_drops_total", &[]), m);
+    let rx: u64 = sum("edgeplane_interface_rx_packets_total", &[]);
+    assert_eq!(
+        rx,
+        n + answered + 2 * m,
+        "every frame the workers got was processed"
+    );
+    assert_eq!(
+        sum(
+            "edgeplane_interface_rx_packets_total",
+            &[("interface", "n0")]
+        ),
+        n + 2 * m
+    );
+    // Per frontend and per backend.
+    let fe = [("frontend", "198.18.100.20:5353/UDP")];
+    assert_eq!(sum("edgeplane_frontend_new_flows_total", &fe), n);
+    assert_eq!(sum("edgeplane_frontend_packets_total", &fe), n + answered);
+    assert_eq!(sum("edgeplane_conntrack_new_flows_total", &[]), n);
+    let mut per_backend = 0;
+    for b in ["198.18.2.2", "198.18.2.3", "198.18.2.4"] {
+        let got = kv.get(b).copied().unwrap_or(0);
+        let counted = sum(
+            "edgeplane_backend_new_flows_total",
+            &[
+                ("service", "default/udp:dns"),
+                ("backend", &format!("{b}:5353")),
+            ],
+        );
+        if lost == 0 {
+            assert_eq!(counted, got, "new flows to {b}");
+        } else {
+            assert!(counted >= got, "new flows to {b}: {counted} < {got}");
+        }
+        per_backend += counted;
+    }
+    assert_eq!(per_backend, n);
+    assert_eq!(sum("edgeplane_conntrack_entries", &[]), n);
+    assert_eq!(sum("edgeplane_snat_ports_in_use", &[]), n);
+    assert_eq!(sum("edgeplane_healthy", &[]), 1);
+
+    // Structured logs: JSON lines with the start-up and publication facts
+    // (the final counters report after shutdown is plain text by design).
+    let log = read("edgeplane.log");
+    let mut running = None;
+    let mut published = Vec::new();
+    for line in log.lines().filter(|l| l.starts_with('{')) {
+        let v: serde_json::Value = serde_json::from_str(line).expect(line);
+        match v["fields"]["message"].as_str() {
+            Some("edgeplane running") => running = Some(v["fields"].clone()),
+            Some("tables published") => published.push(v["fields"].clone()),
+            _ => {}
+        }
+    }
+    let running = running.expect("a start-up line");
+    assert_eq!(running["queues"], 2, "{running}");
+    assert_eq!(running["xdp_mode"], "Generic");
+    assert!(running["frontends"].as_u64().unwrap() > 0, "{running}");
+    assert!(!published.is_empty());
+    assert!(published
+        .iter()
+        .any(|p| p["frontends_removed"].as_u64() > Some(0) && p["generation"].as_u64() > Some(1)));
+    let _ = std::fs::remove_dir_all(&out_dir);
+}

@@ -49,6 +49,7 @@ pub fn tables(n_services: usize, n_backends: usize, m: u32) -> Tables {
                 port_name: String::new(),
                 external_policy: "Cluster".into(),
                 internal_policy: "Cluster".into(),
+                ..ServiceInfo::default()
             });
             let spec = FrontendSpec {
                 key: FrontendKey {

@@ -583,6 +583,12 @@ pub fn compile(
                 port_name: port_name.clone(),
                 external_policy: etp.name().to_string(),
                 internal_policy: itp.name().to_string(),
+                // Allocated (and answered) only for LoadBalancer Services
+                // with externalTrafficPolicy: Local, as kube-proxy does.
+                health_check_node_port: match spec.health_check_node_port {
+                    Some(p) if is_lb && etp.name() == "Local" => u16::try_from(p).unwrap_or(0),
+                    _ => 0,
+                },
             });
             let svc_port_display = if port_name.is_empty() {
                 display.clone()

@@ -23,6 +23,7 @@ use crate::hash::{client_hash, flow_hash};
 use crate::prefetch::prefetch;
 use crate::shm::{Attach, ShmError};
 use crate::tables::{EmptyAction, Frontend, Tables};
+use crate::traffic::TrafficStats;
 use crate::DropReason;
 
 /// Where a transmitted frame should go.
@@ -217,6 +218,8 @@ pub struct Engine {
     cfg: EngineConfig,
     state: Arc<FlowState>,
     stats: Stats,
+    /// Per-frontend / per-backend counters (see `traffic.rs`).
+    traffic: TrafficStats,
     /// Next SNAT port offset to try (rotates through this worker's share).
     port_cursor: u32,
     /// Scratch for frames the engine originates (ICMP errors); generated
@@ -232,6 +235,7 @@ impl Engine {
             cfg,
             state,
             stats: Stats::default(),
+            traffic: TrafficStats::default(),
             port_cursor: 0,
             scratch: Box::new([0; 2048]),
         }
@@ -250,6 +254,12 @@ impl Engine {
 
     pub fn stats(&self) -> &Stats {
         &self.stats
+    }
+
+    /// Per-frontend and per-backend counters, indexed for the tables
+    /// generation in [`TrafficStats::generation`].
+    pub fn traffic(&self) -> &TrafficStats {
+        &self.traffic
     }
 
     pub fn flow_state(&self) -> &Arc<FlowState> {
@@ -289,6 +299,9 @@ impl Engine {
     /// same decisions, but it overlaps the cache misses of a whole batch.
     pub fn process(&mut self, now: u64, buf: &mut [u8], len: usize, tables: &Tables) -> Decision {
         let len = len.min(buf.len());
+        if !self.traffic.is_current(tables) {
+            self.traffic.rebase(tables);
+        }
         let d = match packet::parse(&buf[..len]) {
             Ok(p) => self.decide(now, buf, len, tables, &p, Hints::NONE),
             Err(e) => parse_failed(e),
@@ -323,6 +336,10 @@ impl Engine {
         out: &mut [Decision],
     ) -> usize {
         let n = frames.len().min(out.len());
+        if !self.traffic.is_current(tables) {
+            // Once per table generation, not per packet.
+            self.traffic.rebase(tables);
+        }
         for (fr, o) in frames[..n]
             .chunks_mut(BATCH_CHUNK)
             .zip(out[..n].chunks_mut(BATCH_CHUNK))
@@ -441,14 +458,28 @@ impl Engine {
     fn count(&mut self, len: usize, d: &Decision) {
         self.stats.rx_packets += 1;
         self.stats.rx_bytes += len as u64;
-        match d.verdict {
-            Verdict::Tx { .. } => self.stats.tx += 1,
-            Verdict::Reject { .. } => self.stats.reject += 1,
-            Verdict::Pass => self.stats.pass += 1,
+        let v = match d.verdict {
+            Verdict::Tx { .. } => {
+                self.stats.tx += 1;
+                0
+            }
+            Verdict::Reject { .. } => {
+                self.stats.reject += 1;
+                1
+            }
+            Verdict::Pass => {
+                self.stats.pass += 1;
+                2
+            }
             Verdict::Drop(r) => {
                 self.stats.drop += 1;
                 self.stats.drops[r.code() as usize] += 1;
+                3
             }
+        };
+        self.traffic.verdict_bytes[v] += len as u64;
+        if let Some(f) = d.frontend {
+            self.traffic.frame(f, len);
         }
     }
 
@@ -743,6 +774,7 @@ impl Engine {
         let hit = match self.state.conntrack.insert(flow, now, p.tcp_flags) {
             Ok(hit) => {
                 self.stats.new_flows += 1;
+                self.traffic.new_flow(fidx, f.backend_off as usize + bi);
                 hit
             }
             // Another worker won the race for the same flow: use its entry.

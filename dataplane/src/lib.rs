@@ -16,6 +16,7 @@ pub mod prefetch;
 pub mod shm;
 pub mod tables;
 pub mod testing;
+pub mod traffic;
 
 pub use drop_reason::DropReason;
 pub use engine::{Egress, Engine, EngineConfig, Stats, Verdict};

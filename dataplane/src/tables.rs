@@ -117,7 +117,7 @@ pub struct Backend {
 }
 
 /// A Service port, for display and metrics.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ServiceInfo {
     pub namespace: String,
     pub name: String,
@@ -126,6 +126,10 @@ pub struct ServiceInfo {
     /// `externalTrafficPolicy` / `internalTrafficPolicy` as written ("Cluster"/"Local").
     pub external_policy: String,
     pub internal_policy: String,
+    /// `spec.healthCheckNodePort` of a LoadBalancer Service with
+    /// `externalTrafficPolicy: Local` (0: none). The node answers on it
+    /// whether it has a local endpoint (see `src/ops/hcnodeport.rs`).
+    pub health_check_node_port: u16,
 }
 
 impl ServiceInfo {

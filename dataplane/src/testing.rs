@@ -84,6 +84,7 @@ pub fn tables_with(node: NodeConfig, generation: u64, fes: &[Fe]) -> Tables {
             port_name: String::new(),
             external_policy: "Cluster".into(),
             internal_policy: "Cluster".into(),
+            ..ServiceInfo::default()
         });
         let m = 251u32;
         let n_new = fe.n_new.min(fe.backends.len());

@@ -103,6 +103,12 @@ for _ in $(seq 30); do cget http://198.18.200.11/ >>"$WORK/a2"; done
 n4=$(grep -c '^198.18.4.2$' "$WORK/a2"); n=$(grep -c '^198.18.[23].2$' "$WORK/a2")
 [ "$n4" = 0 ] && [ "$n" = 30 ]; check "scaled-endpoint-gets-no-new-flows" $? "($n/30 to the others, $n4 to the removed one)"
 
+# The Kubernetes source's metrics: watch events seen, generations published.
+m=$(ip netns exec "$N" curl -s -m 5 http://127.0.0.1:10249/metrics)
+ev=$(grep -E '^edgeplane_kube_events_total ' <<<"$m" | awk '{print $2}')
+pubs=$(grep -E '^edgeplane_tables_publications_total ' <<<"$m" | awk '{print $2}')
+[ "${ev:-0}" -gt 0 ] && [ "${pubs:-0}" -ge 2 ]; check "kube-metrics" $? "(events $ev, publications $pubs)"
+
 # Delete the Service: its frontends leave the tables.
 before=$(grep 'tables published' "$WORK/ep.log" | tail -1 | grep -o 'frontends=[0-9]*')
 kc delete service web-lb >/dev/null

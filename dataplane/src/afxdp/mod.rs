@@ -379,6 +379,13 @@ impl Dataplane {
         self.shared.nexthops.load_full()
     }
 
+    /// The workers' clock (ns on the time base of conntrack timestamps), for
+    /// readers of the flow state such as the metrics' conntrack walk.
+    pub fn clock(&self) -> impl Fn() -> u64 + Send + Sync + 'static {
+        let epoch = self.shared.epoch;
+        move || epoch.elapsed().as_nanos() as u64
+    }
+
     /// The flow state shared by the workers.
     pub fn flows(&self) -> &Arc<FlowState> {
         &self.shared.flows

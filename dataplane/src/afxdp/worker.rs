@@ -45,6 +45,9 @@ pub struct WorkerCounters {
     pub rx: [u64; MAX_PORTS],
     /// Frames queued for TX, per port.
     pub tx: [u64; MAX_PORTS],
+    /// Bytes of those frames, per port.
+    pub rx_bytes: [u64; MAX_PORTS],
+    pub tx_bytes: [u64; MAX_PORTS],
     /// Translated frames whose next hop had no MAC yet (sent by the kernel).
     pub to_kernel_unresolved: u64,
     /// Translated frames with no route, or a route through an interface
@@ -70,6 +73,8 @@ pub struct WorkerSnapshot {
     pub queue: u32,
     pub cpu: Option<usize>,
     pub engine: Stats,
+    /// Per-frontend / per-backend counters (`crate::traffic`).
+    pub traffic: crate::traffic::TrafficStats,
     pub counters: WorkerCounters,
     pub ledger: Ledger,
     /// Tables generation last used (its quiescent state, for issue 4).
@@ -180,6 +185,7 @@ pub fn run(
                     unsafe { frame_buf(&umem, &rx[i], cap) },
                     rx[i].lengths().data(),
                 );
+                c.rx_bytes[p] += frames[i].1 as u64;
             }
             engine.process_batch(now, &mut frames[..n], &tables, &mut decisions[..n]);
 
@@ -249,6 +255,7 @@ pub fn run(
                         tx[j][ntx[j]] = d;
                         ntx[j] += 1;
                         c.tx[j] += 1;
+                        c.tx_bytes[j] += len as u64;
                     }
                     None => {
                         done[nd] = rx[i];
@@ -319,6 +326,7 @@ fn publish(
             queue: cfg.queue,
             cpu: cfg.cpu,
             engine: engine.stats().clone(),
+            traffic: engine.traffic().clone(),
             counters: c,
             ledger: io.ledger(),
             tables_generation: generation,

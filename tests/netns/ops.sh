@@ -1,0 +1,288 @@
+#!/usr/bin/env bash
+# Operations end to end: `edgeplane run` in network namespaces, then its
+# /metrics, /healthz and a healthCheckNodePort responder.
+#
+#   client ns                      node ns                                backend ns
+#   c0 198.18.0.100/24 ─────  n0 198.18.0.1/24     n1 198.18.2.1/24 ─────  b0 198.18.2.2, .3, .4 /24
+#   routes to 198.18.1.1,         lo 198.18.1.1 (node IP, SNAT source)     UDP echo :5353 on each
+#   198.18.100.0/24 via the node  edgeplane run -i n0 -i n1 --workers 2
+#
+# Phases (one line each, "ok"/"FAIL"):
+#  1. metrics: N UDP datagrams from N source ports to the ClusterIP
+#     198.18.100.20:5353 (N new flows, each answered by a backend that names
+#     itself), M datagrams to a Local Service with no local endpoint (M
+#     drops, no_local_endpoints) and M to a Service with no endpoint (M
+#     rejects); then /metrics is saved to $OUT/metrics.txt and
+#     the client's tally (replies per backend) to $OUT/tally.txt, for
+#     tests/netns.rs to check with a Prometheus parser.
+#  2. /healthz and /livez answer 200 with kube-proxy's JSON.
+#  3. healthCheckNodePort 32100 of the externalTrafficPolicy: Local Service
+#     "lb", asked from the client ns on the node IP (the XDP program passes
+#     node-IP traffic that is no frontend to the kernel): 200 with
+#     localEndpoints 1 while its endpoint is on this node; 503 with 0 after
+#     a manifest reload moves it to another node; 200 again when it is back;
+#     closed when the Service is deleted.
+#  4. A manifest that does not compile leaves the change queued: /healthz
+#     turns 503 (with a reason) after --healthz-stale-after, and 200 once
+#     the manifest is fixed.
+#
+# Usage: tests/netns/ops.sh EDGEPLANE_BIN OUTDIR [generic|native]   (root)
+# Only 198.18.0.0/15, inside namespaces made here; all deleted on exit.
+set -euo pipefail
+
+BIN=${1:?usage: ops.sh EDGEPLANE_BIN OUTDIR [mode]}
+OUT=${2:?usage: ops.sh EDGEPLANE_BIN OUTDIR [mode]}
+MODE=${3:-generic}
+[ "$(id -u)" = 0 ] || { echo "ops.sh needs root" >&2; exit 2; }
+PY=$(command -v /usr/bin/python3 || command -v python3)
+S=$$
+NS_C=epo-c-$S NS_N=epo-n-$S NS_B=epo-b-$S
+WORK=$(mktemp -d /tmp/ep-ops.XXXXXX)
+EP_PID=""
+FAILS=0
+N=60 M=7
+V4B="198.18.2.2 198.18.2.3 198.18.2.4"
+mkdir -p "$OUT"
+
+cleanup() {
+    set +e
+    [ -n "$EP_PID" ] && kill -TERM "$EP_PID" 2>/dev/null && wait "$EP_PID" 2>/dev/null
+    for ns in $NS_C $NS_N $NS_B; do
+        for p in $(ip netns pids "$ns" 2>/dev/null); do kill -9 "$p" 2>/dev/null; done
+        ip netns del "$ns" 2>/dev/null
+    done
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM HUP PIPE
+
+check() { # name result(0 = ok) detail
+    if [ "$2" = 0 ]; then echo "ok    $1 ${3:-}"; else echo "FAIL  $1 ${3:-}"; FAILS=$((FAILS + 1)); fi
+}
+
+for ns in $NS_C $NS_N $NS_B; do ip netns add "$ns"; ip -n "$ns" link set lo up; done
+ip link add c0 netns "$NS_C" numtxqueues 2 numrxqueues 2 type veth peer name n0 netns "$NS_N" numtxqueues 2 numrxqueues 2
+ip link add b0 netns "$NS_B" numtxqueues 2 numrxqueues 2 type veth peer name n1 netns "$NS_N" numtxqueues 2 numrxqueues 2
+for pair in "$NS_C c0" "$NS_N n0" "$NS_N n1" "$NS_B b0"; do
+    set -- $pair
+    ip netns exec "$1" ethtool -K "$2" tx off tso off gso off >/dev/null 2>&1 || true
+    ip -n "$1" link set "$2" up
+done
+ip -n "$NS_C" addr add 198.18.0.100/24 dev c0
+for r in 198.18.1.1/32 198.18.100.0/24; do ip -n "$NS_C" route add $r via 198.18.0.1; done
+ip -n "$NS_N" addr add 198.18.0.1/24 dev n0
+ip -n "$NS_N" addr add 198.18.2.1/24 dev n1
+ip -n "$NS_N" addr add 198.18.1.1/32 dev lo
+ip netns exec "$NS_N" sysctl -qw net.ipv4.ip_forward=0
+for a in $V4B; do ip -n "$NS_B" addr add $a/24 dev b0; done
+ip -n "$NS_B" route add default via 198.18.2.1
+
+cat >"$WORK/udpecho.py" <<'P'
+import selectors, socket, sys
+sel = selectors.DefaultSelector()
+for a in sys.argv[1:]:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind((a, 5353))
+    sel.register(s, selectors.EVENT_READ, a.encode())
+while True:
+    for k, _ in sel.select():
+        d, peer = k.fileobj.recvfrom(2048)
+        k.fileobj.sendto(k.data + b" " + d, peer)
+P
+ip netns exec "$NS_B" timeout 300 "$PY" "$WORK/udpecho.py" $V4B >/dev/null 2>&1 &
+for _ in $(seq 50); do
+    [ "$(ip netns exec "$NS_B" ss -lun | grep -c ':5353')" -ge 3 ] && break
+    sleep 0.1
+done
+
+# The client: N datagrams from N distinct source ports (one flow each),
+# sequentially, each waiting up to 1 s for its echo; then M datagrams to
+# "remote" (no local endpoint: dropped, no_local_endpoints) and M to
+# "empty" (no endpoint: rejected with ICMP port unreachable). Prints "ADDR=count" per
+# answering backend and "lost=K".
+cat >"$WORK/udpclient.py" <<'P'
+import collections, socket, sys
+n, m = int(sys.argv[1]), int(sys.argv[2])
+tally, lost = collections.Counter(), 0
+for i in range(n):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("198.18.0.100", 20000 + i))
+    s.settimeout(1.0)
+    s.sendto(b"q%d" % i, ("198.18.100.20", 5353))
+    try:
+        d, _ = s.recvfrom(2048)
+        tally[d.split(b" ")[0].decode()] += 1
+    except socket.timeout:
+        lost += 1
+    s.close()
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for i in range(m):
+    s.sendto(b"x", ("198.18.100.23", 5353))
+    s.sendto(b"y", ("198.18.100.24", 5353))
+for a, c in sorted(tally.items()):
+    print("%s=%d" % (a, c))
+print("lost=%d" % lost)
+P
+
+# LB_NODE: the node of the "lb" Service's endpoint; LB=no deletes the
+# Service; BROKEN=yes appends a document that does not parse.
+LB_NODE=node-a LB=yes BROKEN=no
+mkdir -p "$WORK/m"
+write_manifests() {
+    {
+        cat <<'Y'
+apiVersion: v1
+kind: Service
+metadata: {name: udp, namespace: default}
+spec:
+  clusterIP: 198.18.100.20
+  ports: [{name: dns, port: 5353, protocol: UDP, targetPort: 5353}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: udp-1, namespace: default, labels: {kubernetes.io/service-name: udp}}
+addressType: IPv4
+ports: [{name: dns, port: 5353, protocol: UDP}]
+endpoints:
+- {addresses: ["198.18.2.2"], conditions: {ready: true}}
+- {addresses: ["198.18.2.3"], conditions: {ready: true}}
+- {addresses: ["198.18.2.4"], conditions: {ready: true}}
+Y
+        cat <<'Y'
+---
+apiVersion: v1
+kind: Service
+metadata: {name: remote, namespace: default}
+spec:
+  type: LoadBalancer
+  externalTrafficPolicy: Local
+  clusterIP: 198.18.100.25
+  ports: [{name: dns, port: 5353, protocol: UDP, targetPort: 5353, nodePort: 30053}]
+status: {loadBalancer: {ingress: [{ip: 198.18.100.23}]}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: remote-1, namespace: default, labels: {kubernetes.io/service-name: remote}}
+addressType: IPv4
+ports: [{name: dns, port: 5353, protocol: UDP}]
+endpoints:
+- {addresses: ["198.18.2.3"], nodeName: node-b, conditions: {ready: true}}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: empty, namespace: default}
+spec:
+  clusterIP: 198.18.100.24
+  ports: [{name: dns, port: 5353, protocol: UDP, targetPort: 5353}]
+Y
+        if [ "$LB" = yes ]; then
+            cat <<Y
+---
+apiVersion: v1
+kind: Service
+metadata: {name: lb, namespace: shop}
+spec:
+  type: LoadBalancer
+  externalTrafficPolicy: Local
+  healthCheckNodePort: 32100
+  clusterIP: 198.18.100.21
+  ports: [{name: http, port: 80, protocol: TCP, targetPort: 8080, nodePort: 30081}]
+status: {loadBalancer: {ingress: [{ip: 198.18.100.22}]}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: lb-1, namespace: shop, labels: {kubernetes.io/service-name: lb}}
+addressType: IPv4
+ports: [{name: http, port: 8080, protocol: TCP}]
+endpoints:
+- {addresses: ["198.18.2.2"], nodeName: $LB_NODE, conditions: {ready: true}}
+Y
+        fi
+        if [ "$BROKEN" = yes ]; then printf -- '---\nkind: [unclosed\n'; fi
+    } >"$WORK/m.tmp"
+    mv "$WORK/m.tmp" "$WORK/m/services.yaml"
+}
+write_manifests
+
+LOG=$OUT/edgeplane.log
+ip netns exec "$NS_N" "$BIN" --log-format json run --manifests "$WORK/m" --node-name node-a \
+    --node-ip 198.18.1.1 -i n0 -i n1 --workers 2 --xdp-mode "$MODE" --idle-sleep-us 200 \
+    --reload-ms 100 --conntrack-size 65536 --frames 1024 --ring-size 512 --duration 120 \
+    --metrics-addr 127.0.0.1:10249 --healthz-addr 0.0.0.0:10256 --healthz-stale-after 2 \
+    >"$LOG" 2>&1 &
+EP_PID=$!
+for _ in $(seq 150); do
+    grep -q 'edgeplane running' "$LOG" 2>/dev/null && break
+    kill -0 "$EP_PID" 2>/dev/null || break
+    sleep 0.1
+done
+grep -q 'edgeplane running' "$LOG" || { cat "$LOG" >&2; exit 1; }
+
+set +e
+published() { grep -c 'tables published' "$LOG" || true; }
+wait_published() { # count-before
+    for _ in $(seq 50); do [ "$(published)" -gt "$1" ] && return 0; sleep 0.1; done
+    return 1
+}
+node_get() { # url → "CODE BODY"
+    rm -f "$WORK/body"
+    ip netns exec "$NS_N" curl -s -m 3 -o "$WORK/body" -w '%{http_code}' "$1"; echo " $(cat "$WORK/body" 2>/dev/null)"
+}
+client_get() { # url → "CODE BODY"
+    rm -f "$WORK/body"
+    ip netns exec "$NS_C" curl -s -m 3 -o "$WORK/body" -w '%{http_code}' "$1"; echo " $(cat "$WORK/body" 2>/dev/null)"
+}
+rm -f "$WORK/body"
+
+echo "== metrics"
+ip netns exec "$NS_C" "$PY" "$WORK/udpclient.py" $N $M >"$OUT/tally.txt"
+# Workers publish snapshots every 100 ms; the ops side reads them as often.
+sleep 0.6
+ip netns exec "$NS_N" curl -s -m 5 http://127.0.0.1:10249/metrics >"$OUT/metrics.txt"
+echo "N=$N M=$M" >>"$OUT/tally.txt"
+grep -q '^edgeplane_packets_total' "$OUT/metrics.txt" && grep -q '^# EOF' "$OUT/metrics.txt"
+check "metrics-scraped" $? "($(wc -l <"$OUT/metrics.txt") lines; client: $(tr '\n' ' ' <"$OUT/tally.txt"))"
+
+echo "== health"
+h=$(node_get http://127.0.0.1:10256/healthz)
+[[ "$h" == 200* ]] && [[ "$h" == *'"nodeEligible":true'* ]] && [[ "$h" == *'"lastUpdated"'* ]]
+check "healthz-200" $? "($h)"
+l=$(node_get http://127.0.0.1:10256/livez)
+[[ "$l" == 200* ]]; check "livez-200" $? "($l)"
+
+echo "== healthCheckNodePort"
+r=""
+for _ in $(seq 30); do r=$(client_get http://198.18.1.1:32100/); [[ "$r" == 200* ]] && break; sleep 0.1; done
+[[ "$r" == 200* ]] && [[ "$r" == *'"localEndpoints":1'* ]] && [[ "$r" == *'"namespace":"shop","name":"lb"'* ]]
+check "hc-local-endpoint-200" $? "($r)"
+before=$(published); LB_NODE=node-b write_manifests; wait_published "$before"
+r=$(client_get http://198.18.1.1:32100/)
+[[ "$r" == 503* ]] && [[ "$r" == *'"localEndpoints":0'* ]]
+check "hc-no-local-endpoint-503" $? "($r)"
+before=$(published); LB_NODE=node-a write_manifests; wait_published "$before"
+r=$(client_get http://198.18.1.1:32100/)
+[[ "$r" == 200* ]] && [[ "$r" == *'"localEndpoints":1'* ]]
+check "hc-local-endpoint-back-200" $? "($r)"
+before=$(published); LB=no write_manifests; wait_published "$before"
+r=""
+for _ in $(seq 30); do r=$(client_get http://198.18.1.1:32100/); [[ "$r" == 000* ]] && break; sleep 0.1; done
+[[ "$r" == 000* ]]; check "hc-closed-with-service" $? "($r)"
+
+echo "== stale tables"
+BROKEN=yes write_manifests
+sleep 1
+h=$(node_get http://127.0.0.1:10256/healthz)
+[[ "$h" == 200* ]]; check "healthz-200-within-bound" $? "($h)"
+h=""
+for _ in $(seq 40); do h=$(node_get http://127.0.0.1:10256/healthz); [[ "$h" == 503* ]] && break; sleep 0.1; done
+[[ "$h" == 503* ]] && [[ "$h" == *'"reason":"a table change has waited'* ]]
+check "healthz-503-when-stale" $? "($h)"
+before=$(published); write_manifests; wait_published "$before"
+h=$(node_get http://127.0.0.1:10256/healthz)
+[[ "$h" == 200* ]]; check "healthz-200-after-fix" $? "($h)"
+m=$(ip netns exec "$NS_N" curl -s -m 5 http://127.0.0.1:10249/metrics | grep -E '^edgeplane_tables_sync_failures_total ')
+[[ "$m" =~ \ [1-9] ]]; check "sync-failure-counted" $? "($m)"
+
+kill -TERM "$EP_PID"; wait "$EP_PID"; EP_PID=""
+if [ "$FAILS" = 0 ]; then echo "ops: all passed"; else echo "ops: $FAILS FAILED"; cat "$LOG" | tail -30; fi
+exit $(( FAILS > 0 ))
