@@ -148,7 +148,18 @@ pub fn targets(all: &[CaseResult]) -> Vec<TargetLine> {
         let (Some(e), Some(n)) = (find(all, ep, s), find(all, "nftables", s)) else {
             continue;
         };
-        let ratio = e.pps() / n.pps().max(1.0);
+        if n.pps() == 0.0 || e.pps() == 0.0 {
+            out.push(TargetLine {
+                name: format!("pps ≥ 2× nftables ({tag})"),
+                met: false,
+                detail: format!(
+                    "not comparable: {} forwarded nothing",
+                    if e.pps() == 0.0 { ep } else { "nftables" }
+                ),
+            });
+            continue;
+        }
+        let ratio = e.pps() / n.pps();
         out.push(TargetLine {
             name: format!("pps ≥ 2× nftables ({tag})"),
             met: ratio >= 2.0,
