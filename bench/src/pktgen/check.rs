@@ -108,7 +108,14 @@ pub fn check(f: &[u8], e: &Expect, verify_checksums: bool) -> Verdict {
             let l4_off = ETH_LEN + ihl;
             let l4_end = ETH_LEN + total;
             let pseudo = sum16(&f[26..34]) + proto as u32 + total.saturating_sub(ihl) as u32;
-            (IpAddr::V4(src), IpAddr::V4(dst), proto, l4_off, l4_end, pseudo)
+            (
+                IpAddr::V4(src),
+                IpAddr::V4(dst),
+                proto,
+                l4_off,
+                l4_end,
+                pseudo,
+            )
         }
         0x86dd => {
             if f.len() < ETH_LEN + 40 {
@@ -180,9 +187,15 @@ mod tests {
 
     fn gen(v6: bool, proto: Proto) -> FrameGen {
         let (src, dst): (IpAddr, IpAddr) = if v6 {
-            ("2001:db8:32::1".parse().unwrap(), "2001:db8:99::1".parse().unwrap())
+            (
+                "2001:db8:32::1".parse().unwrap(),
+                "2001:db8:99::1".parse().unwrap(),
+            )
         } else {
-            ("198.18.32.0".parse().unwrap(), "198.19.0.1".parse().unwrap())
+            (
+                "198.18.32.0".parse().unwrap(),
+                "198.19.0.1".parse().unwrap(),
+            )
         };
         FrameGen::new(&FrameSpec {
             src_mac: [2, 0, 0, 0, 0, 1],
@@ -218,7 +231,11 @@ mod tests {
                 assert_eq!(check(&f, &e, true), Verdict::Ok, "v6={v6} {proto:?}");
                 assert_eq!(check(&f, &Expect::default(), true), Verdict::Ok);
                 // Wrong SNAT source.
-                let other: IpAddr = if v6 { "2001:db8::9".parse().unwrap() } else { "198.18.9.9".parse().unwrap() };
+                let other: IpAddr = if v6 {
+                    "2001:db8::9".parse().unwrap()
+                } else {
+                    "198.18.9.9".parse().unwrap()
+                };
                 assert_eq!(check(&f, &expect(&g, Some(other)), true), Verdict::BadSrc);
                 // Destination port not a backend's.
                 let mut bad = f.clone();
@@ -259,7 +276,15 @@ mod tests {
         let mut counts = SinkCounts::default();
         counts.add(check(&f, &e, true), true);
         counts.add(check(&arp, &e, true), true);
-        assert_eq!((counts.frames, counts.ok, counts.not_ours, counts.checksummed), (2, 1, 1, 1));
+        assert_eq!(
+            (
+                counts.frames,
+                counts.ok,
+                counts.not_ours,
+                counts.checksummed
+            ),
+            (2, 1, 1, 1)
+        );
         assert_eq!((counts.ours(), counts.bad()), (1, 0));
     }
 }

@@ -357,11 +357,7 @@ impl FrameGen {
         buf[l4..l4 + 2].copy_from_slice(&sport.to_be_bytes());
         let seq32 = seq as u32;
         buf[self.seq_off..self.seq_off + 4].copy_from_slice(&seq32.to_be_bytes());
-        let sum = self.l4_base
-            + addr_sum
-            + sport as u32
-            + (seq32 >> 16)
-            + (seq32 & 0xffff);
+        let sum = self.l4_base + addr_sum + sport as u32 + (seq32 >> 16) + (seq32 & 0xffff);
         let mut c = !fold(sum);
         if self.udp && c == 0 {
             c = 0xffff;
@@ -377,9 +373,15 @@ mod tests {
 
     fn spec(v6: bool, proto: Proto, pattern: FlowPattern, size: Option<usize>) -> FrameSpec {
         let (src, dst): (IpAddr, IpAddr) = if v6 {
-            ("2001:db8:32::1".parse().unwrap(), "2001:db8:64::1".parse().unwrap())
+            (
+                "2001:db8:32::1".parse().unwrap(),
+                "2001:db8:64::1".parse().unwrap(),
+            )
         } else {
-            ("198.18.32.0".parse().unwrap(), "198.18.64.1".parse().unwrap())
+            (
+                "198.18.32.0".parse().unwrap(),
+                "198.18.64.1".parse().unwrap(),
+            )
         };
         FrameSpec {
             src_mac: [2, 0, 0, 0, 0, 1],
@@ -402,8 +404,8 @@ mod tests {
         for v6 in [false, true] {
             for proto in [Proto::Syn, Proto::Ack, Proto::Udp] {
                 for size in [None, Some(200), Some(1514)] {
-                    let g = FrameGen::new(&spec(v6, proto, FlowPattern::NewPerPacket, size))
-                        .unwrap();
+                    let g =
+                        FrameGen::new(&spec(v6, proto, FlowPattern::NewPerPacket, size)).unwrap();
                     let mut buf = vec![0u8; 2048];
                     for seq in [0u64, 1, 2, 70_000, 0xffff_ffff, 0x1_2345_6789] {
                         let n = g.write(&mut buf, seq);
@@ -426,7 +428,6 @@ mod tests {
                                 IpAddr::V6(ip.header().destination_addr()),
                                 true,
                             ),
-                            _ => panic!("not IP"),
                         };
                         assert!(payload_ok);
                         assert_eq!((psrc, pdst), (src, dst));
@@ -495,7 +496,8 @@ mod tests {
         let one = FrameGen::new(&spec(false, Proto::Syn, FlowPattern::One, None)).unwrap();
         assert!((0..100).all(|s| one.flow(s) == 0));
         let many = FrameGen::new(&spec(false, Proto::Syn, FlowPattern::Many(7), None)).unwrap();
-        let set: std::collections::HashSet<_> = (0..100).map(|s| many.tuple(many.flow(s))).collect();
+        let set: std::collections::HashSet<_> =
+            (0..100).map(|s| many.tuple(many.flow(s))).collect();
         assert_eq!(set.len(), 7);
         let new = FrameGen::new(&spec(false, Proto::Syn, FlowPattern::NewPerPacket, None)).unwrap();
         let set: std::collections::HashSet<_> =
@@ -514,7 +516,10 @@ mod tests {
             SpecError::SizeTooSmall { size: 40, min: 62 }
         );
         s.size = Some(9000);
-        assert!(matches!(FrameGen::new(&s), Err(SpecError::SizeTooLarge { .. })));
+        assert!(matches!(
+            FrameGen::new(&s),
+            Err(SpecError::SizeTooLarge { .. })
+        ));
         s.size = None;
         s.dst_base = "2001:db8::1".parse().unwrap();
         assert_eq!(FrameGen::new(&s).unwrap_err(), SpecError::MixedFamilies);

@@ -245,8 +245,8 @@ mod tests {
         assert_eq!(parse_mac("02:00:0a:ff:00:01"), Ok([2, 0, 10, 255, 0, 1]));
         assert!(parse_mac("02:00:0a:ff:00").is_err());
         assert!(parse_mac("02:00:0a:ff:00:zz").is_err());
-        let b = parse_backends("# x\n198.19.0.1 8080\n198.19.0.2:8081\n[2001:db8::1]:80\n\n")
-            .unwrap();
+        let b =
+            parse_backends("# x\n198.19.0.1 8080\n198.19.0.2:8081\n[2001:db8::1]:80\n\n").unwrap();
         assert_eq!(b.len(), 3);
         assert!(b.contains(&("198.19.0.2".parse().unwrap(), 8081)));
         assert!(parse_backends("198.19.0.1").unwrap_err().contains("line 1"));

@@ -11,7 +11,7 @@ use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
 use super::frame::FrameGen;
-use super::xsk::{XskPort, XskStats};
+use super::xsk::{own_cpu_s, XskPort, XskStats};
 use super::SendArgs;
 
 /// What `send` reports at the end (`--json`).
@@ -30,6 +30,8 @@ pub struct SendSummary {
     pub rate: u64,
     pub wakeups: u64,
     pub socket: XskStats,
+    /// CPU seconds (user + system) the generator process used.
+    pub cpu_s: f64,
 }
 
 fn iface_mac(name: &str) -> Result<[u8; 6]> {
@@ -113,6 +115,7 @@ pub fn run(a: &SendArgs) -> Result<()> {
         rate: a.rate,
         wakeups: port.wakeups,
         socket: port.stats(),
+        cpu_s: own_cpu_s(),
     };
     println!(
         "pktgen send: done  sent {} frames of {} bytes in {:.2} s = {:.3} Mpps",

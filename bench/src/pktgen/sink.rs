@@ -16,7 +16,7 @@ use libbpf_rs::{MapCore, MapFlags, ObjectBuilder, Xdp, XdpFlags};
 use serde::Serialize;
 
 use super::check::{check, Expect, SinkCounts, Verdict};
-use super::xsk::{XskPort, XskStats};
+use super::xsk::{own_cpu_s, XskPort, XskStats};
 use super::{SinkArgs, SinkXdpMode};
 
 static SINK_OBJ: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/sink.bpf.o"));
@@ -32,6 +32,8 @@ pub struct SinkSummary {
     pub ok_pps: f64,
     pub check_every: u64,
     pub socket: XskStats,
+    /// CPU seconds (user + system) the sink process used.
+    pub cpu_s: f64,
 }
 
 /// Detaches the program on drop.
@@ -45,7 +47,10 @@ impl Drop for Attached<'_> {
     fn drop(&mut self) {
         let flags = XdpFlags::from_bits_retain(self.flags.bits());
         if let Err(e) = self.xdp.detach(self.ifindex, flags) {
-            eprintln!("pktgen sink: detaching XDP from ifindex {}: {e}", self.ifindex);
+            eprintln!(
+                "pktgen sink: detaching XDP from ifindex {}: {e}",
+                self.ifindex
+            );
         }
     }
 }
@@ -93,18 +98,34 @@ pub fn run(a: &SinkArgs) -> Result<()> {
     };
     let xdp = Xdp::new(bfd);
     xdp.attach(ifindex, XdpFlags::from_bits_retain(flags.bits()))
-        .with_context(|| format!("attaching the sink program to {} ({:?})", a.interface, a.xdp_mode))?;
-    let _attached = Attached { xdp, ifindex, flags };
+        .with_context(|| {
+            format!(
+                "attaching the sink program to {} ({:?})",
+                a.interface, a.xdp_mode
+            )
+        })?;
+    let _attached = Attached {
+        xdp,
+        ifindex,
+        flags,
+    };
 
     let mut port = XskPort::open(&a.interface, 0, a.frames, a.ring_size, copy)?;
     let xsks = obj
         .maps()
         .find(|m| m.name() == "xsks")
         .context("map xsks not in object")?;
-    xsks.update(&0u32.to_ne_bytes(), &(port.fd() as u32).to_ne_bytes(), MapFlags::ANY)
-        .context("xsks update")?;
+    xsks.update(
+        &0u32.to_ne_bytes(),
+        &(port.fd() as u32).to_ne_bytes(),
+        MapFlags::ANY,
+    )
+    .context("xsks update")?;
     port.top_up_fill()?;
-    println!("pktgen sink: ready on {} ({:?} XDP)", a.interface, a.xdp_mode);
+    println!(
+        "pktgen sink: ready on {} ({:?} XDP)",
+        a.interface, a.xdp_mode
+    );
 
     let start = Instant::now();
     let end = start + Duration::from_secs_f64(a.duration);
@@ -149,14 +170,21 @@ pub fn run(a: &SinkArgs) -> Result<()> {
             last_ok = c.ok;
         }
     }
-    let active = first.map(|f| last.duration_since(f).as_secs_f64()).unwrap_or(0.0);
+    let active = first
+        .map(|f| last.duration_since(f).as_secs_f64())
+        .unwrap_or(0.0);
     let summary = SinkSummary {
         interface: a.interface.clone(),
         counts: c,
         active_s: active,
-        ok_pps: if active > 0.0 { c.ok as f64 / active } else { 0.0 },
+        ok_pps: if active > 0.0 {
+            c.ok as f64 / active
+        } else {
+            0.0
+        },
         check_every,
         socket: port.stats(),
+        cpu_s: own_cpu_s(),
     };
     println!(
         "pktgen sink: done  ok {}  bad {} (dst {}, src {}, ip csum {}, l4 csum {}, truncated {})  not ours {}  checksummed {}  socket drops {}",

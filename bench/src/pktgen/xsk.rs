@@ -156,7 +156,9 @@ impl XskPort {
     /// `len` bytes, the template's length), and puts them on the TX ring.
     /// Returns how many were queued.
     pub fn send(&mut self, n: usize, len: usize, mut fill: impl FnMut(&mut [u8])) -> usize {
-        let n = n.min(self.free.len()).min(self.ring - self.in_tx.min(self.ring));
+        let n = n
+            .min(self.free.len())
+            .min(self.ring - self.in_tx.min(self.ring));
         if n == 0 {
             return 0;
         }
@@ -237,4 +239,16 @@ impl XskPort {
         self.wakeups += 1;
         Ok(self.rx.poll(timeout_ms)?)
     }
+}
+
+/// User + system CPU seconds this process has used (`getrusage`).
+pub fn own_cpu_s() -> f64 {
+    // SAFETY: an all-zero `rusage` is a valid value for getrusage to fill.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `ru` is a valid, writable rusage.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } != 0 {
+        return 0.0;
+    }
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(ru.ru_utime) + tv(ru.ru_stime)
 }
