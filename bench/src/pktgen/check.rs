@@ -166,7 +166,7 @@ pub fn check(f: &[u8], e: &Expect, verify_checksums: bool) -> Verdict {
         }
     }
     if verify_checksums {
-        if let IpAddr::V4(_) = src {
+        if src.is_ipv4() {
             let ihl = (f[ETH_LEN] & 0x0f) as usize * 4;
             if fold(sum16(&f[ETH_LEN..ETH_LEN + ihl])) != 0xffff {
                 return Verdict::BadIpChecksum;

@@ -142,7 +142,7 @@ pub fn run(a: &SinkArgs) -> Result<()> {
         port.top_up_fill()?;
         let before = c.ours();
         let n = port.recv(64, |f| {
-            let verify = n_ours % check_every == 0;
+            let verify = n_ours.is_multiple_of(check_every);
             let v = check(f, &expect, verify);
             if v != Verdict::NotOurs {
                 n_ours += 1;
