@@ -8,10 +8,10 @@
 //! * **CPU ms per Mpkt (machine)** = busy CPU time of the whole machine
 //!   (`/proc/stat`, all cores) during the case ÷ forwarded Mpkt;
 //! * **CPU ms per Mpkt (bench)** = the CPU time of what the benchmark ran
-//!   (generator, sink and edgeplane processes, plus the machine's irq and
-//!   softirq time, where the kernel's forwarding, XDP and veth work is
-//!   accounted) ÷ forwarded Mpkt: the figure other load on a shared machine
-//!   does not inflate;
+//!   (generator, sink and edgeplane processes, plus for the kernel paths the
+//!   node CPU's irq and softirq time, where their forwarding is accounted)
+//!   ÷ forwarded Mpkt: the figure other load on a shared machine does not
+//!   inflate;
 //! * **net CPU ms per Mpkt** = the case's CPU time (bench figure when
 //!   measured, else machine) minus the generator's and the sink's own cost,
 //!   measured on the direct path in the same run (direct CPU time per frame
@@ -64,8 +64,8 @@ pub struct CaseResult {
     #[serde(default)]
     pub checksummed: u64,
     /// CPU seconds of what the benchmark ran: generator, sink and edgeplane
-    /// processes plus the machine's irq and softirq time (not inflated by
-    /// other load on a shared machine).
+    /// processes plus, for the kernel paths, the node CPU's irq and softirq
+    /// time (not inflated by other load on a shared machine).
     #[serde(default)]
     pub cpu_ours_s: Option<f64>,
     #[serde(default)]
