@@ -266,6 +266,8 @@ fn operations_metrics_health_and_logs() {
         .iter()
         .any(|p| p["frontends_removed"].as_u64() > Some(0) && p["generation"].as_u64() > Some(1)));
     let _ = std::fs::remove_dir_all(&out_dir);
+}
+
 /// `bench/compare --smoke`: every path (direct, the kube-proxy nftables and
 /// iptables rulesets, edgeplane native and generic) forwards generated
 /// frames for 1 Service, and the sink finds every frame it checks
