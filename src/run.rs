@@ -72,6 +72,18 @@ pub struct RunArgs {
     /// Session-affinity table capacity (entries).
     #[arg(long, default_value_t = 1 << 16)]
     pub affinity_size: usize,
+    /// Directory of the shared-memory state (mode 0700; files `conntrack`
+    /// and `affinity`, mode 0600). A restarted dataplane re-attaches to the
+    /// flows tracked there, so established connections survive a restart,
+    /// even after `kill -9`. Keep it on a tmpfs.
+    #[arg(
+        id = "state_dir",
+        long = "tables",
+        visible_alias = "state-dir",
+        value_name = "DIR",
+        default_value = "/run/edgeplane"
+    )]
+    pub state_dir: std::path::PathBuf,
     /// UMEM frames per interface and worker.
     #[arg(long, default_value_t = 4096)]
     pub frames: u32,
@@ -327,6 +339,7 @@ pub fn run(a: RunArgs) -> Result<()> {
         conntrack_size: a.conntrack_size,
         affinity_size: a.affinity_size,
         idle_sleep_us: a.idle_sleep_us,
+        state_dir: Some(a.state_dir.clone()),
         ..DataplaneConfig::default()
     };
     let frontends = compiled.tables.frontends.len();

@@ -4,6 +4,8 @@
 //! The scenarios live in `tests/netns/e2e.sh` (namespaces, veths, HTTP and
 //! UDP backends, curl and ping clients); each test runs it for one XDP mode
 //! and fails on any failed check. See that script for the topology.
+//! `tests/netns/restart.sh` is the restart scenario (100 TCP connections
+//! across a `kill -9` and restart of the dataplane).
 
 use std::process::Command;
 use std::sync::Mutex;
@@ -66,6 +68,34 @@ fn live_traffic_generic_xdp() {
 #[test]
 fn live_traffic_native_xdp() {
     run_e2e("native");
+}
+
+/// `kill -9` of `edgeplane run` with 100 long-lived TCP connections open
+/// (ClusterIP and NodePort), restart on the same `--tables` directory: the
+/// conntrack is re-attached and at least 99 connections carry on, none
+/// reset. Generic and native XDP.
+#[test]
+fn restart_keeps_connections() {
+    let _one_at_a_time = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !may_run("netns restart") {
+        return;
+    }
+    let out = Command::new("bash")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/netns/restart.sh"
+        ))
+        .arg(env!("CARGO_BIN_EXE_edgeplane"))
+        .arg("all")
+        .output()
+        .expect("running tests/netns/restart.sh");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    println!("{stdout}");
+    assert!(
+        out.status.success() && stdout.contains("restart: all passed"),
+        "netns restart failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// `edgeplane run --kubeconfig` against the test API server, driven by

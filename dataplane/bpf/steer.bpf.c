@@ -4,7 +4,17 @@
  *
  * Decides, per frame, whether the frame belongs to the userspace dataplane
  * (redirect to this queue's AF_XDP socket) or to the kernel (XDP_PASS). It
- * never drops and never rewrites: every policy decision stays in the engine.
+ * never rewrites, and drops only in one case: every policy decision stays in
+ * the engine.
+ *
+ * While the dataplane is down (killed, restarting: its sockets have left the
+ * XSKMAP but this program stays attached), frames of classes 1-3 below that
+ * arrive on a queue the dataplane serves are dropped (drop_no_socket), not
+ * passed: the kernel has no socket for a Service's translated flows and
+ * would answer them with RSTs, killing the connections the restarted
+ * dataplane is about to pick up again from its shared-memory conntrack. TCP
+ * retransmits them once it is back. Everything else still fails open to the
+ * kernel (the node's own traffic, ICMP, queues no worker serves).
  *
  * A frame is ours when, after Ethernet (+ up to two VLAN tags) and IPv4/IPv6
  * (IPv6 extension headers walked):
@@ -50,7 +60,8 @@ enum steer_counter {
 	C_PASS = 5,
 	C_PASS_UNPARSED = 6,
 	C_PASS_NO_SOCKET = 7,
-	C_MAX = 8,
+	C_DROP_NO_SOCKET = 8,
+	C_MAX = 9,
 };
 
 /* (address, port, protocol); port in network byte order. */
@@ -113,6 +124,15 @@ struct {
 	__type(value, __u32);
 } vips SEC(".maps");
 
+/* [0]: RX queues per interface the dataplane serves (queue ids 0..n).
+ * Written before the program is attached; never cleared while attached. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} served SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, C_MAX);
@@ -127,18 +147,33 @@ static __always_inline void count(__u32 idx)
 		*v += 1;
 }
 
-static __always_inline int to_socket(struct xdp_md *ctx, __u32 idx)
+/* Redirects to this queue's socket. No socket: a queue the dataplane
+ * serves has lost it (the dataplane is down or restarting) -> drop when
+ * `hold` (Service traffic whose flows must survive), else pass; a queue no
+ * worker serves -> pass (fail open). */
+static __always_inline int to_socket(struct xdp_md *ctx, __u32 idx, int hold)
 {
 	__u32 ifindex = ctx->ingress_ifindex;
+	__u32 q = ctx->rx_queue_index;
 	__u32 *slot = bpf_map_lookup_elem(&ifslots, &ifindex);
-	if (!slot || ctx->rx_queue_index >= MAX_QUEUES_PER_IF) {
+	if (!slot || q >= MAX_QUEUES_PER_IF) {
 		count(C_PASS_NO_SOCKET);
 		return XDP_PASS;
 	}
-	count(idx);
-	/* Falls back to XDP_PASS when no socket is bound to this queue (a
-	 * queue no worker serves, or a dataplane that died: fail open). */
-	return bpf_redirect_map(&xsks, *slot * MAX_QUEUES_PER_IF + ctx->rx_queue_index, XDP_PASS);
+	/* flags 0: XDP_ABORTED (0) when the XSKMAP has no socket at the key. */
+	int rc = bpf_redirect_map(&xsks, *slot * MAX_QUEUES_PER_IF + q, 0);
+	if (rc == XDP_REDIRECT) {
+		count(idx);
+		return rc;
+	}
+	__u32 zero = 0;
+	__u32 *n = bpf_map_lookup_elem(&served, &zero);
+	if (hold && n && q < *n) {
+		count(C_DROP_NO_SOCKET);
+		return XDP_DROP;
+	}
+	count(C_PASS_NO_SOCKET);
+	return XDP_PASS;
 }
 
 static __always_inline int pass(__u32 idx)
@@ -256,7 +291,7 @@ int edgeplane_steer(struct xdp_md *ctx)
 	/* 3. Fragments to a VIP: the engine drops and counts them. */
 	if (p.later_fragment) {
 		if (bpf_map_lookup_elem(&vips, &p.dst))
-			return to_socket(ctx, C_REDIRECT_FRAGMENT);
+			return to_socket(ctx, C_REDIRECT_FRAGMENT, 0);
 		return pass(C_PASS);
 	}
 
@@ -266,9 +301,9 @@ int edgeplane_steer(struct xdp_md *ctx)
 		if ((void *)(icmp + 1) > end)
 			return pass(C_PASS_UNPARSED);
 		if (is_icmp_error(p.proto, icmp[0]) && bpf_map_lookup_elem(&snat, &p.dst))
-			return to_socket(ctx, C_REDIRECT_ICMP);
+			return to_socket(ctx, C_REDIRECT_ICMP, 0);
 		if (is_echo_request(p.proto, icmp[0]) && bpf_map_lookup_elem(&vips, &p.dst))
-			return to_socket(ctx, C_REDIRECT_ICMP);
+			return to_socket(ctx, C_REDIRECT_ICMP, 0);
 		/* Errors quoting a non-SNAT (Local policy) flow: TODO, kernel's. */
 		return pass(C_PASS);
 	}
@@ -287,25 +322,25 @@ int edgeplane_steer(struct xdp_md *ctx)
 	k.port = ports[1];
 	k.proto = p.proto;
 	if (bpf_map_lookup_elem(&frontends, &k))
-		return to_socket(ctx, C_REDIRECT_FRONTEND);
+		return to_socket(ctx, C_REDIRECT_FRONTEND, 1);
 
 	/* 6. A reply to a SNAT mapping. */
 	struct snat_range *r = bpf_map_lookup_elem(&snat, &p.dst);
 	if (r) {
 		__u16 dport = bpf_ntohs(ports[1]);
 		if (dport >= r->lo && dport <= r->hi)
-			return to_socket(ctx, C_REDIRECT_SNAT);
+			return to_socket(ctx, C_REDIRECT_SNAT, 1);
 	}
 
 	/* 7. A reply from a backend of a frontend without SNAT. */
 	__builtin_memcpy(k.addr, p.src.addr, 16);
 	k.port = ports[0];
 	if (bpf_map_lookup_elem(&nosnat_backends, &k))
-		return to_socket(ctx, C_REDIRECT_NOSNAT_REPLY);
+		return to_socket(ctx, C_REDIRECT_NOSNAT_REPLY, 1);
 
 	/* A fragment (first) to a VIP without a frontend port. */
 	if (p.fragment && bpf_map_lookup_elem(&vips, &p.dst))
-		return to_socket(ctx, C_REDIRECT_FRAGMENT);
+		return to_socket(ctx, C_REDIRECT_FRAGMENT, 0);
 
 	return pass(C_PASS);
 }

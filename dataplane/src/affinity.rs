@@ -14,6 +14,16 @@
 //! * Fixed capacity, flat and pointer-free like [`crate::conntrack`]: one
 //!   64-byte (one cache line) slot per entry, made of atomics. Every operation
 //!   takes `&self`; the type is `Send + Sync`; there is no `unsafe`.
+//! * On the heap ([`Affinity::new`]) or in the file `DIR/affinity`
+//!   ([`Affinity::open`], magic `EPAFFINI`): header page as in [`crate::shm`],
+//!   then section 0 the entries (`[Entry; capacity]`, at 4096) and section 1
+//!   the 256 writer stripes. A restarted dataplane re-attaches under the same
+//!   rules as the conntrack (layout version, capacity, seed, boot). Recovery:
+//!   stripes released; an entry whose writer died inside (odd `seq`) is
+//!   cleared — affinity is a preference, and the flows it placed are pinned by
+//!   conntrack anyway —, entries older than the longest Kubernetes timeout
+//!   (86,400 s) are cleared, times ahead of `now` are pulled back to it, the
+//!   count is redone. Times are `CLOCK_MONOTONIC` ns on the live path.
 //! * Readers never lock: each slot is a seqlock (odd `seq` = writer inside),
 //!   read with the same protocol as conntrack records, so a reader never sees a
 //!   backend address paired with another backend's port.
@@ -41,7 +51,28 @@ use std::fmt;
 use std::net::{IpAddr, Ipv6Addr};
 use std::sync::atomic::{fence, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
+use std::path::Path;
+
 use crate::hash::{addr16, hash_bytes};
+use crate::shm::{Attach, Opened, Repair, SectionSpec, SharedFile, ShmError, Slab, Spec};
+
+/// Name of the file in the state directory.
+pub const FILE_NAME: &str = "affinity";
+/// Magic of the file (first 8 bytes).
+pub const MAGIC: [u8; 8] = *b"EPAFFINI";
+/// Version of the file layout: bump it whenever `Entry` or the sections
+/// change.
+pub const LAYOUT_VERSION: u32 = 1;
+/// The longest affinity timeout Kubernetes allows (`timeoutSeconds` <= 86400):
+/// entries older than this are dropped at attach.
+const MAX_TIMEOUT_NS: u64 = 86_400 * 1_000_000_000;
+
+fn sections(cap: usize) -> Vec<SectionSpec> {
+    vec![
+        SectionSpec::of::<Entry>(cap),
+        SectionSpec::of::<AtomicU32>(STRIPES),
+    ]
+}
 
 /// Slots a key may live in, starting at its home slot.
 const WINDOW: usize = 8;
@@ -59,7 +90,7 @@ const WORDS: usize = 6;
 
 /// One affinity entry; see the module docs for the layout.
 #[repr(C, align(64))]
-struct Entry {
+pub(crate) struct Entry {
     /// Seqlock counter: odd while a writer is inside.
     seq: AtomicU32,
     /// Affinity group of the key.
@@ -126,15 +157,25 @@ fn backoff(spins: &mut u32) {
 /// The `sessionAffinity: ClientIP` table. See the module docs.
 pub struct Affinity {
     /// The slots.
-    entries: Box<[Entry]>,
+    entries: Slab<Entry>,
     /// Writer serialisation, striped by a key's home slot. 0 = free.
-    stripes: Box<[AtomicU32]>,
+    stripes: Slab<AtomicU32>,
     /// Live entries.
     used: AtomicUsize,
     /// Where the next `sweep` starts.
     sweep_cursor: AtomicUsize,
     /// Seed of the slot hash.
     seed: u64,
+    /// The file the slots live in (`None`: on the heap).
+    file: Option<SharedFile>,
+}
+
+impl Drop for Affinity {
+    fn drop(&mut self) {
+        if let Some(f) = &self.file {
+            f.mark_clean();
+        }
+    }
 }
 
 impl fmt::Debug for Affinity {
@@ -159,12 +200,114 @@ impl Affinity {
             .collect();
         let stripes: Box<[AtomicU32]> = (0..STRIPES).map(|_| AtomicU32::new(0)).collect();
         Affinity {
-            entries,
-            stripes,
+            entries: Slab::from_box(entries),
+            stripes: Slab::from_box(stripes),
             used: AtomicUsize::new(0),
             sweep_cursor: AtomicUsize::new(0),
             seed,
+            file: None,
         }
+    }
+
+    /// The table kept in the file `dir/affinity`, with the same attach rules
+    /// as [`crate::conntrack::Conntrack::open`]: a compatible file (layout
+    /// version, capacity, seed, boot) is re-attached and recovered; anything
+    /// else starts empty and says why. `now` is `CLOCK_MONOTONIC` ns.
+    pub fn open(
+        dir: &Path,
+        capacity: usize,
+        seed: u64,
+        now: u64,
+    ) -> Result<(Affinity, Attach), ShmError> {
+        let n = capacity.clamp(1, u32::MAX as usize);
+        let spec = Spec {
+            magic: MAGIC,
+            layout_version: LAYOUT_VERSION,
+            capacity: n as u64,
+            seed,
+            sections: sections(n),
+            params: Vec::new(),
+        };
+        let (mut file, opened) = SharedFile::open_rw(dir, FILE_NAME, &spec)?;
+        let path = file.path().to_path_buf();
+        let mut a = Affinity {
+            entries: file.section(0, n)?,
+            stripes: file.section(1, STRIPES)?,
+            used: AtomicUsize::new(0),
+            sweep_cursor: AtomicUsize::new(0),
+            seed,
+            file: None,
+        };
+        let attach = match opened {
+            Opened::Attached {
+                clean,
+                previous_pid,
+            } => Attach::Reattached {
+                path,
+                clean,
+                previous_pid,
+                repair: a.recover(now),
+            },
+            Opened::Created => {
+                file.commit(MAGIC)?;
+                Attach::Created { path }
+            }
+            Opened::Replaced(reason) => {
+                file.commit(MAGIC)?;
+                Attach::StartedEmpty { path, reason }
+            }
+        };
+        a.file = Some(file);
+        Ok((a, attach))
+    }
+
+    /// After attaching: release dead writers' locks and stripes, clear torn
+    /// entries (affinity is a preference: a lost entry only means Maglev
+    /// places the client again) and entries past the longest timeout, pull
+    /// times from the future back to `now`, recount.
+    fn recover(&mut self, now: u64) -> Repair {
+        let t0 = std::time::Instant::now();
+        let mut rep = Repair::default();
+        for s in self.stripes.iter() {
+            if s.swap(0, Ordering::Relaxed) != 0 {
+                rep.stripes_held += 1;
+            }
+        }
+        let mut used = 0;
+        for e in self.entries.iter() {
+            let s = e.seq.load(Ordering::Relaxed);
+            let torn = s & 1 != 0;
+            let s = s | 1;
+            e.seq.store(s, Ordering::Relaxed);
+            fence(Ordering::Release);
+            let meta = e.w[W_META].load(Ordering::Relaxed);
+            let last = e.w[W_LAST].load(Ordering::Relaxed);
+            if meta & F_LIVE != 0 {
+                if torn {
+                    rep.torn += 1;
+                    e.w[W_META].store(0, Ordering::Relaxed);
+                } else if meta & !(F_LIVE | F_CLIENT_V6 | F_BACKEND_V6 | 0xffff << 16) != 0 {
+                    rep.invalid += 1;
+                    e.w[W_META].store(0, Ordering::Relaxed);
+                } else if now.saturating_sub(last) >= MAX_TIMEOUT_NS {
+                    rep.expired += 1;
+                    e.w[W_META].store(0, Ordering::Relaxed);
+                } else {
+                    if last > now {
+                        e.w[W_LAST].store(now, Ordering::Relaxed);
+                        rep.clamped += 1;
+                    }
+                    used += 1;
+                }
+            } else if torn {
+                rep.torn += 1;
+            }
+            e.seq.store(s.wrapping_add(1), Ordering::Release);
+        }
+        self.used.store(used, Ordering::Relaxed);
+        rep.kept = used;
+        rep.micros = t0.elapsed().as_micros() as u64;
+        rep
     }
 
     /// The number of slots.
@@ -397,6 +540,59 @@ mod tests {
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn reattach_keeps_entries_and_repairs() {
+        use crate::shm::tests::tempdir;
+        let d = tempdir();
+        let (a, at) = Affinity::open(d.path(), 256, 5, 100 * S).unwrap();
+        assert!(matches!(at, Attach::Created { .. }), "{at}");
+        for i in 0..50u8 {
+            a.set(
+                IpAddr::from([198, 18, 0, i]),
+                1,
+                ip("10.0.0.2"),
+                8080,
+                100 * S,
+            );
+        }
+        a.set(ip("2001:db8::1"), 2, ip("fd00::2"), 443, 100 * S);
+        // A writer dies inside one entry; a stripe stays held.
+        let home = a.home(&addr_words(ip("198.18.0.7")), false, 1);
+        let i = a
+            .window(home)
+            .find(|&i| a.read(i).is(&addr_words(ip("198.18.0.7")), false, 1))
+            .unwrap();
+        a.entries[i].seq.fetch_add(1, Ordering::Relaxed);
+        a.stripes[3].store(1, Ordering::Relaxed);
+        let f = {
+            let mut a = a;
+            a.file.take()
+        };
+        drop(f);
+        let (a, at) = Affinity::open(d.path(), 256, 5, 200 * S).unwrap();
+        let Attach::Reattached { clean, repair, .. } = at else {
+            panic!("{at}")
+        };
+        assert!(!clean);
+        assert_eq!((repair.kept, repair.torn, repair.stripes_held), (50, 1, 1));
+        assert_eq!(a.len(), 50);
+        assert_eq!(
+            a.get(ip("198.18.0.3"), 1, 200 * S, 1000 * S),
+            Some((ip("10.0.0.2"), 8080))
+        );
+        assert_eq!(a.get(ip("198.18.0.7"), 1, 200 * S, 1000 * S), None);
+        assert_eq!(
+            a.get(ip("2001:db8::1"), 2, 200 * S, 1000 * S),
+            Some((ip("fd00::2"), 443))
+        );
+        a.set(ip("198.18.0.7"), 1, ip("10.0.0.3"), 8080, 200 * S);
+        drop(a);
+        // Another capacity: empty.
+        let (a, at) = Affinity::open(d.path(), 512, 5, 200 * S).unwrap();
+        assert!(matches!(at, Attach::StartedEmpty { .. }), "{at}");
+        assert!(a.is_empty());
     }
 
     #[test]

@@ -5,6 +5,11 @@
 //!
 //! * **Fixed capacity.** [`Conntrack::new`] allocates everything once; no
 //!   operation allocates afterwards.
+//! * **Heap or shared memory.** [`Conntrack::new`] keeps the arrays on the
+//!   heap (tests, replay); [`Conntrack::open`] keeps them in the file
+//!   `DIR/conntrack`, mapped shared, so that a dataplane restarted after a
+//!   crash or `kill -9` re-attaches to every live flow (see "Shared memory").
+//!   The code that works on the table is the same for both.
 //! * **One record per flow, two keys.** A record holds the original tuple
 //!   (client → frontend) and the translated tuple (what original packets are
 //!   rewritten to). It is found by its *original key* and by its *reply key*
@@ -18,7 +23,7 @@
 //! * **Shared by every worker through `&self`.** Readers never take a lock;
 //!   they read a record between two loads of its sequence counter (a seqlock)
 //!   and retry if a writer was active. No reader ever sees a torn record. There
-//!   is no `unsafe` in this module.
+//!   is no `unsafe` in this module (the mapping is [`crate::shm`]'s).
 //! * **Time is a parameter.** Expiry is judged against the `now` (monotonic
 //!   nanoseconds) each call passes in; nothing reads a clock.
 //! * **A SYN flood cannot push out established flows.** When the table is full,
@@ -129,13 +134,84 @@
 //! a packet that changes nothing but the expiry only rewrites it when the
 //! expiry moves by at least one second and at least 1/256 of the timeout (an
 //! established TCP flow is refreshed at most every ~6 minutes of its 24 hours).
+//! The live path passes `CLOCK_MONOTONIC` ([`crate::shm::monotonic_ns`]),
+//! which every process shares, so a re-attached table's expiry times keep
+//! their meaning; the file header records the clock and the boot.
+//!
+//! # Shared memory
+//!
+//! [`Conntrack::open`]`(dir, capacity, seed, timeouts, now)` maps
+//! `dir/conntrack` (file mode 0600, directory 0700; [`crate::shm`] describes
+//! the header page and how a file is created, checked, locked and replaced):
+//!
+//! ```text
+//! offset 0                     header page: magic "EPCONNTR", LAYOUT_VERSION, capacity,
+//!                              seed, clock (1 = CLOCK_MONOTONIC), clean flag, owner and
+//!                              creator pid, boot id, section table, params[0..13] = the
+//!                              timeouts in Timeouts field order (seconds)
+//! 4096                         section 0  records  [Record; capacity]        64 B each
+//! next multiple of 4096        section 1  cold     [Cold; capacity]          32 B each
+//! next multiple of 4096        section 2  index    [Bucket; ceil(capacity/2), >= 2]  64 B each
+//! next multiple of 4096        section 3  stripes  [AtomicU32; 1024]
+//! next multiple of 4096        section 4  free     [Shard; 8]                64 B each
+//!                                                  (head: u64, used: i64, padding)
+//! ```
+//!
+//! Every word is native-endian (the file never leaves its host) and holds
+//! exactly what the heap table holds: the record, entry and free-list
+//! formats above, slot numbers as indices into section 0. For one million
+//! flows the file is 128,016,384 bytes (122.1 MiB; the 128 MiB budget is
+//! 134,217,728).
+//!
+//! **Attach.** Same layout version, capacity and seed, same clock and boot:
+//! the records are kept and recovered (below). Anything else — another
+//! version (an upgrade that changed the layout), another `--conntrack-size`
+//! or `--hash-seed`, a reboot, a truncated or foreign file — starts empty,
+//! replacing the file, and [`Attach::StartedEmpty`] names the reason (both
+//! versions for a version change) for the caller to log. Only one process may
+//! hold the file for writing (`flock`); a second gets [`ShmError::Busy`] with
+//! the holder's pid. [`ConntrackView`] reads a live table without a lock
+//! (`edgeplane inspect conntrack`).
+//!
+//! # Recovery
+//!
+//! The previous owner may have died anywhere, so every attach (clean or not;
+//! the clean flag is only reported) runs, single-threaded before any worker
+//! starts:
+//!
+//! 1. insert stripes: all released;
+//! 2. records: an odd `seq` (a writer died inside) is made even. A torn
+//!    record is still whole where it matters: key words are written only while
+//!    a record is PENDING or free, and meta and expiry are single words. Then
+//!    each record is kept if it is LIVE, not PENDING, its meta word is one this
+//!    build writes (protocol/state) and it is not expired at `now`; anything
+//!    else is freed (an interrupted insert is PENDING and simply vanishes).
+//!    Kept records get `validated_gen = 0`, so the first packet re-validates
+//!    the backend against the new process's tables (generations restart), and
+//!    an expiry beyond `now` + the longest timeout is clamped;
+//! 3. free lists: rebuilt from the freed slots (the file's heads and links,
+//!    which a crash may have left mid-push, are ignored), `used` recounted;
+//! 4. index: cleared, then both keys of every kept record are placed anew, as
+//!    an insert would. A key already held by an earlier record (only possible
+//!    in a corrupt file) or that finds no entry (both buckets full) frees the
+//!    record. Slot numbers in the index are therefore always ours, never read
+//!    from the file.
+//!
+//! Cost: one pass over the records, one over the index, and two placements
+//! per live flow: about 0.2 s for a full table of one million flows (see
+//! docs/benchmarks.md, `conntrack_shm/reattach_1m`).
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::atomic::{fence, AtomicI64, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
+use std::path::Path;
+
 use crate::hash::addr16;
 use crate::prefetch::prefetch;
+use crate::shm::{
+    Attach, HeaderInfo, Opened, Repair, SectionSpec, SharedFile, ShmError, Slab, Spec,
+};
 
 /// TCP flag bits, as in the TCP header's flags byte (`Parsed::tcp_flags`).
 pub mod tcp_flags {
@@ -303,6 +379,56 @@ impl Default for Timeouts {
             sctp: 30,
             sctp_established: 210,
             generic: 600,
+        }
+    }
+}
+
+impl Timeouts {
+    fn all(&self) -> [u32; 13] {
+        [
+            self.tcp_syn_sent,
+            self.tcp_syn_recv,
+            self.tcp_established,
+            self.tcp_unacknowledged,
+            self.tcp_closing,
+            self.tcp_time_wait,
+            self.tcp_close,
+            self.udp,
+            self.udp_stream,
+            self.icmp,
+            self.sctp,
+            self.sctp_established,
+            self.generic,
+        ]
+    }
+
+    /// The longest timeout, seconds.
+    fn longest(&self) -> u32 {
+        self.all().into_iter().max().unwrap_or(0)
+    }
+
+    /// The header words of a conntrack file (in field order).
+    fn to_params(self) -> Vec<u64> {
+        self.all().iter().map(|&t| t as u64).collect()
+    }
+
+    /// The timeouts a conntrack file's header records.
+    fn from_params(p: &[u64]) -> Timeouts {
+        let g = |i: usize| p.get(i).map_or(0, |&v| v.min(u32::MAX as u64) as u32);
+        Timeouts {
+            tcp_syn_sent: g(0),
+            tcp_syn_recv: g(1),
+            tcp_established: g(2),
+            tcp_unacknowledged: g(3),
+            tcp_closing: g(4),
+            tcp_time_wait: g(5),
+            tcp_close: g(6),
+            udp: g(7),
+            udp_stream: g(8),
+            icmp: g(9),
+            sctp: g(10),
+            sctp_established: g(11),
+            generic: g(12),
         }
     }
 }
@@ -576,7 +702,7 @@ const HOT_WORDS: usize = 7;
 /// The hot line of one flow record (64 bytes, one cache line). See the
 /// module docs for the word layout.
 #[repr(C, align(64))]
-struct Record {
+pub(crate) struct Record {
     /// Seqlock counter: odd while a writer is inside. Guards the cold half
     /// too.
     seq: AtomicU32,
@@ -602,7 +728,7 @@ impl Record {
 /// memory is never touched.
 #[repr(C, align(32))]
 #[derive(Default)]
-struct Cold([AtomicU64; 4]);
+pub(crate) struct Cold([AtomicU64; 4]);
 
 /// Meta flags that say the cold half is in use.
 const F_ANY_V6: u8 = F_ORIG_V6 | F_XLAT_V6;
@@ -610,11 +736,11 @@ const F_ANY_V6: u8 = F_ORIG_V6 | F_XLAT_V6;
 /// Eight index entries, one cache line.
 #[repr(C, align(64))]
 #[derive(Default)]
-struct Bucket([AtomicU64; 8]);
+pub(crate) struct Bucket([AtomicU64; 8]);
 
 /// One free-list shard, on its own cache line.
 #[repr(C, align(64))]
-struct Shard {
+pub(crate) struct Shard {
     /// ABA counter << 32 | (top slot + 1); low half 0 = empty.
     head: AtomicU64,
     /// Slots popped from this shard minus slots pushed to it; the sum over
@@ -645,6 +771,41 @@ const FREE_SHARDS: usize = 8;
 const STRIPES: usize = 1024;
 /// Slots a full insert sweeps before giving up.
 const MINI_SWEEP: usize = 32;
+
+/// Name of the file in the state directory.
+pub const FILE_NAME: &str = "conntrack";
+/// Magic of the file (first 8 bytes).
+pub const MAGIC: [u8; 8] = *b"EPCONNTR";
+/// Version of the file layout: bump it whenever `Record`, `Cold`, `Bucket`,
+/// `Shard`, the index entry, the meta word or the section list changes. A
+/// file of another version is not attached (the table starts empty).
+pub const LAYOUT_VERSION: u32 = 1;
+
+/// Index buckets of a table of `cap` flows (load <= 0.5).
+fn bucket_count(cap: usize) -> usize {
+    cap.div_ceil(2).max(2)
+}
+
+/// The file's sections: records, cold halves, index, stripes, free lists.
+fn sections(cap: usize) -> Vec<SectionSpec> {
+    vec![
+        SectionSpec::of::<Record>(cap),
+        SectionSpec::of::<Cold>(cap),
+        SectionSpec::of::<Bucket>(bucket_count(cap)),
+        SectionSpec::of::<AtomicU32>(STRIPES),
+        SectionSpec::of::<Shard>(FREE_SHARDS),
+    ]
+}
+
+/// Whether a live record's meta word is one this build writes.
+fn meta_valid(meta: u64) -> bool {
+    let (proto, state) = (meta as u8, (meta >> 8) as u8);
+    if proto == PROTO_TCP {
+        state <= TcpState::Close as u8
+    } else {
+        state == TcpState::None as u8
+    }
+}
 
 /// The decoded `w[9]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1051,22 +1212,33 @@ fn initial(proto: u8, tcp: u8) -> (TcpState, u8) {
 /// The connection-tracking table. See the module docs.
 pub struct Conntrack {
     /// One record per flow (its hot line); a flow's slot is its index here.
-    records: Box<[Record]>,
+    records: Slab<Record>,
     /// The cold halves of the records, same index.
-    cold: Box<[Cold]>,
+    cold: Slab<Cold>,
     /// The index over both keys of every record.
-    buckets: Box<[Bucket]>,
+    buckets: Slab<Bucket>,
     /// Insert serialisation, striped by a key's first bucket. 0 = free.
-    stripes: Box<[AtomicU32]>,
+    stripes: Slab<AtomicU32>,
     /// Free slots, sharded to spread contention; slot `s` is returned to shard
     /// `s % FREE_SHARDS`.
-    free: Box<[Shard]>,
+    free: Slab<Shard>,
     /// Where the next `sweep` starts.
     sweep_cursor: AtomicUsize,
     counters: Counters,
     /// Seed of the index hash.
     seed: u64,
     timeouts: Timeouts,
+    /// The file the arrays live in (`None`: on the heap); holds the writer's
+    /// lock.
+    file: Option<SharedFile>,
+}
+
+impl Drop for Conntrack {
+    fn drop(&mut self) {
+        if let Some(f) = &self.file {
+            f.mark_clean();
+        }
+    }
 }
 
 impl fmt::Debug for Conntrack {
@@ -1113,34 +1285,223 @@ impl Conntrack {
         let cap = capacity_flows.max(1);
         let records: Box<[Record]> = (0..cap).map(|_| Record::new()).collect();
         let cold: Box<[Cold]> = (0..cap).map(|_| Cold::default()).collect();
-        let nbuckets = cap.div_ceil(2).max(2);
-        let buckets: Box<[Bucket]> = (0..nbuckets).map(|_| Bucket::default()).collect();
+        let buckets: Box<[Bucket]> = (0..bucket_count(cap)).map(|_| Bucket::default()).collect();
         let stripes: Box<[AtomicU32]> = (0..STRIPES).map(|_| AtomicU32::new(0)).collect();
-        // Shard s holds s, s + FREE_SHARDS, ... in ascending order.
-        let mut heads = [0u64; FREE_SHARDS];
-        for slot in (0..cap).rev() {
-            let sh = slot % FREE_SHARDS;
-            records[slot].hot[H_GEN].store(heads[sh], Ordering::Relaxed);
-            heads[sh] = slot as u64 + 1;
-        }
-        let free: Box<[Shard]> = heads
-            .iter()
-            .map(|&h| Shard {
-                head: AtomicU64::new(h),
+        let free: Box<[Shard]> = (0..FREE_SHARDS)
+            .map(|_| Shard {
+                head: AtomicU64::new(0),
                 used: AtomicI64::new(0),
             })
             .collect();
-        Conntrack {
-            records,
-            cold,
-            buckets,
-            stripes,
-            free,
+        let t = Conntrack {
+            records: Slab::from_box(records),
+            cold: Slab::from_box(cold),
+            buckets: Slab::from_box(buckets),
+            stripes: Slab::from_box(stripes),
+            free: Slab::from_box(free),
             sweep_cursor: AtomicUsize::new(0),
             counters: Counters::default(),
             seed,
             timeouts,
+            file: None,
+        };
+        t.init_free_lists();
+        t
+    }
+
+    /// Every slot free: shard s holds s, s + FREE_SHARDS, ... in ascending
+    /// order. Only on a table nobody else uses yet.
+    fn init_free_lists(&self) {
+        let mut heads = [0u64; FREE_SHARDS];
+        for slot in (0..self.records.len()).rev() {
+            let sh = slot % FREE_SHARDS;
+            self.records[slot].hot[H_GEN].store(heads[sh], Ordering::Relaxed);
+            heads[sh] = slot as u64 + 1;
         }
+        for (sh, h) in self.free.iter().zip(heads) {
+            sh.head.store(h, Ordering::Relaxed);
+            sh.used.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// The table kept in the file `dir/conntrack` (see "Shared memory"):
+    /// re-attaches to the flows a previous dataplane left there when the file
+    /// is compatible (same layout version, capacity and seed, same boot),
+    /// after recovering what a crash may have left half-written; otherwise
+    /// starts empty, replacing the file, and says why in the returned
+    /// [`Attach`]. `now` is `CLOCK_MONOTONIC` ns ([`crate::shm::monotonic_ns`]):
+    /// records already expired are freed.
+    ///
+    /// Errors: another process holds the file ([`ShmError::Busy`], naming
+    /// it), or the directory or file cannot be used.
+    pub fn open(
+        dir: &Path,
+        capacity_flows: usize,
+        seed: u64,
+        timeouts: Timeouts,
+        now: u64,
+    ) -> Result<(Conntrack, Attach), ShmError> {
+        let cap = capacity_flows.clamp(1, Self::MAX_CAPACITY);
+        let spec = Spec {
+            magic: MAGIC,
+            layout_version: LAYOUT_VERSION,
+            capacity: cap as u64,
+            seed,
+            sections: sections(cap),
+            params: timeouts.to_params(),
+        };
+        let (mut file, opened) = SharedFile::open_rw(dir, FILE_NAME, &spec)?;
+        let path = file.path().to_path_buf();
+        let mut t = Conntrack {
+            records: file.section(0, cap)?,
+            cold: file.section(1, cap)?,
+            buckets: file.section(2, bucket_count(cap))?,
+            stripes: file.section(3, STRIPES)?,
+            free: file.section(4, FREE_SHARDS)?,
+            sweep_cursor: AtomicUsize::new(0),
+            counters: Counters::default(),
+            seed,
+            timeouts,
+            file: None,
+        };
+        let attach = match opened {
+            Opened::Attached {
+                clean,
+                previous_pid,
+            } => Attach::Reattached {
+                path,
+                clean,
+                previous_pid,
+                repair: t.recover(now / NS_PER_SEC),
+            },
+            Opened::Created => {
+                t.init_free_lists();
+                file.commit(MAGIC)?;
+                Attach::Created { path }
+            }
+            Opened::Replaced(reason) => {
+                t.init_free_lists();
+                file.commit(MAGIC)?;
+                Attach::StartedEmpty { path, reason }
+            }
+        };
+        t.file = Some(file);
+        Ok((t, attach))
+    }
+
+    /// Whether the table lives in a file mapping.
+    pub fn is_shared(&self) -> bool {
+        self.file.is_some()
+    }
+
+    /// Recovery after attaching to a file whose previous owner may have died
+    /// anywhere (see "Recovery"). Runs before any other thread uses the
+    /// table; writes through the record locks all the same, so that a
+    /// read-only inspector never sees a torn record.
+    fn recover(&self, now_s: u64) -> Repair {
+        let t0 = std::time::Instant::now();
+        let mut rep = Repair::default();
+        // 1. Spin flags: nobody holds them now.
+        for s in self.stripes.iter() {
+            if s.swap(0, Ordering::Relaxed) != 0 {
+                rep.stripes_held += 1;
+            }
+        }
+        // 2. The index is rebuilt from the records.
+        for b in self.buckets.iter() {
+            for e in &b.0 {
+                e.store(0, Ordering::Relaxed);
+            }
+        }
+        // 3. Records: release dead writers' locks, free what is not a live
+        //    flow, rebuild the free lists (same order as a new table).
+        let horizon = now_s + self.timeouts.longest() as u64 + 1;
+        let mut heads = [0u64; FREE_SHARDS];
+        let mut used = [0i64; FREE_SHARDS];
+        for slot in (0..self.records.len()).rev() {
+            let r = &self.records[slot];
+            let s = r.seq.load(Ordering::Relaxed);
+            if s & 1 != 0 {
+                // A writer died inside. Key words are only written while the
+                // record is PENDING or free, so a LIVE record's key is whole;
+                // its meta and expiry are each one atomic word.
+                r.seq.store(s.wrapping_add(1), Ordering::Release);
+                rep.torn += 1;
+            }
+            let s = self.lock(slot);
+            let meta = r.hot[H_META].load(Ordering::Relaxed);
+            let flags = flags_of(meta);
+            let exp = r.expires.load(Ordering::Relaxed);
+            let keep = if flags & F_PENDING != 0 {
+                rep.pending += 1;
+                false
+            } else if flags & F_LIVE == 0 {
+                false
+            } else if !meta_valid(meta) {
+                rep.invalid += 1;
+                false
+            } else if now_s >= exp as u64 {
+                rep.expired += 1;
+                false
+            } else {
+                true
+            };
+            if keep {
+                if exp as u64 > horizon {
+                    r.expires.store(horizon as u32, Ordering::Relaxed);
+                    rep.clamped += 1;
+                }
+                // Generations are per process: make the first packet
+                // revalidate the backend against the new tables.
+                r.hot[H_GEN].store(0, Ordering::Relaxed);
+                used[slot % FREE_SHARDS] += 1;
+            } else {
+                let sh = slot % FREE_SHARDS;
+                r.hot[H_META].store(0, Ordering::Relaxed);
+                r.hot[H_GEN].store(heads[sh], Ordering::Relaxed);
+                heads[sh] = slot as u64 + 1;
+            }
+            self.unlock(slot, s.wrapping_add(2));
+        }
+        for (i, sh) in self.free.iter().enumerate() {
+            sh.head.store(heads[i], Ordering::Relaxed);
+            sh.used.store(used[i], Ordering::Relaxed);
+        }
+        // 4. Index every kept record under both keys; a key already held by
+        //    another record (only in a corrupt file) frees the later one.
+        let drop_record = |slot: usize| {
+            let s = self.lock(slot);
+            self.records[slot].hot[H_META].store(0, Ordering::Relaxed);
+            self.unlock(slot, s.wrapping_add(2));
+            self.push(slot);
+        };
+        for slot in 0..self.records.len() {
+            if flags_of(self.records[slot].hot[H_META].load(Ordering::Relaxed)) & F_LIVE == 0 {
+                continue;
+            }
+            let snap = self.read(slot);
+            let (ok, rk) = (snap.orig_key(), snap.reply_key());
+            let (oh, rh) = (ok.hash(self.seed), rk.hash(self.seed));
+            let two = rk != ok;
+            if self.find(&ok, oh, now_s).is_some() || (two && self.find(&rk, rh, now_s).is_some()) {
+                rep.duplicates += 1;
+                drop_record(slot);
+                continue;
+            }
+            if !self.place(oh, slot, Dir::Original, now_s) {
+                rep.unplaced += 1;
+                drop_record(slot);
+                continue;
+            }
+            if two && !self.place(rh, slot, Dir::Reply, now_s) {
+                self.unplace(oh, slot, Dir::Original);
+                rep.unplaced += 1;
+                drop_record(slot);
+            }
+        }
+        rep.kept = self.len();
+        rep.micros = t0.elapsed().as_micros() as u64;
+        rep
     }
 
     /// The maximum number of flows.
@@ -1535,6 +1896,25 @@ impl Conntrack {
         freed
     }
 
+    /// Like `for_each`, but gives up on a record whose lock stays held (a
+    /// writer that died inside, seen from a read-only view) after `spins`
+    /// attempts. Returns how many records were skipped so.
+    fn for_each_bounded(&self, now: u64, spins: u32, mut f: impl FnMut(&Flow)) -> usize {
+        let now_s = now / NS_PER_SEC;
+        let mut skipped = 0;
+        for (slot, r) in self.records.iter().enumerate() {
+            if flags_of(r.hot[H_META].load(Ordering::Relaxed)) & F_LIVE == 0 {
+                continue;
+            }
+            match self.try_read(slot, spins) {
+                Some(snap) if snap.live() && !snap.expired(now_s) => f(&snap.flow()),
+                Some(_) => {}
+                None => skipped += 1,
+            }
+        }
+        skipped
+    }
+
     /// Calls `f` with a consistent copy of every live, unexpired flow. Flows
     /// inserted or removed during the walk may or may not be seen.
     pub fn for_each(&self, now: u64, mut f: impl FnMut(&Flow)) {
@@ -1585,6 +1965,25 @@ impl Conntrack {
             b2 = (b1 + 1) % n as usize;
         }
         [b1, b2]
+    }
+
+    /// Seqlock read that gives up after `spins` failed attempts.
+    fn try_read(&self, slot: usize, spins: u32) -> Option<Snap> {
+        let r = &self.records[slot];
+        let mut n = 0;
+        while n < spins {
+            let s1 = r.seq.load(Ordering::Acquire);
+            if s1 & 1 == 0 {
+                let exp = r.expires.load(Ordering::Relaxed);
+                let w = self.load_words(slot);
+                fence(Ordering::Acquire);
+                if r.seq.load(Ordering::Relaxed) == s1 {
+                    return Some(Snap { seq: s1, exp, w });
+                }
+            }
+            backoff(&mut n);
+        }
+        None
     }
 
     /// Seqlock read of a record (see the module docs).
@@ -2055,6 +2454,102 @@ impl Conntrack {
     }
 }
 
+/// A read-only view of another process's conntrack file, for
+/// `edgeplane inspect conntrack` (like `conntrack -L`): mapped read-only,
+/// no lock taken, no effect on forwarding. Records are read with the
+/// seqlock protocol; one whose lock stays held (its writer died inside) is
+/// skipped and counted rather than waited for.
+#[derive(Debug)]
+pub struct ConntrackView {
+    ct: Conntrack,
+}
+
+/// What [`ConntrackView::for_each`] walked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ViewWalk {
+    /// Live, unexpired flows passed to the callback.
+    pub flows: usize,
+    /// Records skipped because a writer held them throughout.
+    pub busy: usize,
+}
+
+impl ConntrackView {
+    /// Opens `path`: a state directory (its `conntrack` file) or the file
+    /// itself. The file is checked like a writer checks it (magic, layout
+    /// version, section table equal to the layout of the capacity its header
+    /// states, size); a file this build cannot read is an error.
+    pub fn open(path: &Path) -> Result<ConntrackView, ShmError> {
+        let file = if path.is_dir() {
+            path.join(FILE_NAME)
+        } else {
+            path.to_path_buf()
+        };
+        let f = SharedFile::open_ro(&file, MAGIC, LAYOUT_VERSION, |cap| {
+            (cap >= 1 && cap <= Conntrack::MAX_CAPACITY as u64).then(|| sections(cap as usize))
+        })?;
+        let cap = f.info().capacity as usize;
+        let ct = Conntrack {
+            records: f.section(0, cap)?,
+            cold: f.section(1, cap)?,
+            buckets: f.section(2, bucket_count(cap))?,
+            stripes: f.section(3, STRIPES)?,
+            free: f.section(4, FREE_SHARDS)?,
+            sweep_cursor: AtomicUsize::new(0),
+            counters: Counters::default(),
+            seed: f.info().seed,
+            timeouts: Timeouts::from_params(&f.info().params),
+            file: Some(f),
+        };
+        Ok(ConntrackView { ct })
+    }
+
+    /// The file's header as it was at open (capacity, seed, owner pid, ...).
+    pub fn info(&self) -> &HeaderInfo {
+        self.ct
+            .file
+            .as_ref()
+            .map(|f| f.info())
+            .expect("a view has a file")
+    }
+
+    /// The timeouts the file was created with.
+    pub fn timeouts(&self) -> &Timeouts {
+        &self.ct.timeouts
+    }
+
+    /// The table's capacity in flows.
+    pub fn capacity(&self) -> usize {
+        self.ct.capacity()
+    }
+
+    /// Records in use as the writer counts them (live flows, expired ones not
+    /// yet swept, inserts in progress).
+    pub fn len(&self) -> usize {
+        self.ct.len()
+    }
+
+    /// True when no record is in use.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Bytes of the file.
+    pub fn file_bytes(&self) -> usize {
+        self.ct.file.as_ref().map_or(0, |f| f.len())
+    }
+
+    /// Calls `f` with a consistent copy of every live flow not expired at
+    /// `now` (`CLOCK_MONOTONIC` ns: [`crate::shm::monotonic_ns`]).
+    pub fn for_each(&self, now: u64, mut f: impl FnMut(&Flow)) -> ViewWalk {
+        let mut flows = 0;
+        let busy = self.ct.for_each_bounded(now, 1000, |fl| {
+            flows += 1;
+            f(fl)
+        });
+        ViewWalk { flows, busy }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::tcp_flags::{ACK, FIN, RST, SYN};
@@ -2095,6 +2590,319 @@ mod tests {
 
     fn ct(cap: usize) -> Conntrack {
         Conntrack::new(cap, 0x1234, Timeouts::default())
+    }
+
+    // -- shared memory ------------------------------------------------------
+
+    use crate::shm::tests::tempdir;
+    use crate::shm::Mismatch;
+
+    fn open(dir: &Path, cap: usize, now: u64) -> (Conntrack, Attach) {
+        Conntrack::open(dir, cap, 0x1234, Timeouts::default(), now).unwrap()
+    }
+
+    /// Drops the table as SIGKILL would: no clean-shutdown mark.
+    fn crash(mut t: Conntrack) {
+        let f = t.file.take();
+        drop(t);
+        drop(f);
+    }
+
+    fn v6flow(p: u16) -> Flow {
+        Flow::new(
+            key("2001:db8::1", p, "2001:db8:200::10", 443, PROTO_TCP),
+            key("2001:db8:1::1", 61000 + p, "2001:db8:2::2", 8443, PROTO_TCP),
+            9,
+            0,
+            5,
+        )
+    }
+
+    #[test]
+    fn reattach_keeps_flows() {
+        let d = tempdir();
+        let (t, a) = open(d.path(), 1000, 10 * S);
+        assert!(matches!(a, Attach::Created { .. }), "{a}");
+        assert!(t.is_shared());
+        let flows: Vec<Flow> = (0..300).map(|p| flow(p, PROTO_TCP)).collect();
+        for f in &flows {
+            established(&t, f, 10 * S);
+        }
+        let u = flow(7, PROTO_UDP);
+        t.insert(u, 10 * S, 0).unwrap();
+        established(&t, &v6flow(1), 10 * S);
+        assert_eq!(t.len(), 302);
+        drop(t); // clean shutdown
+        let (t, a) = open(d.path(), 1000, 20 * S);
+        match &a {
+            Attach::Reattached {
+                clean,
+                previous_pid,
+                repair,
+                ..
+            } => {
+                assert!(*clean);
+                assert_eq!(*previous_pid, 0);
+                assert_eq!(repair.kept, 302);
+                assert_eq!((repair.torn, repair.pending, repair.expired), (0, 0, 0));
+            }
+            other => panic!("{other}"),
+        }
+        assert_eq!(t.len(), 302);
+        for f in flows.iter().chain([&u, &v6flow(1)]) {
+            let o = t.lookup(&f.orig, 20 * S).expect("original key");
+            let r = t.lookup(&f.reply_key(), 20 * S).expect("reply key");
+            assert_eq!((o.slot, o.dir, r.dir), (r.slot, Dir::Original, Dir::Reply));
+            assert_eq!((o.flow().orig, o.flow().xlat), (f.orig, f.xlat));
+            // Revalidated against the new process's tables on first use.
+            assert_eq!(o.flow().validated_gen, 0);
+        }
+        assert_eq!(
+            t.lookup(&flows[0].orig, 20 * S).unwrap().flow().state,
+            TcpState::Established
+        );
+        // The table still works: new flows, removals, the free lists.
+        for p in 1000..1600 {
+            let _ = t.insert(flow(p, PROTO_UDP), 20 * S, 0);
+        }
+        assert_eq!(t.len(), 902);
+        assert!(t.remove_key(&flows[1].orig, 20 * S));
+        assert_eq!(t.len(), 901);
+        // Expired flows do not come back: the UDP flow (unreplied, 30 s).
+        drop(t);
+        let (t, a) = open(d.path(), 1000, 45 * S);
+        assert!(t.lookup(&u.orig, 45 * S).is_none());
+        assert!(t.lookup(&flows[2].orig, 45 * S).is_some());
+        if let Attach::Reattached { repair, .. } = a {
+            assert!(repair.expired >= 1, "{repair:?}");
+        }
+    }
+
+    #[test]
+    fn crash_repair() {
+        let d = tempdir();
+        let (t, _) = open(d.path(), 256, 0);
+        let flows: Vec<Flow> = (0..100).map(|p| flow(p, PROTO_TCP)).collect();
+        for f in &flows {
+            established(&t, f, 0);
+        }
+        let torn = t.lookup(&flows[10].orig, 0).unwrap().slot as usize;
+        let pending = t.lookup(&flows[20].orig, 0).unwrap().slot as usize;
+        // A writer dies inside record `torn` (odd seq), an insert dies
+        // before publishing `pending`, another holds a stripe, and a free
+        // list head points at garbage.
+        let r = &t.records[torn];
+        r.seq.fetch_add(1, Ordering::Relaxed);
+        let r = &t.records[pending];
+        let m = r.hot[H_META].load(Ordering::Relaxed);
+        let flags = (flags_of(m) & !F_LIVE) | F_PENDING;
+        r.hot[H_META].store(
+            (m & !(0xff << 16)) | (flags as u64) << 16,
+            Ordering::Relaxed,
+        );
+        t.stripes[5].store(1, Ordering::Relaxed);
+        t.free[3]
+            .head
+            .store(0xdead_beef_dead_beef, Ordering::Relaxed);
+        t.buckets[0].0[0].store(u64::MAX, Ordering::Relaxed);
+        crash(t);
+        let (t, a) = open(d.path(), 256, S);
+        let Attach::Reattached { clean, repair, .. } = a else {
+            panic!("{a}")
+        };
+        assert!(!clean);
+        assert_eq!(
+            (
+                repair.torn,
+                repair.pending,
+                repair.stripes_held,
+                repair.kept
+            ),
+            (1, 1, 1, 99)
+        );
+        // The torn record was a live flow with a whole key: kept.
+        assert!(t.lookup(&flows[10].orig, S).is_some());
+        assert!(t.lookup(&flows[20].orig, S).is_none());
+        assert_eq!(t.len(), 99);
+        // Every other slot is allocatable again, the stripes work; the
+        // confirmed flows are not evicted for unconfirmed ones.
+        for p in 1000..1400 {
+            t.insert(flow(p, PROTO_UDP), S, 0).unwrap();
+        }
+        assert_eq!(t.len(), 256);
+        for f in flows.iter().filter(|f| f.orig != flows[20].orig) {
+            assert!(t.lookup(&f.orig, S).is_some());
+        }
+    }
+
+    #[test]
+    fn mismatch_starts_empty() {
+        let d = tempdir();
+        let (t, _) = open(d.path(), 100, 0);
+        t.insert(flow(1, PROTO_TCP), 0, SYN).unwrap();
+        drop(t);
+        let (t, a) = open(d.path(), 200, 0);
+        match &a {
+            Attach::StartedEmpty { reason, .. } => assert_eq!(
+                *reason,
+                Mismatch::Capacity {
+                    found: 100,
+                    expected: 200
+                }
+            ),
+            other => panic!("{other}"),
+        }
+        assert!(t.is_empty());
+        drop(t);
+        let (t, a) = Conntrack::open(d.path(), 200, 99, Timeouts::default(), 0).unwrap();
+        assert!(
+            matches!(
+                &a,
+                Attach::StartedEmpty {
+                    reason: Mismatch::Seed { .. },
+                    ..
+                }
+            ),
+            "{a}"
+        );
+        t.insert(flow(1, PROTO_TCP), 0, SYN).unwrap();
+        drop(t);
+        // An older build's layout.
+        let p = d.path().join(FILE_NAME);
+        let f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
+        std::os::unix::fs::FileExt::write_at(&f, &7u32.to_ne_bytes(), 8).unwrap();
+        let (t, a) = Conntrack::open(d.path(), 200, 99, Timeouts::default(), 0).unwrap();
+        match &a {
+            Attach::StartedEmpty { reason, .. } => {
+                assert_eq!(
+                    *reason,
+                    Mismatch::LayoutVersion {
+                        found: 7,
+                        expected: LAYOUT_VERSION
+                    }
+                );
+                assert!(a
+                    .to_string()
+                    .contains("layout version 7, this build uses 1"));
+            }
+            other => panic!("{other}"),
+        }
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn garbage_files_never_panic() {
+        use rand::{Rng, SeedableRng};
+        let d = tempdir();
+        let (t, _) = open(d.path(), 512, 0);
+        let bytes = t.file.as_ref().unwrap().len();
+        drop(t);
+        let p = d.path().join(FILE_NAME);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(4);
+        // Random or truncated files: refused, replaced, never a panic.
+        for len in [0, 1, 4095, 4096, 8192, bytes - 1, bytes, bytes + 1] {
+            let b: Vec<u8> = (0..len).map(|_| rng.gen()).collect();
+            std::fs::write(&p, &b).unwrap();
+            let (t, a) = open(d.path(), 512, 0);
+            assert!(matches!(a, Attach::StartedEmpty { .. }), "{len}: {a}");
+            assert!(t.is_empty());
+            drop(t);
+            std::fs::write(&p, &b).unwrap();
+            assert!(ConntrackView::open(d.path()).is_err());
+        }
+        // A valid header over random sections: recovered, usable.
+        for round in 0..4 {
+            let (t, _) = open(d.path(), 512, 0);
+            drop(t);
+            let mut b = std::fs::read(&p).unwrap();
+            for x in &mut b[crate::shm::PAGE..] {
+                *x = rng.gen();
+            }
+            if round == 3 {
+                // Mostly live-looking records: every flag byte LIVE.
+                for r in 0..512 {
+                    let o = crate::shm::PAGE + r * 64 + 8 + H_META * 8 + 2;
+                    b[o] = F_LIVE | (b[o] & (F_ORIG_V6 | F_XLAT_V6));
+                    b[o - 2] = PROTO_UDP;
+                    b[o - 1] = 0;
+                }
+            }
+            std::fs::write(&p, &b).unwrap();
+            let (t, a) = open(d.path(), 512, 0);
+            assert!(matches!(a, Attach::Reattached { .. }), "{a}");
+            assert!(t.len() <= 512);
+            let mut seen = 0;
+            t.for_each(0, |_| seen += 1);
+            assert!(seen <= t.len());
+            for p in 0..600 {
+                let _ = t.insert(flow(p, PROTO_UDP), 0, 0);
+                let _ = t.lookup(&flow(p, PROTO_UDP).orig, 0);
+            }
+            t.sweep(u64::MAX / 2, 512);
+            let v = ConntrackView::open(d.path()).unwrap();
+            v.for_each(0, |_| {});
+        }
+    }
+
+    #[test]
+    fn one_writer_at_a_time() {
+        let d = tempdir();
+        let (t, _) = open(d.path(), 64, 0);
+        match Conntrack::open(d.path(), 64, 0x1234, Timeouts::default(), 0) {
+            Err(ShmError::Busy { pid, .. }) => assert_eq!(pid, std::process::id()),
+            other => panic!("{:?}", other.map(|(_, a)| a)),
+        }
+        let e = Conntrack::open(d.path(), 64, 0x1234, Timeouts::default(), 0)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(&format!("pid {}", std::process::id())), "{e}");
+        drop(t);
+        assert!(Conntrack::open(d.path(), 64, 0x1234, Timeouts::default(), 0).is_ok());
+    }
+
+    #[test]
+    fn read_only_view() {
+        let d = tempdir();
+        let (t, _) = open(d.path(), 128, 0);
+        let flows: Vec<Flow> = (0..40).map(|p| flow(p, PROTO_TCP)).collect();
+        for f in &flows {
+            established(&t, f, 0);
+        }
+        established(&t, &v6flow(3), 0);
+        let v = ConntrackView::open(&d.path().join(FILE_NAME)).unwrap();
+        assert_eq!((v.capacity(), v.len()), (128, 41));
+        assert_eq!(v.info().owner_pid, std::process::id());
+        assert_eq!(v.info().seed, 0x1234);
+        assert_eq!(v.timeouts(), &Timeouts::default());
+        assert_eq!(v.file_bytes(), t.file.as_ref().unwrap().len());
+        let mut got = Vec::new();
+        let w = v.for_each(S, |f| got.push(*f));
+        assert_eq!(w, ViewWalk { flows: 41, busy: 0 });
+        let mut want = Vec::new();
+        t.for_each(S, |f| want.push(*f));
+        assert_eq!(got, want);
+        assert!(got.iter().any(|f| f.orig == v6flow(3).orig));
+        // The writer goes on; the view sees it.
+        t.remove_key(&flows[0].orig, S);
+        assert_eq!(v.for_each(S, |_| {}).flows, 40);
+        // A record whose writer died inside is skipped, not waited for.
+        let slot = t.lookup(&flows[1].orig, S).unwrap().slot as usize;
+        t.records[slot].seq.fetch_add(1, Ordering::Relaxed);
+        assert_eq!(v.for_each(S, |_| {}), ViewWalk { flows: 39, busy: 1 });
+        // Expired flows are not listed.
+        assert_eq!(v.for_each(200_000 * S, |_| {}).flows, 0);
+        // A directory without a file is a clear error.
+        let e = ConntrackView::open(&d.path().join("nope")).unwrap_err();
+        assert!(e.to_string().contains("nope"), "{e}");
+    }
+
+    #[test]
+    fn file_size_for_a_million_flows() {
+        let d = tempdir();
+        let (t, _) = open(d.path(), 1_000_000, 0);
+        let bytes = t.file.as_ref().unwrap().len();
+        assert!(bytes <= 128 << 20, "{bytes}");
+        assert!(bytes <= t.memory_bytes() + 6 * crate::shm::PAGE, "{bytes}");
     }
 
     #[test]

@@ -21,6 +21,7 @@ use crate::conntrack::{
 };
 use crate::hash::{client_hash, flow_hash};
 use crate::prefetch::prefetch;
+use crate::shm::{Attach, ShmError};
 use crate::tables::{EmptyAction, Frontend, Tables};
 use crate::DropReason;
 
@@ -183,6 +184,30 @@ impl FlowState {
             conntrack: Conntrack::new(ct_capacity, seed, timeouts),
             affinity: Affinity::new(affinity_capacity, seed ^ 0x5a5a_5a5a),
         }
+    }
+
+    /// The flow state kept in files under `dir` (`conntrack`, `affinity`),
+    /// re-attached from a previous dataplane when compatible (see
+    /// [`Conntrack::open`]). `now`: `CLOCK_MONOTONIC` ns, the clock the
+    /// caller must then pass to the engine. Returns how each table came to be
+    /// (conntrack, affinity), for the caller to log.
+    pub fn open(
+        dir: &std::path::Path,
+        ct_capacity: usize,
+        affinity_capacity: usize,
+        seed: u64,
+        timeouts: Timeouts,
+        now: u64,
+    ) -> Result<(Self, [Attach; 2]), ShmError> {
+        let (conntrack, ca) = Conntrack::open(dir, ct_capacity, seed, timeouts, now)?;
+        let (affinity, aa) = Affinity::open(dir, affinity_capacity, seed ^ 0x5a5a_5a5a, now)?;
+        Ok((
+            FlowState {
+                conntrack,
+                affinity,
+            },
+            [ca, aa],
+        ))
     }
 }
 

@@ -388,6 +388,7 @@ start_ep() { # mode
     RUN=$((RUN + 1)); LOG=$WORK/ep-$RUN-$1.log
     ip netns exec "$NS_N" "$BIN" run --manifests "$WORK/m" --node-name node-a \
         --node-ip 198.18.1.1 --node-ip 2001:db8:1::1 -i n0 -i n1 --workers 2 \
+        --tables "$WORK/state-$1" \
         --xdp-mode "$1" --idle-sleep-us 200 --reload-ms 100 --conntrack-size 65536 \
         --frames 1024 --ring-size 512 --duration 150 >"$LOG" 2>&1 &
     EP_PID=$!
@@ -676,8 +677,9 @@ write_manifests
 start_ep generic
 kill -KILL "$EP_PID"; wait "$EP_PID" 2>/dev/null || true; EP_PID=""
 left=$(xdp_attached n0)
-# With no socket in its XSKMAP the stale program passes everything: the
-# node still answers its own ping (fail open to the kernel).
+# With no socket in its XSKMAP the stale program passes everything but
+# Service traffic (held for the restart): the node still answers its own
+# ping (fail open to the kernel).
 ip netns exec "$NS_C" ping -c 1 -W 1 198.18.0.1 >/dev/null 2>&1; check "crashed-program-fails-open" $? "(left attached: $left)"
 start_ep generic
 out=$(cget http://198.18.100.10/)

@@ -78,7 +78,7 @@ kc() { ip netns exec "$N" timeout 30 kubectl --cache-dir "$WORK/kcache" "$@"; }
 kc apply -f "$HERE/examples/demo" >/dev/null; check "kubectl-apply" $?
 
 ip netns exec "$N" "$BIN" run --kubeconfig "$WORK/kubeconfig" --node-name node-a --node-ip 198.18.1.1 \
-    -i n0 -i n1 --workers 1 --idle-sleep-us 200 --duration 120 >"$WORK/ep.log" 2>&1 &
+    -i n0 -i n1 --workers 1 --idle-sleep-us 200 --duration 120 --tables "$WORK/state" >"$WORK/ep.log" 2>&1 &
 EP_PID=$!
 for _ in $(seq 200); do grep -q 'edgeplane running' "$WORK/ep.log" && break; kill -0 "$EP_PID" || break; sleep 0.1; done
 grep -q 'edgeplane running' "$WORK/ep.log"; check "run-synced-from-api" $? "($(grep -o 'frontends=[0-9]*' "$WORK/ep.log" | head -1))"

@@ -23,16 +23,18 @@ pub mod umem;
 pub mod worker;
 
 use std::net::IpAddr;
+use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use arc_swap::ArcSwap;
 
 use crate::conntrack::Timeouts;
 use crate::engine::FlowState;
+use crate::shm::Attach;
 use crate::Tables;
 pub use nexthop::{Hop, MirrorStats, NextHops};
 pub use steer::{Attachment, Steering, SyncReport, XdpMode};
@@ -46,9 +48,19 @@ pub struct Shared {
     pub nexthops: Arc<ArcSwap<NextHops>>,
     pub flows: Arc<FlowState>,
     pub stop: Arc<AtomicBool>,
-    /// The time base of every worker's `now` (conntrack timestamps must be
-    /// comparable across workers).
-    pub epoch: Instant,
+}
+
+/// The clock of the live path.
+pub mod clock {
+    /// Every worker's `now`: `CLOCK_MONOTONIC` in ns. System-wide, so the
+    /// expiry times a dataplane writes into its shared-memory conntrack mean
+    /// the same to the dataplane that re-attaches after a restart (a
+    /// per-process `Instant` epoch would not). The files record this clock in
+    /// their header.
+    #[inline]
+    pub fn monotonic_ns() -> u64 {
+        crate::shm::monotonic_ns()
+    }
 }
 
 /// How to run the dataplane.
@@ -73,6 +85,9 @@ pub struct DataplaneConfig {
     pub timeouts: Timeouts,
     /// 0: busy-poll (production); else the longest idle sleep, in µs.
     pub idle_sleep_us: u64,
+    /// Where the conntrack and affinity files live (re-attached after a
+    /// restart); `None`: on the heap, lost at exit.
+    pub state_dir: Option<PathBuf>,
 }
 
 impl Default for DataplaneConfig {
@@ -90,6 +105,7 @@ impl Default for DataplaneConfig {
             affinity_size: 1 << 16,
             timeouts: Timeouts::default(),
             idle_sleep_us: 0,
+            state_dir: None,
         }
     }
 }
@@ -144,6 +160,9 @@ pub struct Dataplane {
     pub ifaces: Vec<Iface>,
     pub mode: XdpMode,
     pub queues: usize,
+    /// How the conntrack and affinity tables came to be (empty when they
+    /// are on the heap).
+    pub flow_attach: Vec<Attach>,
     // Drop order: sockets (workers) first, then attachments, then the object.
     // Held for their `Drop` (detach).
     _attachments: Vec<Attachment>,
@@ -195,6 +214,47 @@ impl Dataplane {
         if queues == 0 || queues > steer::MAX_QUEUES_PER_IF as usize || queues > 255 {
             bail!("workers must be 1..={}", steer::MAX_QUEUES_PER_IF);
         }
+        // The flow state first: a second dataplane on the same state
+        // directory stops here, before it touches the first one's XDP
+        // program.
+        let seed = tables.node.hash_seed;
+        let (flows, flow_attach) = match &cfg.state_dir {
+            Some(dir) => {
+                let t0 = std::time::Instant::now();
+                let (f, a) = FlowState::open(
+                    dir,
+                    cfg.conntrack_size,
+                    cfg.affinity_size,
+                    seed,
+                    cfg.timeouts,
+                    clock::monotonic_ns(),
+                )
+                .with_context(|| format!("opening the flow state in {}", dir.display()))?;
+                for (what, at) in ["conntrack", "affinity"].iter().zip(&a) {
+                    match at {
+                        Attach::StartedEmpty { .. } => tracing::warn!(table = what, "{at}"),
+                        _ => tracing::info!(table = what, kept = at.kept(), "{at}"),
+                    }
+                }
+                tracing::info!(
+                    flows = a[0].kept(),
+                    affinity = a[1].kept(),
+                    ms = t0.elapsed().as_millis() as u64,
+                    bytes = f.conntrack.memory_bytes(),
+                    "flow state ready"
+                );
+                (f, a.to_vec())
+            }
+            None => (
+                FlowState::new(
+                    cfg.conntrack_size,
+                    cfg.affinity_size,
+                    seed,
+                    cfg.timeouts,
+                ),
+                Vec::new(),
+            ),
+        };
         for i in &ifaces {
             if i.rx_queues > queues {
                 tracing::warn!(
@@ -218,6 +278,9 @@ impl Dataplane {
         for (slot, i) in ifaces.iter().enumerate() {
             steering.set_slot(i.ifindex, slot as u32)?;
         }
+        // Before attaching: from the moment the program is in place, Service
+        // frames are held until the workers' sockets are in the XSKMAP.
+        steering.set_served(queues as u32)?;
         let mut attachments = Vec::new();
         for i in &ifaces {
             let a = steering.attach(i.ifindex as i32, cfg.xdp_mode)?;
@@ -235,18 +298,11 @@ impl Dataplane {
         let nexthops = Arc::new(ArcSwap::from_pointee(NextHops::default()));
         let mirror_stats = Arc::new(MirrorStats::default());
         let mirror = nexthop::spawn_mirror(nexthops.clone(), stop.clone(), mirror_stats.clone())?;
-        let seed = tables.node.hash_seed;
         let shared = Arc::new(Shared {
             tables: ArcSwap::from_pointee(tables),
             nexthops,
-            flows: Arc::new(FlowState::new(
-                cfg.conntrack_size,
-                cfg.affinity_size,
-                seed,
-                cfg.timeouts,
-            )),
+            flows: Arc::new(flows),
             stop: stop.clone(),
-            epoch: Instant::now(),
         });
 
         let mut dp = Dataplane {
@@ -258,6 +314,7 @@ impl Dataplane {
             ifaces: ifaces.clone(),
             mode,
             queues,
+            flow_attach,
             _attachments: attachments,
             steering,
         };

@@ -6,7 +6,13 @@
 //! (normal exit, `?` errors, panics that unwind, and SIGINT/SIGTERM, which
 //! the main loop turns into a normal exit). A SIGKILLed process leaves the
 //! program attached; [`Steering::attach`] finds it by name at the next start
-//! and replaces it. A program of any other name is left alone (error).
+//! and replaces it atomically (no instant without a program, when the mode
+//! allows). A program of any other name is left alone (error).
+//!
+//! While no socket is in the XSKMAP (the dataplane died or is restarting),
+//! the program drops Service traffic on the queues the dataplane serves
+//! ([`Steering::set_served`], counter `drop_no_socket`) instead of passing
+//! it to a kernel that would reset its connections; see docs/afxdp.md.
 //!
 //! Map contents follow the tables: [`Steering::sync`] diffs the keys a new
 //! generation needs against the keys in the maps, inserts the new ones, then
@@ -34,7 +40,7 @@ const PROG_NAME: &str = "edgeplane_steer";
 pub const MAX_QUEUES_PER_IF: u32 = 64;
 
 /// Indices of the program's per-CPU `counters` map (enum steer_counter).
-pub const COUNTER_NAMES: [&str; 8] = [
+pub const COUNTER_NAMES: [&str; 9] = [
     "redirect_frontend",
     "redirect_snat",
     "redirect_nosnat_reply",
@@ -43,6 +49,7 @@ pub const COUNTER_NAMES: [&str; 8] = [
     "pass",
     "pass_unparsed",
     "pass_no_socket",
+    "drop_no_socket",
 ];
 
 /// XDP attach mode (`--xdp-mode`).
@@ -160,6 +167,10 @@ impl Steering {
         // SAFETY: fd is owned by self.obj, alive for this call.
         let bfd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
         let xdp = Xdp::new(bfd);
+        // A stale program in a mode we may use is replaced in one step
+        // (attach without UPDATE_IF_NOEXIST); in another mode it must go
+        // first (the kernel refuses two modes at once).
+        let mut replace: Option<XdpMode> = None;
         for bits in [XdpFlags::SKB_MODE.bits(), XdpFlags::DRV_MODE.bits()] {
             let m = || XdpFlags::from_bits_retain(bits);
             let id = xdp.query_id(ifindex, m()).unwrap_or(0);
@@ -171,9 +182,18 @@ impl Steering {
                 .map(|p| p.name.to_string_lossy().into_owned())
                 .unwrap_or_default();
             if name == PROG_NAME {
-                tracing::warn!(ifindex, id, "replacing stale {name} left by an earlier run");
-                xdp.detach(ifindex, m())
-                    .context("detaching stale program")?;
+                let stale = if bits == XdpFlags::SKB_MODE.bits() {
+                    XdpMode::Generic
+                } else {
+                    XdpMode::Native
+                };
+                tracing::warn!(ifindex, id, mode = ?stale, "replacing stale {name} left by an earlier run");
+                if mode == XdpMode::Auto || mode == stale {
+                    replace = Some(stale);
+                } else {
+                    xdp.detach(ifindex, m())
+                        .context("detaching stale program")?;
+                }
             } else {
                 bail!("ifindex {ifindex} already has XDP program {name:?} (id {id}); not replacing it");
             }
@@ -183,7 +203,11 @@ impl Steering {
                 XdpMode::Native => XdpFlags::DRV_MODE.bits(),
                 _ => XdpFlags::SKB_MODE.bits(),
             };
-            let flags = XdpFlags::from_bits_retain(mode_bits) | XdpFlags::UPDATE_IF_NOEXIST;
+            let flags = if replace == Some(m) {
+                XdpFlags::from_bits_retain(mode_bits)
+            } else {
+                XdpFlags::from_bits_retain(mode_bits) | XdpFlags::UPDATE_IF_NOEXIST
+            };
             xdp.attach(ifindex, flags)
                 .with_context(|| format!("attaching in {m:?} mode"))?;
             Ok(Attachment {
@@ -193,16 +217,26 @@ impl Steering {
                 mode: m,
             })
         };
-        match mode {
-            XdpMode::Auto => try_mode(XdpMode::Native).or_else(|e| {
+        match (mode, replace) {
+            (XdpMode::Auto, Some(stale)) => try_mode(stale),
+            (XdpMode::Auto, None) => try_mode(XdpMode::Native).or_else(|e| {
                 tracing::info!(
                     ifindex,
                     "native XDP failed ({e:#}); falling back to generic"
                 );
                 try_mode(XdpMode::Generic)
             }),
-            m => try_mode(m),
+            (m, _) => try_mode(m),
         }
+    }
+
+    /// Tells the program how many queues per interface the dataplane serves
+    /// (queue ids `0..queues`): Service frames on those queues are held
+    /// (dropped) while their socket is missing. Set before attaching.
+    pub fn set_served(&self, queues: u32) -> Result<()> {
+        self.map("served")?
+            .update(&0u32.to_ne_bytes(), &queues.to_ne_bytes(), MapFlags::ANY)
+            .context("served update")
     }
 
     /// Numbers an interface for the XSKMAP (`ifslots`).

@@ -165,7 +165,7 @@ pub fn run(
             }
             got += n;
             c.rx[p] += n as u64;
-            let now = shared.epoch.elapsed().as_nanos() as u64;
+            let now = super::clock::monotonic_ns();
             let tables = shared.tables.load();
             let hops = shared.nexthops.load();
             generation = tables.generation;
@@ -263,11 +263,11 @@ pub fn run(
         if got > 0 {
             c.busy_polls += 1;
             backoff_us = 0;
-            engine.housekeeping(shared.epoch.elapsed().as_nanos() as u64, 16);
+            engine.housekeeping(super::clock::monotonic_ns(), 16);
         } else {
             c.idle_polls += 1;
             // Idle: free expired flows with a larger budget, then back off.
-            engine.housekeeping(shared.epoch.elapsed().as_nanos() as u64, 256);
+            engine.housekeeping(super::clock::monotonic_ns(), 256);
             if cfg.idle_sleep_us > 0 {
                 backoff_us = (backoff_us * 2).clamp(1, cfg.idle_sleep_us);
                 std::thread::sleep(Duration::from_micros(backoff_us));
