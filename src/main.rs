@@ -1,6 +1,8 @@
 //! `edgeplane`: one binary, one subcommand per job.
 
 mod cli;
+mod control;
+mod inspect;
 mod replay;
 mod run;
 
@@ -21,5 +23,8 @@ fn run(args: cli::Cli) -> Result<()> {
         cli::Command::Compile(a) => cli::compile(a),
         cli::Command::Replay(a) => replay::replay(a),
         cli::Command::Run(a) => run::run(a),
+        cli::Command::Control(a) => control::control(a),
+        cli::Command::Dataplane(a) => run::dataplane(a),
+        cli::Command::Inspect(a) => inspect::inspect(a),
     }
 }
