@@ -216,8 +216,15 @@ fn one_changed_service_writes_one_block() {
         w.publish(&b).unwrap();
     }
     assert_eq!(w.arena_used(), used);
+    // Everything changes: with no reader holding it, the old set is freed
+    // at the next publication (the arena holds at most two sets).
+    let c = synth(50, 251, |_| 10, |i| 3000 + i as u16, |_| 0);
+    assert_eq!(w.publish(&c).unwrap().blocks_written, 50);
+    assert_eq!(w.arena_used(), 2 * used);
+    w.publish(&c).unwrap();
+    assert_eq!(w.arena_used(), used);
     let mut r = RegionReader::open(&dir).unwrap();
-    assert_eq!(normal(&r.try_adopt().unwrap().unwrap()), normal(&b));
+    assert_eq!(normal(&r.try_adopt().unwrap().unwrap()), normal(&c));
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -560,6 +567,8 @@ fn a_restarted_writer_recovers_blocks_and_numbering() {
     let (gen, active) = RegionReader::open_read_only(&dir).unwrap().active();
     let victim = (active + l.n_slots - 1) % l.n_slots;
     map.write(l.slot_off(victim), &[0xff; 64]);
+    map.u64_at(Layout::desc_off(victim) + format::D_GENERATION)
+        .store(gen - 1, Ordering::SeqCst);
     std::mem::forget(w); // no Drop: the writer pid stays (it is ours, so it is taken over)
     let mut w = RegionWriter::open(&dir, small_opts()).unwrap();
     assert_eq!(w.generation(), gen);

@@ -334,6 +334,7 @@ impl RegionWriter {
     /// generation is unchanged.
     pub fn publish(&mut self, t: &Tables) -> Result<PublishReport, RegionError> {
         let t0 = Instant::now();
+        self.reclaim();
         let slot = self.pick_slot()?;
         let waited = t0.elapsed();
         let l = self.layout;
@@ -551,6 +552,36 @@ impl RegionWriter {
             len += nl;
         }
         self.free.insert(off, len);
+    }
+
+    /// Empties every slot no reader protects (other than the active one)
+    /// and frees the blocks only they referenced, so that the arena holds
+    /// little more than the generations in use (after a full resync: the
+    /// active set and the new one, not one per slot).
+    fn reclaim(&mut self) {
+        let active = self.map.u64_at(format::H_ACTIVE).load(Ordering::SeqCst);
+        if active == 0 {
+            return;
+        }
+        let active_slot = (active & 0xff) as usize;
+        fence(Ordering::SeqCst);
+        let (ranges, _) = self.live_pins();
+        for s in 0..self.layout.n_slots {
+            if s == active_slot {
+                continue;
+            }
+            let gen_w = self
+                .map
+                .u64_at(Layout::desc_off(s) + format::D_GENERATION);
+            let g = gen_w.load(Ordering::Acquire);
+            if g == 0 || ranges.iter().any(|&(lo, hi)| lo <= g && g <= hi) {
+                continue;
+            }
+            gen_w.store(0, Ordering::SeqCst);
+            for off in std::mem::take(&mut self.slot_blocks[s]) {
+                self.unref(off);
+            }
+        }
     }
 
     /// A slot to write: empty, or not active and older than every live
