@@ -325,28 +325,62 @@ fn proto_of(c: u8) -> Result<Proto, String> {
 /// Encodes a slot body: `t`'s frontends (with the arena blocks in
 /// `blocks`, one per frontend), backends, source ranges and metadata.
 pub fn encode_body(t: &Tables, generation: u64, blocks: &[BlockRef]) -> Vec<u8> {
-    let meta = serde_json::to_vec(&Meta {
-        node: t.node.clone(),
-        services: t.services.clone(),
+    let meta = encode_meta(t);
+    let mut b = vec![0u8; body_len(t, meta.len())];
+    encode_body_into(&mut b, t, generation, blocks, &meta);
+    b
+}
+
+/// The metadata blob of `t` (JSON).
+pub fn encode_meta(t: &Tables) -> Vec<u8> {
+    #[derive(serde::Serialize)]
+    struct MetaRef<'a> {
+        node: &'a NodeConfig,
+        services: &'a [ServiceInfo],
+    }
+    serde_json::to_vec(&MetaRef {
+        node: &t.node,
+        services: &t.services,
     })
-    .expect("metadata serializes");
+    .expect("metadata serializes")
+}
+
+/// The size of `t`'s body with a metadata blob of `meta_len` bytes.
+pub fn body_len(t: &Tables, meta_len: usize) -> usize {
+    BODY_HEADER
+        + t.frontends.len() * FRONTEND_SIZE
+        + t.backends.len() * BACKEND_SIZE
+        + t.source_ranges.len() * CIDR_SIZE
+        + meta_len
+}
+
+/// Encodes the body into `b` (exactly [`body_len`] bytes; every byte is
+/// written, padding zeroed).
+pub fn encode_body_into(
+    b: &mut [u8],
+    t: &Tables,
+    generation: u64,
+    blocks: &[BlockRef],
+    meta: &[u8],
+) {
     let fe_off = BODY_HEADER;
     let be_off = fe_off + t.frontends.len() * FRONTEND_SIZE;
     let sr_off = be_off + t.backends.len() * BACKEND_SIZE;
     let meta_off = sr_off + t.source_ranges.len() * CIDR_SIZE;
-    let len = meta_off + meta.len();
-    let mut b = vec![0u8; len];
-    put_u64(&mut b, 0, generation);
-    put_u32(&mut b, 8, t.frontends.len() as u32);
-    put_u32(&mut b, 12, fe_off as u32);
-    put_u32(&mut b, 16, t.backends.len() as u32);
-    put_u32(&mut b, 20, be_off as u32);
-    put_u32(&mut b, 24, t.source_ranges.len() as u32);
-    put_u32(&mut b, 28, sr_off as u32);
-    put_u32(&mut b, 32, meta.len() as u32);
-    put_u32(&mut b, 36, meta_off as u32);
+    assert_eq!(b.len(), meta_off + meta.len());
+    b[..BODY_HEADER].fill(0);
+    put_u64(b, 0, generation);
+    put_u32(b, 8, t.frontends.len() as u32);
+    put_u32(b, 12, fe_off as u32);
+    put_u32(b, 16, t.backends.len() as u32);
+    put_u32(b, 20, be_off as u32);
+    put_u32(b, 24, t.source_ranges.len() as u32);
+    put_u32(b, 28, sr_off as u32);
+    put_u32(b, 32, meta.len() as u32);
+    put_u32(b, 36, meta_off as u32);
     for (i, (f, blk)) in t.frontends.iter().zip(blocks).enumerate() {
         let r = &mut b[fe_off + i * FRONTEND_SIZE..fe_off + (i + 1) * FRONTEND_SIZE];
+        r.fill(0);
         put_ip(r, 0, f.key.ip);
         r[17] = f.key.proto as u8;
         put_u16(r, 18, f.key.port);
@@ -370,6 +404,7 @@ pub fn encode_body(t: &Tables, generation: u64, blocks: &[BlockRef]) -> Vec<u8> 
     }
     for (i, be) in t.backends.iter().enumerate() {
         let r = &mut b[be_off + i * BACKEND_SIZE..be_off + (i + 1) * BACKEND_SIZE];
+        r.fill(0);
         put_ip(r, 0, be.ip);
         r[17] = be.ready as u8
             | (be.serving as u8) << 1
@@ -380,11 +415,11 @@ pub fn encode_body(t: &Tables, generation: u64, blocks: &[BlockRef]) -> Vec<u8> 
     }
     for (i, c) in t.source_ranges.iter().enumerate() {
         let r = &mut b[sr_off + i * CIDR_SIZE..sr_off + (i + 1) * CIDR_SIZE];
+        r.fill(0);
         put_ip(r, 0, c.addr);
         r[17] = c.prefix_len;
     }
-    b[meta_off..].copy_from_slice(&meta);
-    b
+    b[meta_off..].copy_from_slice(meta);
 }
 
 /// A section `(count, offset)` of `size`-byte records, bounds-checked.

@@ -182,6 +182,19 @@ impl Map {
         Some(v)
     }
 
+    /// The bytes at `off..off + len` as a mutable slice (bounds-checked by
+    /// assert, writer only).
+    ///
+    /// # Safety
+    /// Nobody else may access these bytes while the slice lives except by
+    /// copies that are validated afterwards (the publication protocol).
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn slice_mut(&self, off: usize, len: usize) -> &mut [u8] {
+        assert!(self.writable && off + len <= self.len());
+        // SAFETY: in bounds, writable, exclusive by the caller's contract.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr().add(off), len) }
+    }
+
     /// Writes `data` at `off` (writer only, bounds-checked by assert: the
     /// writer computes offsets from its own layout).
     fn write(&self, off: usize, data: &[u8]) {

@@ -2,7 +2,7 @@
 //! Maglev) and `inspect` (read-only copies).
 
 use std::fs::OpenOptions;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{fence, Ordering};
 use std::sync::Arc;
@@ -189,6 +189,7 @@ impl RegionReader {
         let file = OpenOptions::new()
             .read(true)
             .write(writable)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(&path)
             .map_err(|e| io_err(&path, e))?;
         let md = file.metadata().map_err(|e| io_err(&path, e))?;

@@ -2,7 +2,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::OpenOptions;
-use std::net::IpAddr;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{fence, Ordering};
@@ -56,10 +55,12 @@ pub struct PublishReport {
     pub waited: Duration,
 }
 
-/// A Maglev table's identity: its new-flow backends (address, port,
-/// weight), M and the hash seed — what the table is a function of, as
-/// `TablesBuilder` assumes when it shares tables.
-type MaglevKey = (Vec<(IpAddr, u16, u32)>, u32, u64);
+/// A Maglev table's identity — its new-flow backends (address, port,
+/// weight), M and the hash seed, what the table is a function of (as
+/// `TablesBuilder` assumes when it shares tables) — as a 128-bit hash (two
+/// independently seeded 64-bit hashes): looking a table up reads only its
+/// backends, never the previous entries.
+type MaglevId = u128;
 
 #[derive(Debug)]
 struct Block {
@@ -68,7 +69,7 @@ struct Block {
     width: u8,
     /// Slots referencing this block.
     refs: u32,
-    key: MaglevKey,
+    id: MaglevId,
 }
 
 /// The writer. One per region (the header records its pid).
@@ -78,7 +79,14 @@ pub struct RegionWriter {
     path: PathBuf,
     pub(super) layout: Layout,
     opts: WriterOptions,
-    by_key: HashMap<MaglevKey, u32>,
+    by_id: hashbrown::HashMap<MaglevId, u32>,
+    hashers: [hashbrown::DefaultHashBuilder; 2],
+    /// The last metadata blob and what it encodes (re-encoded only on change).
+    meta_cache: Option<(
+        crate::tables::NodeConfig,
+        Vec<crate::tables::ServiceInfo>,
+        Vec<u8>,
+    )>,
     blocks: HashMap<u32, Block>,
     /// Distinct blocks each slot references.
     slot_blocks: Vec<Vec<u32>>,
@@ -94,15 +102,6 @@ const BLOCK_ALIGN: u32 = 64;
 
 /// A live reader: (pid, oldest protected generation).
 type ReaderPin = (u32, u64);
-
-fn key_of(t: &Tables, f: &Frontend) -> MaglevKey {
-    let ident = t
-        .new_backends(f)
-        .iter()
-        .map(|b| (b.ip, b.port, b.weight))
-        .collect();
-    (ident, f.maglev_len, t.node.hash_seed)
-}
 
 fn fallocate(file: &std::fs::File, off: usize, len: usize) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
@@ -135,7 +134,12 @@ impl RegionWriter {
             .create(dir)
             .map_err(|e| io_err(dir, e))?;
         let path = region_path(dir);
-        let existing = match OpenOptions::new().read(true).write(true).open(&path) {
+        let existing = match OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path)
+        {
             Ok(f) => {
                 let len = f.metadata().map_err(|e| io_err(&path, e))?.len() as usize;
                 let mut h = [0u8; 64];
@@ -167,6 +171,7 @@ impl RegionWriter {
                     .write(true)
                     .create(true)
                     .truncate(true)
+                    .custom_flags(libc::O_NOFOLLOW)
                     .mode(0o600)
                     .open(&tmp)
                     .map_err(|e| io_err(&tmp, e))?;
@@ -209,7 +214,9 @@ impl RegionWriter {
             path,
             layout,
             opts,
-            by_key: HashMap::new(),
+            by_id: Default::default(),
+            hashers: Default::default(),
+            meta_cache: None,
             blocks: HashMap::new(),
             slot_blocks: vec![Vec::new(); layout.n_slots],
             free: BTreeMap::new(),
@@ -254,8 +261,8 @@ impl RegionWriter {
                             continue;
                         }
                         let bytes = format::packed_bytes(f.maglev_len, f.maglev_width) as u32;
-                        let key = key_of(&t, f);
-                        self.by_key.insert(key.clone(), off);
+                        let id = self.ident(&t, f);
+                        self.by_id.insert(id, off);
                         self.blocks.insert(
                             off,
                             Block {
@@ -263,7 +270,7 @@ impl RegionWriter {
                                 bytes,
                                 width: f.maglev_width,
                                 refs: 1,
-                                key,
+                                id,
                             },
                         );
                         used.push((off, bytes.div_ceil(BLOCK_ALIGN) * BLOCK_ALIGN));
@@ -355,7 +362,7 @@ impl RegionWriter {
             waited,
             ..Default::default()
         };
-        let mut refs = Vec::new();
+        let mut refs: hashbrown::HashSet<u32> = hashbrown::HashSet::new();
         let mut by_heap: HashMap<(u8, u32, u32), BlockRef> = HashMap::new();
         let mut out = Vec::with_capacity(t.frontends.len());
         for f in &t.frontends {
@@ -373,34 +380,39 @@ impl RegionWriter {
                 Err(e) => {
                     // Keep the references taken so far owned by this
                     // (invalid) slot; they are released when it is reused.
-                    self.slot_blocks[slot] = refs;
+                    self.slot_blocks[slot] = refs.into_iter().collect();
                     return Err(e);
                 }
             };
-            if !refs.contains(&b.off) {
+            if refs.insert(b.off) {
                 if let Some(blk) = self.blocks.get_mut(&b.off) {
                     blk.refs += 1;
                 }
-                refs.push(b.off);
             }
             by_heap.insert(hk, b);
             out.push(b);
         }
-        self.slot_blocks[slot] = refs;
-        // 3. The body.
-        let body = format::encode_body(t, gen, &out);
-        if body.len() > l.slot_size {
+        self.slot_blocks[slot] = refs.into_iter().collect();
+        // 3. The body, encoded in place.
+        let meta = self.meta_for(t);
+        let len = format::body_len(t, meta.len());
+        if len > l.slot_size {
             return Err(RegionError::SlotTooSmall {
-                need: body.len(),
+                need: len,
                 size: l.slot_size,
             });
         }
-        rep.body_bytes = body.len();
-        self.map.write(l.slot_off(slot), &body);
-        let crc = crc32c::crc32c(&body);
+        rep.body_bytes = len;
+        // SAFETY: the slot is the writer's alone from its invalidation to
+        // the descriptor's generation store below: no reader is protected
+        // on it (`pick_slot`), and unprotected copies (`inspect`) are
+        // checked by the seqlock and refused when torn.
+        let body = unsafe { self.map.slice_mut(l.slot_off(slot), len) };
+        format::encode_body_into(body, t, gen, &out, &meta);
+        let crc = crc32c::crc32c(body);
         self.map
             .u64_at(d + format::D_LEN)
-            .store(body.len() as u64, Ordering::Relaxed);
+            .store(len as u64, Ordering::Relaxed);
         self.map
             .u64_at(d + format::D_CRC)
             .store(crc as u64, Ordering::Relaxed);
@@ -419,17 +431,18 @@ impl RegionWriter {
     }
 
     /// The block holding `f`'s Maglev table: an existing one with the same
-    /// identity (spot-checked against `t`), or a new one.
+    /// identity, or a new one. A Maglev table is a function of its identity
+    /// (backends, M, seed); the writer relies on that as `TablesBuilder`
+    /// does, without reading the (cold) entries back.
     fn block_for(
         &mut self,
         t: &Tables,
         f: &Frontend,
         rep: &mut PublishReport,
     ) -> Result<BlockRef, RegionError> {
-        let key = key_of(t, f);
-        if let Some(&off) = self.by_key.get(&key) {
-            let b = &self.blocks[&off];
-            if self.spot_check(t, f, b) {
+        let id = self.ident(t, f);
+        if let Some(&off) = self.by_id.get(&id) {
+            if let Some(b) = self.blocks.get(&off) {
                 rep.blocks_reused += 1;
                 return Ok(BlockRef {
                     off,
@@ -457,13 +470,7 @@ impl RegionWriter {
         let mut buf = vec![0u8; bytes];
         format::pack(&entries, width, &mut buf);
         self.map.write(self.layout.arena_off() + off as usize, &buf);
-        if let Some(old) = self.by_key.insert(key.clone(), off) {
-            // A stale identity (spot check failed): the old block stays
-            // until its slots go, but is no longer found by key.
-            if let Some(b) = self.blocks.get_mut(&old) {
-                b.key.0.clear();
-            }
-        }
+        self.by_id.insert(id, off);
         self.blocks.insert(
             off,
             Block {
@@ -471,24 +478,42 @@ impl RegionWriter {
                 bytes: bytes as u32,
                 width,
                 refs: 0,
-                key,
+                id,
             },
         );
         rep.blocks_written += 1;
         Ok(BlockRef { off, width })
     }
 
-    /// Compares 16 spread entries of `f`'s table with block `b`.
-    fn spot_check(&self, t: &Tables, f: &Frontend, b: &Block) -> bool {
-        let base = self.layout.arena_off() + b.off as usize;
-        let Some(bytes) = self.map.read(base, b.bytes as usize) else {
-            return false;
-        };
-        let m = f.maglev_len as usize;
-        (0..16).all(|k| {
-            let i = k * m / 16;
-            t.maglev_entry(f, i) == format::packed_get(&bytes, b.width, i)
-        })
+    /// The identity of `f`'s Maglev table (see [`MaglevId`]).
+    fn ident(&self, t: &Tables, f: &Frontend) -> MaglevId {
+        use std::hash::{BuildHasher, Hash, Hasher};
+        let [mut a, mut b] = [
+            self.hashers[0].build_hasher(),
+            self.hashers[1].build_hasher(),
+        ];
+        for h in [&mut a, &mut b] {
+            for be in t.new_backends(f) {
+                be.ip.hash(h);
+                be.port.hash(h);
+                be.weight.hash(h);
+            }
+            f.maglev_len.hash(h);
+            t.node.hash_seed.hash(h);
+        }
+        (a.finish() as u128) << 64 | b.finish() as u128
+    }
+
+    /// The metadata blob for `t`, re-encoded only when it changed.
+    fn meta_for(&mut self, t: &Tables) -> Vec<u8> {
+        if let Some((node, services, blob)) = &self.meta_cache {
+            if *node == t.node && *services == t.services {
+                return blob.clone();
+            }
+        }
+        let blob = format::encode_meta(t);
+        self.meta_cache = Some((t.node.clone(), t.services.clone(), blob.clone()));
+        blob
     }
 
     fn unref(&mut self, off: u32) {
@@ -500,8 +525,8 @@ impl RegionWriter {
             return;
         }
         let b = self.blocks.remove(&off).expect("present");
-        if self.by_key.get(&b.key) == Some(&b.off) {
-            self.by_key.remove(&b.key);
+        if self.by_id.get(&b.id) == Some(&b.off) {
+            self.by_id.remove(&b.id);
         }
         self.release(b.off, b.bytes.div_ceil(BLOCK_ALIGN) * BLOCK_ALIGN);
     }
@@ -570,9 +595,7 @@ impl RegionWriter {
             if s == active_slot {
                 continue;
             }
-            let gen_w = self
-                .map
-                .u64_at(Layout::desc_off(s) + format::D_GENERATION);
+            let gen_w = self.map.u64_at(Layout::desc_off(s) + format::D_GENERATION);
             let g = gen_w.load(Ordering::Acquire);
             if g == 0 || ranges.iter().any(|&(lo, hi)| lo <= g && g <= hi) {
                 continue;
