@@ -23,7 +23,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use edgeplane_dataplane::region::{RegionWriter, WriterOptions};
+use edgeplane_dataplane::region::{RegionReader, RegionWriter, WriterOptions};
 use edgeplane_dataplane::Tables;
 
 const SERVICES: usize = 10_000;
@@ -55,6 +55,33 @@ fn change_service(t: &mut Tables, i: usize, k: u32) {
     let table = edgeplane_control::maglev::build(&ident, M, t.node.hash_seed);
     let off = f.maglev_off as usize;
     t.maglev[off..off + M as usize].copy_from_slice(&table);
+}
+
+/// CPU time of this thread (excludes time waiting for a CPU on a loaded
+/// machine).
+fn thread_cpu() -> Duration {
+    let mut ts = Timespec::default();
+    // SAFETY: a valid out-parameter for clock_gettime.
+    unsafe {
+        clock_gettime(3 /* CLOCK_THREAD_CPUTIME_ID */, &mut ts)
+    };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct Timespec {
+    tv_sec: i64,
+    tv_nsec: i64,
+}
+
+extern "C" {
+    fn clock_gettime(clk: i32, ts: *mut Timespec) -> i32;
+}
+
+fn pct(v: &mut [Duration], p: usize) -> Duration {
+    v.sort();
+    v[(v.len() * p / 100).min(v.len() - 1)]
 }
 
 fn mib(b: u64) -> f64 {
@@ -94,19 +121,36 @@ fn region(c: &mut Criterion) {
         debug_assert_eq!(r.blocks_written, 1);
         r
     };
-    let mut times: Vec<Duration> = (0..500)
-        .map(|_| {
-            let s = Instant::now();
-            one(&mut t, &mut w);
-            s.elapsed()
-        })
-        .collect();
-    times.sort();
+    // A reader that adopts each generation, as the dataplane does (its
+    // cost is timed separately: it runs in the dataplane process).
+    let mut reader = RegionReader::open(&d).expect("reader");
+    let mut held = reader.try_adopt().expect("adopt");
+    reader.settle();
+    let (mut wall, mut cpu, mut adopt) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..300 {
+        let (s, c) = (Instant::now(), thread_cpu());
+        one(&mut t, &mut w);
+        cpu.push(thread_cpu() - c);
+        wall.push(s.elapsed());
+        let c = thread_cpu();
+        let new = reader
+            .try_adopt()
+            .expect("adopt")
+            .expect("a new generation");
+        held = Some(new);
+        reader.settle();
+        adopt.push(thread_cpu() - c);
+    }
+    drop(held);
+    drop(reader);
     eprintln!(
-        "region: publish_one_slice over 500: p50 {:?} p99 {:?} max {:?}; file resident {:.1} MiB",
-        times[250],
-        times[495],
-        times[499],
+        "region: publish_one_slice over 300: wall p50 {:?} p99 {:?}; thread CPU p50 {:?} p99 {:?}; reader adoption (CPU) p50 {:?} p99 {:?}; file resident {:.1} MiB",
+        pct(&mut wall, 50),
+        pct(&mut wall, 99),
+        pct(&mut cpu, 50),
+        pct(&mut cpu, 99),
+        pct(&mut adopt, 50),
+        pct(&mut adopt, 99),
         mib(w.resident_bytes())
     );
 
@@ -119,15 +163,25 @@ fn region(c: &mut Criterion) {
     g.measurement_time(Duration::from_secs(10));
     let seed = t.node.hash_seed;
     let mut n = 0u64;
+    let mut full_cpu = Vec::new();
     g.bench_function("full_resync_10k", |b| {
         b.iter(|| {
             n += 1;
             t.node.hash_seed = seed.wrapping_add(n);
+            let c = thread_cpu();
             let r = w.publish(&t).expect("publish");
+            full_cpu.push(thread_cpu() - c);
             assert_eq!(r.blocks_written, SERVICES);
             black_box(r)
         })
     });
+    if !full_cpu.is_empty() {
+        eprintln!(
+            "region: full_resync_10k thread CPU p50 {:?} max {:?}",
+            pct(&mut full_cpu, 50),
+            pct(&mut full_cpu, 100)
+        );
+    }
     g.finish();
     eprintln!(
         "region: after full resyncs: arena in use {:.1} MiB; file resident {:.1} MiB (slots {} × {} MiB max, arena {} MiB max, sparse)",

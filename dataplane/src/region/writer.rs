@@ -70,6 +70,9 @@ struct Block {
     /// Slots referencing this block.
     refs: u32,
     id: MaglevId,
+    /// The publication attempt that last counted a reference to it.
+    stamp: u64,
+    live: bool,
 }
 
 /// The writer. One per region (the header records its pid).
@@ -87,9 +90,13 @@ pub struct RegionWriter {
         Vec<crate::tables::ServiceInfo>,
         Vec<u8>,
     )>,
-    blocks: HashMap<u32, Block>,
-    /// Distinct blocks each slot references.
+    /// Blocks (a slab: indices stay valid; freed entries are reused).
+    blocks: Vec<Block>,
+    free_idx: Vec<u32>,
+    /// Distinct blocks (slab indices) each slot references.
     slot_blocks: Vec<Vec<u32>>,
+    /// Publication attempts so far (block stamps).
+    epoch: u64,
     /// Free arena ranges: offset → length (coalesced).
     free: BTreeMap<u32, u32>,
     /// Arena bytes known to be allocated in the file (`posix_fallocate`d),
@@ -217,8 +224,10 @@ impl RegionWriter {
             by_id: Default::default(),
             hashers: Default::default(),
             meta_cache: None,
-            blocks: HashMap::new(),
+            blocks: Vec::new(),
+            free_idx: Vec::new(),
             slot_blocks: vec![Vec::new(); layout.n_slots],
+            epoch: 0,
             free: BTreeMap::new(),
             committed: 0,
             generation: 0,
@@ -234,6 +243,7 @@ impl RegionWriter {
         let active = self.map.u64_at(format::H_ACTIVE).load(Ordering::SeqCst);
         let mut max_gen = active >> 8;
         let mut used: Vec<(u32, u32)> = Vec::new();
+        let mut by_off: HashMap<u32, u32> = HashMap::new();
         for s in 0..l.n_slots {
             let d = Layout::desc_off(s);
             let g = self
@@ -248,33 +258,37 @@ impl RegionWriter {
                 Ok(t) => {
                     max_gen = max_gen.max(g);
                     let mut mine = Vec::new();
+                    self.epoch += 1;
                     for f in &t.frontends {
                         if f.maglev_width == 0 {
                             continue;
                         }
                         let off = f.maglev_off;
-                        if let Some(b) = self.blocks.get_mut(&off) {
-                            if !mine.contains(&off) {
+                        if let Some(&i) = by_off.get(&off) {
+                            let b = &mut self.blocks[i as usize];
+                            if b.stamp != self.epoch {
+                                b.stamp = self.epoch;
                                 b.refs += 1;
-                                mine.push(off);
+                                mine.push(i);
                             }
                             continue;
                         }
                         let bytes = format::packed_bytes(f.maglev_len, f.maglev_width) as u32;
                         let id = self.ident(&t, f);
-                        self.by_id.insert(id, off);
-                        self.blocks.insert(
+                        let i = self.blocks.len() as u32;
+                        self.by_id.insert(id, i);
+                        by_off.insert(off, i);
+                        self.blocks.push(Block {
                             off,
-                            Block {
-                                off,
-                                bytes,
-                                width: f.maglev_width,
-                                refs: 1,
-                                id,
-                            },
-                        );
+                            bytes,
+                            width: f.maglev_width,
+                            refs: 1,
+                            id,
+                            stamp: self.epoch,
+                            live: true,
+                        });
                         used.push((off, bytes.div_ceil(BLOCK_ALIGN) * BLOCK_ALIGN));
-                        mine.push(off);
+                        mine.push(i);
                     }
                     self.slot_blocks[s] = mine;
                 }
@@ -322,7 +336,8 @@ impl RegionWriter {
     /// Bytes of the arena in Maglev blocks now.
     pub fn arena_used(&self) -> usize {
         self.blocks
-            .values()
+            .iter()
+            .filter(|b| b.live)
             .map(|b| b.bytes.div_ceil(BLOCK_ALIGN) as usize * BLOCK_ALIGN as usize)
             .sum()
     }
@@ -352,8 +367,8 @@ impl RegionWriter {
         self.map
             .u64_at(d + format::D_GENERATION)
             .store(0, Ordering::SeqCst);
-        for off in std::mem::take(&mut self.slot_blocks[slot]) {
-            self.unref(off);
+        for i in std::mem::take(&mut self.slot_blocks[slot]) {
+            self.unref(i);
         }
         // 2. Maglev blocks: reuse by identity, else write a new one.
         let mut rep = PublishReport {
@@ -362,8 +377,12 @@ impl RegionWriter {
             waited,
             ..Default::default()
         };
-        let mut refs: hashbrown::HashSet<u32> = hashbrown::HashSet::new();
-        let mut by_heap: HashMap<(u8, u32, u32), BlockRef> = HashMap::new();
+        self.epoch += 1;
+        let epoch = self.epoch;
+        let mut refs: Vec<u32> = Vec::new();
+        // Frontends of one Service port (TCP/UDP, ClusterIP/NodePort) are
+        // adjacent and share their table: a one-entry cache catches them.
+        let mut last: Option<((u8, u32, u32), BlockRef)> = None;
         let mut out = Vec::with_capacity(t.frontends.len());
         for f in &t.frontends {
             if f.n_new == 0 || f.maglev_len == 0 {
@@ -371,28 +390,31 @@ impl RegionWriter {
                 continue;
             }
             let hk = (f.maglev_width, f.maglev_off, f.maglev_len);
-            if let Some(b) = by_heap.get(&hk) {
-                out.push(*b);
-                continue;
+            if let Some((k, b)) = last {
+                if k == hk {
+                    out.push(b);
+                    continue;
+                }
             }
-            let b = match self.block_for(t, f, &mut rep) {
-                Ok(b) => b,
+            let (i, b) = match self.block_for(t, f, &mut rep) {
+                Ok(x) => x,
                 Err(e) => {
                     // Keep the references taken so far owned by this
                     // (invalid) slot; they are released when it is reused.
-                    self.slot_blocks[slot] = refs.into_iter().collect();
+                    self.slot_blocks[slot] = refs;
                     return Err(e);
                 }
             };
-            if refs.insert(b.off) {
-                if let Some(blk) = self.blocks.get_mut(&b.off) {
-                    blk.refs += 1;
-                }
+            let blk = &mut self.blocks[i as usize];
+            if blk.stamp != epoch {
+                blk.stamp = epoch;
+                blk.refs += 1;
+                refs.push(i);
             }
-            by_heap.insert(hk, b);
+            last = Some((hk, b));
             out.push(b);
         }
-        self.slot_blocks[slot] = refs.into_iter().collect();
+        self.slot_blocks[slot] = refs;
         // 3. The body, encoded in place.
         let meta = self.meta_for(t);
         let len = format::body_len(t, meta.len());
@@ -439,16 +461,18 @@ impl RegionWriter {
         t: &Tables,
         f: &Frontend,
         rep: &mut PublishReport,
-    ) -> Result<BlockRef, RegionError> {
+    ) -> Result<(u32, BlockRef), RegionError> {
         let id = self.ident(t, f);
-        if let Some(&off) = self.by_id.get(&id) {
-            if let Some(b) = self.blocks.get(&off) {
-                rep.blocks_reused += 1;
-                return Ok(BlockRef {
-                    off,
+        if let Some(&i) = self.by_id.get(&id) {
+            let b = &self.blocks[i as usize];
+            rep.blocks_reused += 1;
+            return Ok((
+                i,
+                BlockRef {
+                    off: b.off,
                     width: b.width,
-                });
-            }
+                },
+            ));
         }
         let entries: Vec<u16> = if f.maglev_width == 0 {
             t.maglev_table(f).to_vec()
@@ -470,19 +494,28 @@ impl RegionWriter {
         let mut buf = vec![0u8; bytes];
         format::pack(&entries, width, &mut buf);
         self.map.write(self.layout.arena_off() + off as usize, &buf);
-        self.by_id.insert(id, off);
-        self.blocks.insert(
+        let blk = Block {
             off,
-            Block {
-                off,
-                bytes: bytes as u32,
-                width,
-                refs: 0,
-                id,
-            },
-        );
+            bytes: bytes as u32,
+            width,
+            refs: 0,
+            id,
+            stamp: 0,
+            live: true,
+        };
+        let i = match self.free_idx.pop() {
+            Some(i) => {
+                self.blocks[i as usize] = blk;
+                i
+            }
+            None => {
+                self.blocks.push(blk);
+                (self.blocks.len() - 1) as u32
+            }
+        };
+        self.by_id.insert(id, i);
         rep.blocks_written += 1;
-        Ok(BlockRef { off, width })
+        Ok((i, BlockRef { off, width }))
     }
 
     /// The identity of `f`'s Maglev table (see [`MaglevId`]).
@@ -516,19 +549,24 @@ impl RegionWriter {
         blob
     }
 
-    fn unref(&mut self, off: u32) {
-        let Some(b) = self.blocks.get_mut(&off) else {
+    fn unref(&mut self, i: u32) {
+        let Some(b) = self.blocks.get_mut(i as usize) else {
             return;
         };
+        if !b.live {
+            return;
+        }
         b.refs = b.refs.saturating_sub(1);
         if b.refs > 0 {
             return;
         }
-        let b = self.blocks.remove(&off).expect("present");
-        if self.by_id.get(&b.id) == Some(&b.off) {
-            self.by_id.remove(&b.id);
+        b.live = false;
+        let (id, off, len) = (b.id, b.off, b.bytes.div_ceil(BLOCK_ALIGN) * BLOCK_ALIGN);
+        if self.by_id.get(&id) == Some(&i) {
+            self.by_id.remove(&id);
         }
-        self.release(b.off, b.bytes.div_ceil(BLOCK_ALIGN) * BLOCK_ALIGN);
+        self.free_idx.push(i);
+        self.release(off, len);
     }
 
     /// First-fit allocation of `bytes` (rounded to 64) in the arena.
@@ -601,8 +639,8 @@ impl RegionWriter {
                 continue;
             }
             gen_w.store(0, Ordering::SeqCst);
-            for off in std::mem::take(&mut self.slot_blocks[s]) {
-                self.unref(off);
+            for i in std::mem::take(&mut self.slot_blocks[s]) {
+                self.unref(i);
             }
         }
     }
