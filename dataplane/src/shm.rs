@@ -35,7 +35,8 @@
 //!   `O_NOFOLLOW` (a symlink planted at the path is refused), under a
 //!   temporary name (`O_EXCL`) and linked into place only once initialised
 //!   (`link(2)`, which never replaces: two dataplanes creating at once cannot
-//!   both win).
+//!   both win). A temporary left by a creator that died is removed by the
+//!   next one.
 //!
 //! # File layout
 //!
@@ -409,6 +410,7 @@ unsafe impl Plain for SectionHdr {}
 const _: () = assert!(std::mem::size_of::<Header>() <= PAGE);
 const _: () = assert!(std::mem::offset_of!(Header, sections) == 88);
 const _: () = assert!(std::mem::offset_of!(Header, params) == 280);
+const _: () = assert!(std::mem::size_of::<Header>() == 536);
 
 /// The header as plain values, decoded from bytes (validation, `inspect`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -716,6 +718,7 @@ impl SharedFile {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
+        remove_stale_temporaries(path, &name);
         let tmp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
         let _ = std::fs::remove_file(&tmp); // a leftover of this pid's predecessor
         let file = OpenOptions::new()
@@ -784,8 +787,9 @@ impl SharedFile {
 
     /// Publishes a created file: writes the magic (release: a reader that
     /// sees it sees the initialised sections) and links the file into place.
-    /// A no-op for an attached file. Returns false when another process
-    /// created the file first (only possible when there was none).
+    /// A no-op for an attached file. Fails with [`ShmError::Busy`] when
+    /// another process created the file first (only possible when there was
+    /// none).
     pub fn commit(&mut self, magic: [u8; 8]) -> Result<(), ShmError> {
         let Some((tmp, replace)) = self.pending.take() else {
             return Ok(());
@@ -909,7 +913,7 @@ impl SharedFile {
         }
     }
 
-    /// Keeps the file descriptor (and its lock) reachable for `Debug`.
+    /// The open file (a writer's holds the `flock`).
     pub fn file(&self) -> &File {
         &self.file
     }
@@ -919,6 +923,32 @@ impl Drop for SharedFile {
     fn drop(&mut self) {
         if let Some((tmp, _)) = self.pending.take() {
             let _ = std::fs::remove_file(tmp);
+        }
+    }
+}
+
+/// Removes `.NAME.PID.tmp` files next to `path` whose creator is gone (it
+/// died between creating and linking a file: up to a whole table of tmpfs).
+fn remove_stale_temporaries(path: &Path, name: &str) {
+    let Some(dir) = path.parent() else {
+        return;
+    };
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let prefix = format!(".{name}.");
+    for e in rd.flatten() {
+        let f = e.file_name();
+        let Some(pid) = f
+            .to_str()
+            .and_then(|f| f.strip_prefix(&prefix))
+            .and_then(|r| r.strip_suffix(".tmp"))
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_file(e.path());
         }
     }
 }
@@ -1195,6 +1225,21 @@ pub(crate) mod tests {
                 .is_err());
             }
         }
+    }
+
+    #[test]
+    fn dead_creators_temporaries_are_removed() {
+        let d = tempdir();
+        std::fs::create_dir_all(d.path()).unwrap();
+        // pid_max is at most 2^22: this pid cannot be alive.
+        let stale = d.path().join(".t.4294967.tmp");
+        std::fs::write(&stale, b"half-made").unwrap();
+        let mine = d.path().join(format!(".t.{}.tmp", std::process::id()));
+        let (mut f, _) = SharedFile::open_rw(d.path(), "t", &spec(10)).unwrap();
+        assert!(!stale.exists());
+        assert!(mine.exists(), "ours until committed");
+        f.commit(*b"EPTESTTB").unwrap();
+        assert!(!mine.exists());
     }
 
     #[test]

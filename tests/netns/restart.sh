@@ -20,6 +20,8 @@
 # and checks its echo; once every connection has exchanged a few lines,
 # edgeplane is killed with SIGKILL, and restarted 2 s later with the same
 # --tables directory. The client goes on for 10 s after the restart. Checks:
+#   - a second dataplane started on the same directory while the first runs
+#     refuses to start and names the first one's pid,
 #   - the restarted dataplane re-attached to the conntrack (flows found > 0),
 #   - at least 99 of the 100 connections exchanged data after the restart,
 #   - no connection was reset or closed (while the dataplane is down the
@@ -218,6 +220,13 @@ for mode in $MODES; do
     CL_PID=$!
     for _ in $(seq 200); do [ -f "$WORK/READY" ] && break; sleep 0.05; done
     [ -f "$WORK/READY" ]; check "100-connections-established ($mode)" $? "($(grep -c . "$WORK/READY" 2>/dev/null || echo 0) ready mark)"
+    # A second dataplane on the same state directory refuses to start,
+    # naming the first, and touches nothing (the checks below would see it).
+    out=$(ip netns exec "$NS_N" timeout 20 "$BIN" run --manifests "$WORK/m" --node-name node-a \
+        --node-ip 198.18.1.1 -i n0 -i n1 --workers 2 --tables "$STATE" --xdp-mode "$mode" \
+        --duration 5 2>&1); rc=$?
+    [ "$rc" != 0 ] && [[ "$out" == *"in use by another dataplane (pid $EP_PID)"* ]]
+    check "second-writer-refused ($mode)" $? "(exit $rc: $(grep -o 'is in use[^;]*' <<<"$out" | head -1))"
     sleep 1
     t_kill=$(mono)
     kill -KILL "$EP_PID"; wait "$EP_PID" 2>/dev/null; EP_PID=""
