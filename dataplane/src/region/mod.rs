@@ -93,7 +93,7 @@ pub enum RegionError {
         waited_ms: u64,
         pinned: Vec<(u32, u64)>,
     },
-    #[error("another writer (pid {0}) holds the region")]
+    #[error("the table region is in use by another control (pid {0}): one writer at a time")]
     AnotherWriter(u32),
     #[error("all {0} reader slots are in use")]
     NoReaderSlot(usize),
