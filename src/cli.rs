@@ -37,12 +37,23 @@ pub enum Command {
     Compile(CompileArgs),
     /// Run every frame of a pcap through the engine, offline.
     Replay(crate::replay::ReplayArgs),
-    /// Run the live dataplane: XDP steering and AF_XDP workers on the given
-    /// interfaces, tables from the manifests (reloaded when they change).
+    /// Run the live dataplane and the control loop in one process: XDP
+    /// steering and AF_XDP workers on the given interfaces, tables from the
+    /// manifests (reloaded when they change) or the Kubernetes API, passed
+    /// through the table region in --tables DIR.
     Run(crate::run::RunArgs),
     /// Benchmark tools: an AF_XDP packet generator (`send`), a sink that
     /// checks translation (`sink`), and the `bench/compare` report.
     Pktgen(edgeplane_bench::pktgen::PktgenArgs),
+    /// The control process: compile Services/EndpointSlices/Nodes (manifests
+    /// or the Kubernetes API) and publish them into the table region.
+    Control(crate::control::ControlArgs),
+    /// The dataplane process: serve the interfaces with the tables the
+    /// control process publishes into the table region.
+    Dataplane(crate::run::DataplaneArgs),
+    /// Show the shared state read-only: services, backends, conntrack,
+    /// next hops, counters.
+    Inspect(crate::inspect::InspectArgs),
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]

@@ -1,6 +1,8 @@
 //! `edgeplane`: one binary, one subcommand per job.
 
 mod cli;
+mod control;
+mod inspect;
 mod ops;
 mod replay;
 mod run;
@@ -23,5 +25,8 @@ fn run(args: cli::Cli) -> Result<()> {
         cli::Command::Replay(a) => replay::replay(a),
         cli::Command::Run(a) => run::run(a),
         cli::Command::Pktgen(a) => edgeplane_bench::pktgen::run(a),
+        cli::Command::Control(a) => control::control(a),
+        cli::Command::Dataplane(a) => run::dataplane(a),
+        cli::Command::Inspect(a) => inspect::inspect(a),
     }
 }

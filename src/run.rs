@@ -1,12 +1,19 @@
-//! `edgeplane run`: the live dataplane in one process. Tables come from the
-//! manifests, which are re-read when they change (a bad edit keeps the last
-//! good tables and says why), or from the Kubernetes API (`--kubeconfig`,
-//! `--in-cluster`), through the same compile path.
+//! The live dataplane: `edgeplane dataplane` reads its tables from the
+//! table region (`DIR/tables`, written by `edgeplane control`) and serves
+//! the interfaces; `edgeplane run` is both in one process.
+//!
+//! `run` runs the control loop on a thread of its own and the dataplane on
+//! the main thread, and the two talk only through the region, exactly as
+//! the two processes do: one code path for both forms, so everything the
+//! restart tests prove of the protocol holds for `run`. Threads rather than
+//! two processes because `run` is the one-command form (one pid to
+//! supervise, one log, one set of privileges); when the control side must
+//! restart or upgrade independently, run the two commands.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
@@ -15,13 +22,11 @@ use edgeplane_dataplane::afxdp::{
     check_snat_ports, Dataplane, DataplaneConfig, WorkerSnapshot, XdpMode,
 };
 use edgeplane_dataplane::engine::Stats;
+use edgeplane_dataplane::region::{RegionError, RegionReader};
 use edgeplane_dataplane::DropReason;
 
-use edgeplane_control::compile::{compile, Compiled};
-use edgeplane_control::kube::{KubeConfig, KubeSource};
-use edgeplane_control::manifests::ObjectSet;
-
-use crate::cli::TableArgs;
+use crate::control::{Control, SourceArgs};
+use crate::ops::OpsState;
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
 pub enum Mode {
@@ -33,21 +38,9 @@ pub enum Mode {
     Generic,
 }
 
-#[derive(Debug, Args)]
-pub struct RunArgs {
-    #[command(flatten)]
-    pub tables: TableArgs,
-    /// Read Services, EndpointSlices and this node's Node from the
-    /// Kubernetes API with this kubeconfig (instead of --manifests).
-    #[arg(long, conflicts_with = "manifests")]
-    pub kubeconfig: Option<std::path::PathBuf>,
-    /// Read the Kubernetes API with the pod's service account.
-    #[arg(long, conflicts_with_all = ["manifests", "kubeconfig"])]
-    pub in_cluster: bool,
-    /// With a Kubernetes source: how long to wait for the first complete
-    /// list before giving up, in seconds.
-    #[arg(long, default_value_t = 120)]
-    pub sync_timeout: u64,
+/// Options of the I/O: interfaces, queues, CPUs, XDP, conntrack capacity.
+#[derive(Debug, Clone, Args)]
+pub struct IoArgs {
     /// Interface to serve (repeat for several, at most 8).
     #[arg(long = "interface", short = 'i', required = true)]
     pub interfaces: Vec<String>,
@@ -72,18 +65,6 @@ pub struct RunArgs {
     /// Session-affinity table capacity (entries).
     #[arg(long, default_value_t = 1 << 16)]
     pub affinity_size: usize,
-    /// Directory of the shared-memory state (mode 0700; files `conntrack`
-    /// and `affinity`, mode 0600). A restarted dataplane re-attaches to the
-    /// flows tracked there, so established connections survive a restart,
-    /// even after `kill -9`. Keep it on a tmpfs.
-    #[arg(
-        id = "state_dir",
-        long = "tables",
-        visible_alias = "state-dir",
-        value_name = "DIR",
-        default_value = "/run/edgeplane"
-    )]
-    pub state_dir: std::path::PathBuf,
     /// UMEM frames per interface and worker.
     #[arg(long, default_value_t = 4096)]
     pub frames: u32,
@@ -96,12 +77,55 @@ pub struct RunArgs {
     /// Largest RX batch (1..=64).
     #[arg(long, default_value_t = 64)]
     pub batch: usize,
-    /// How often to check the manifests for changes, in milliseconds.
-    #[arg(long, default_value_t = 1000)]
-    pub reload_ms: u64,
     /// Log a one-line summary of the counters every N seconds (0: never).
     #[arg(long, default_value_t = 0)]
     pub stats_interval: u64,
+}
+
+/// `--tables DIR`: the table region, the conntrack and affinity files and
+/// the dataplane's stats file.
+#[derive(Debug, Clone, Args)]
+pub struct StateDir {
+    /// Directory of the shared-memory state (mode 0700): the table region
+    /// `tables`, the flow state `conntrack` and `affinity` (mode 0600), and
+    /// `stats.json` (for `inspect`). A restarted dataplane re-attaches to
+    /// the tables and flows there, so established connections survive a
+    /// restart, even after `kill -9`. Keep it on a tmpfs.
+    #[arg(
+        id = "state_dir",
+        long = "tables",
+        visible_alias = "state-dir",
+        value_name = "DIR",
+        default_value = edgeplane_dataplane::region::DEFAULT_DIR
+    )]
+    pub state_dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct DataplaneArgs {
+    #[command(flatten)]
+    pub io: IoArgs,
+    #[command(flatten)]
+    pub dir: StateDir,
+    /// How long to wait for a first generation in the table region, in
+    /// seconds.
+    #[arg(long, default_value_t = 120)]
+    pub wait_tables: u64,
+    /// Stop after this many seconds (0: run until SIGINT/SIGTERM).
+    #[arg(long, default_value_t = 0)]
+    pub duration: u64,
+    #[command(flatten)]
+    pub ops: crate::ops::OpsArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub source: SourceArgs,
+    #[command(flatten)]
+    pub io: IoArgs,
+    #[command(flatten)]
+    pub dir: StateDir,
     /// Stop after this many seconds (0: run until SIGINT/SIGTERM).
     #[arg(long, default_value_t = 0)]
     pub duration: u64,
@@ -133,41 +157,6 @@ fn parse_cpus(s: &str) -> Result<Vec<usize>> {
     Ok(out)
 }
 
-/// A cheap fingerprint of the manifests the loader reads (paths, sizes,
-/// mtimes of `*.yaml`, `*.yml`, `*.json`; editors' temporary files do not
-/// count).
-fn fingerprint(path: &Path) -> Vec<(String, u64, Option<SystemTime>)> {
-    let mut out = Vec::new();
-    let mut stack = vec![path.to_path_buf()];
-    while let Some(p) = stack.pop() {
-        let Ok(md) = std::fs::metadata(&p) else {
-            out.push((p.display().to_string(), u64::MAX, None));
-            continue;
-        };
-        if md.is_dir() {
-            if let Ok(rd) = std::fs::read_dir(&p) {
-                stack.extend(rd.filter_map(|e| e.ok()).map(|e| e.path()));
-            }
-        } else if p == path
-            || matches!(
-                p.extension().and_then(|e| e.to_str()),
-                Some("yaml" | "yml" | "json")
-            )
-        {
-            out.push((p.display().to_string(), md.len(), md.modified().ok()));
-        }
-    }
-    out.sort();
-    out
-}
-
-fn continue_stats(a: &RunArgs, dp: &Dataplane, last: &mut Instant) {
-    if a.stats_interval > 0 && last.elapsed() >= Duration::from_secs(a.stats_interval) {
-        *last = Instant::now();
-        tracing::info!("{}", summary(&dp.snapshots(), dp.flows().conntrack.len()).1);
-    }
-}
-
 fn summary(snaps: &[WorkerSnapshot], conntrack: usize) -> (Stats, String) {
     let mut s = Stats::default();
     let (mut kr, mut ku, mut kp, mut kf, mut full, mut wake) = (0, 0, 0, 0, 0, 0);
@@ -195,8 +184,8 @@ fn summary(snaps: &[WorkerSnapshot], conntrack: usize) -> (Stats, String) {
     (s, line)
 }
 
-/// Capabilities `run` needs that the effective set `cap_eff` (the `CapEff`
-/// mask of /proc/self/status) lacks.
+/// Capabilities the dataplane needs that the effective set `cap_eff` (the
+/// `CapEff` mask of /proc/self/status) lacks.
 fn missing_caps(cap_eff: u64) -> Vec<&'static str> {
     const NET_ADMIN: u32 = 12;
     const NET_RAW: u32 = 13;
@@ -217,7 +206,7 @@ fn missing_caps(cap_eff: u64) -> Vec<&'static str> {
 }
 
 /// Refuses to start, with a clear message, without the privileges.
-fn check_privileges() -> Result<()> {
+fn check_privileges(what: &str) -> Result<()> {
     let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
         return Ok(());
     };
@@ -231,187 +220,221 @@ fn check_privileges() -> Result<()> {
     let missing = missing_caps(eff);
     if !missing.is_empty() {
         bail!(
-            "edgeplane run needs privileges it does not have: {}. Run it as root or grant these capabilities (see deploy/edgeplane.yaml).",
+            "edgeplane {what} needs privileges it does not have: {}. Run it as root or grant these capabilities (see deploy/edgeplane.yaml).",
             missing.join(", ")
         );
     }
     Ok(())
 }
 
-/// Where the tables come from.
-enum Source {
-    Manifests {
-        seen: Vec<(String, u64, Option<SystemTime>)>,
-    },
-    Kube {
-        rx: tokio::sync::watch::Receiver<Option<Arc<ObjectSet>>>,
-        stats: Arc<edgeplane_control::kube::KubeStats>,
-    },
-}
-
-/// Starts the Kubernetes source on its own thread (a small tokio runtime)
-/// and waits for its first complete snapshot.
-fn start_kube(a: &RunArgs, stop: &AtomicBool) -> Result<(Source, Arc<ObjectSet>)> {
-    if a.tables.node_name.is_empty() {
-        bail!("--node-name is required with a Kubernetes source (it selects this node's Node and local endpoints)");
-    }
-    let mut cfg = KubeConfig::new(a.tables.node_name.clone());
-    cfg.kubeconfig = a.kubeconfig.clone();
-    cfg.in_cluster = a.in_cluster;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("tokio runtime")?;
-    let source = rt
-        .block_on(KubeSource::connect(cfg))
-        .context("connecting to the Kubernetes API")?;
-    let stats = source.stats();
-    let (tx, mut rx) = tokio::sync::watch::channel(None);
-    std::thread::Builder::new()
-        .name("edgeplane-kube".into())
-        .spawn(move || {
-            if let Err(e) = rt.block_on(source.run(tx)) {
-                tracing::error!("Kubernetes source stopped: {e}");
-            }
-        })
-        .context("spawning the Kubernetes source")?;
-    let deadline = Instant::now() + Duration::from_secs(a.sync_timeout);
-    loop {
-        let first = rx.borrow_and_update().clone();
-        if let Some(s) = first {
-            return Ok((Source::Kube { rx, stats }, s));
-        }
-        if stop.load(Ordering::Relaxed) {
-            bail!("interrupted while waiting for the first sync");
-        }
-        if Instant::now() >= deadline {
-            bail!(
-                "no complete list of Services, EndpointSlices and Nodes from the API within {} s (watch restarts {})",
-                a.sync_timeout,
-                stats.watch_restarts.load(Ordering::Relaxed)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// Compiles an API snapshot. Every watch event recompiles everything, so
-/// a warning is logged when it first appears, not on every compile
-/// (`seen` holds the previous compile's warnings).
-fn compile_snapshot(
-    a: &RunArgs,
-    objects: &ObjectSet,
-    generation: u64,
-    seen: &mut Vec<String>,
-) -> Result<Compiled> {
-    let c = compile(objects, &a.tables.options(), generation).context("compiling")?;
-    let now: Vec<String> = c.warnings.iter().map(|w| w.to_string()).collect();
-    for w in now.iter().filter(|w| !seen.contains(w)) {
-        tracing::warn!("{w}");
-    }
-    *seen = now;
-    Ok(c)
-}
-
-pub fn run(a: RunArgs) -> Result<()> {
-    if a.batch == 0 || a.batch > 64 {
+fn check_io(io: &IoArgs) -> Result<Vec<usize>> {
+    if io.batch == 0 || io.batch > 64 {
         bail!("--batch must be 1..=64");
     }
-    let cpus = parse_cpus(&a.cpus)?;
-    let ops_cfg = a.ops.config()?;
-    check_privileges()?;
-    check_snat_ports(a.tables.snat_ports)?;
+    parse_cpus(&io.cpus)
+}
+
+fn signals() -> Result<Arc<AtomicBool>> {
     let stop = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGINT, stop.clone())?;
     signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone())?;
-    let kube = a.kubeconfig.is_some() || a.in_cluster;
-    let mut seen_warnings = Vec::new();
-    let (mut source, compiled) = if kube {
-        let (src, snap) = start_kube(&a, &stop)?;
-        let c = compile_snapshot(&a, &snap, 1, &mut seen_warnings)?;
-        (src, c)
-    } else {
-        let Some(path) = &a.tables.manifests else {
-            bail!("give --manifests PATH, --kubeconfig FILE or --in-cluster");
-        };
-        let seen = fingerprint(path);
-        (Source::Manifests { seen }, a.tables.load_with(1, true)?)
-    };
+    Ok(stop)
+}
 
-    let cfg = DataplaneConfig {
-        interfaces: a.interfaces.clone(),
-        workers: a.workers,
+/// `edgeplane dataplane`.
+pub fn dataplane(a: DataplaneArgs) -> Result<()> {
+    let cpus = check_io(&a.io)?;
+    let ops_cfg = a.ops.config()?;
+    check_privileges("dataplane")?;
+    let stop = signals()?;
+    let deadline = (a.duration > 0).then(|| Instant::now() + Duration::from_secs(a.duration));
+    // Alone, the dataplane counts a generation as synced when it adopts it
+    // (it cannot see changes still queued in the control process).
+    let ops = Ops {
+        cfg: ops_cfg,
+        state: OpsState::new(),
+        feeds_sync: true,
+    };
+    serve(
+        &a.io,
         cpus,
-        xdp_mode: match a.xdp_mode {
+        &a.dir.state_dir,
+        a.wait_tables,
+        &stop,
+        deadline,
+        ops,
+    )
+}
+
+/// `edgeplane run`: the control loop on a thread, the dataplane here.
+pub fn run(a: RunArgs) -> Result<()> {
+    let cpus = check_io(&a.io)?;
+    let ops_cfg = a.ops.config()?;
+    check_privileges("run")?;
+    check_snat_ports(a.source.tables.snat_ports)?;
+    let stop = signals()?;
+    let deadline = (a.duration > 0).then(|| Instant::now() + Duration::from_secs(a.duration));
+    let dir = &a.dir.state_dir;
+    // One operations state: the control thread feeds queued changes and
+    // publications, the dataplane its workers and adopted tables.
+    let state = OpsState::new();
+    let mut control = Control::start(&a.source, dir, &stop, Some(state.clone()))?;
+    let control_stop = Arc::new(AtomicBool::new(false));
+    let cs = control_stop.clone();
+    let th = std::thread::Builder::new()
+        .name("edgeplane-control".into())
+        .spawn(move || control.run_until(&cs, None))
+        .context("spawning the control thread")?;
+    let ops = Ops {
+        cfg: ops_cfg,
+        state,
+        feeds_sync: false,
+    };
+    let res = serve(&a.io, cpus, dir, 10, &stop, deadline, ops);
+    control_stop.store(true, Ordering::Relaxed);
+    let _ = th.join();
+    res
+}
+
+/// Opens the region, waiting up to `wait_s` for the file and a first
+/// generation; returns the reader and the adopted tables.
+fn open_region(
+    dir: &Path,
+    wait_s: u64,
+    stop: &AtomicBool,
+) -> Result<(RegionReader, edgeplane_dataplane::Tables)> {
+    let deadline = Instant::now() + Duration::from_secs(wait_s);
+    let mut said = false;
+    let mut last_err;
+    loop {
+        match RegionReader::open(dir) {
+            Ok(mut r) => match r.try_adopt() {
+                Ok(Some(t)) => return Ok((r, t)),
+                Ok(None) => last_err = "no generation published yet".into(),
+                Err(e) => {
+                    tracing::error!("{e}; waiting for a good one");
+                    last_err = e.to_string();
+                }
+            },
+            Err(RegionError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                last_err = format!("{} does not exist", dir.join("tables").display());
+            }
+            Err(e) => return Err(e).context("opening the table region"),
+        }
+        if !said {
+            tracing::info!(dir = %dir.display(), "waiting for tables from edgeplane control ({last_err})");
+            said = true;
+        }
+        if stop.load(Ordering::Relaxed) {
+            bail!("interrupted while waiting for tables");
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "no usable tables in {} within {wait_s} s ({last_err}); is `edgeplane control --tables {}` running?",
+                dir.display(),
+                dir.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The operations endpoints the dataplane loop serves and feeds.
+struct Ops {
+    cfg: crate::ops::OpsConfig,
+    state: Arc<OpsState>,
+    /// Count each adopted generation as a sync (`dataplane` alone; under
+    /// `run` the control thread reports its publications).
+    feeds_sync: bool,
+}
+
+/// The dataplane loop: adopt generations from the region (polled every
+/// millisecond), keep the XDP maps in step, write `stats.json` every second,
+/// feed the metrics and health state.
+fn serve(
+    io: &IoArgs,
+    cpus: Vec<usize>,
+    dir: &Path,
+    wait_s: u64,
+    stop: &AtomicBool,
+    deadline: Option<Instant>,
+    ops: Ops,
+) -> Result<()> {
+    let (mut reader, tables) = open_region(dir, wait_s, stop)?;
+    let cfg = DataplaneConfig {
+        interfaces: io.interfaces.clone(),
+        workers: io.workers,
+        cpus,
+        xdp_mode: match io.xdp_mode {
             Mode::Auto => XdpMode::Auto,
             Mode::Native => XdpMode::Native,
             Mode::Generic => XdpMode::Generic,
         },
-        frames_per_port: a.frames,
-        frame_size: a.frame_size,
-        ring_size: a.ring_size,
-        batch: a.batch,
-        conntrack_size: a.conntrack_size,
-        affinity_size: a.affinity_size,
-        idle_sleep_us: a.idle_sleep_us,
-        state_dir: Some(a.state_dir.clone()),
+        frames_per_port: io.frames,
+        frame_size: io.frame_size,
+        ring_size: io.ring_size,
+        batch: io.batch,
+        conntrack_size: io.conntrack_size,
+        affinity_size: io.affinity_size,
+        idle_sleep_us: io.idle_sleep_us,
+        state_dir: Some(dir.to_path_buf()),
         ..DataplaneConfig::default()
     };
     let t_start = Instant::now();
-    let sizes = crate::ops::logging::diff(None, &compiled.tables);
-    let maglev_entries = compiled.tables.maglev.len();
-    let mut dp = Dataplane::start(&cfg, compiled.tables).context("starting the dataplane")?;
-    // Operations endpoints: fed from this loop (workers, tables, publication).
-    let ops = crate::ops::OpsState::new();
-    ops.set_dataplane(
-        a.interfaces.clone(),
+    let sizes = crate::ops::logging::diff(None, &tables);
+    let maglev_tables = tables.maglev.len();
+    let generation = tables.generation;
+    let mut dp = Dataplane::start_with_region(&cfg, tables, Some(&reader))
+        .context("starting the dataplane")?;
+    reader.settle();
+    let st = &ops.state;
+    st.set_dataplane(
+        io.interfaces.clone(),
         dp.flows().clone(),
         Arc::new(dp.clock()),
     );
-    ops.adopt_tables(dp.tables());
-    ops.synced(1, t_start.elapsed());
-    if let Source::Kube { stats, .. } = &source {
-        ops.set_kube_stats(stats.clone());
+    st.adopt_tables(dp.tables());
+    if ops.feeds_sync {
+        st.synced(generation, t_start.elapsed());
     }
-    ops.update_workers(dp.snapshots());
-    let ops_server = crate::ops::serve(ops_cfg, ops.clone())?;
+    st.update_workers(dp.snapshots());
+    let ops_server = crate::ops::serve(ops.cfg.clone(), st.clone())?;
     let nh = dp.nexthops();
     tracing::info!(
-        source = if kube { "kubernetes" } else { "manifests" },
-        interfaces = ?a.interfaces,
+        interfaces = ?io.interfaces,
         queues = dp.queues,
         xdp_mode = ?dp.mode,
         services = sizes.services,
         frontends = sizes.frontends,
         backends = sizes.backends,
-        maglev_entries,
-        conntrack = a.conntrack_size,
-        affinity = a.affinity_size,
+        maglev_tables,
+        generation,
+        conntrack = io.conntrack_size,
+        affinity = io.affinity_size,
         routes = nh.routes(),
         neighbours = nh.neighbours(),
         metrics = ?ops_server.metrics_addr,
         healthz = ?ops_server.healthz_addr,
         "edgeplane running"
     );
-    let mut warn_limit = crate::ops::logging::RateLimit::new(Duration::from_secs(30));
     let mut last_feed = Instant::now();
     let mut last_xdp = Instant::now();
-    let mut queued_at: Option<Instant> = None;
+    let mut refusals = crate::ops::logging::RateLimit::new(Duration::from_secs(30));
 
-    let started = Instant::now();
-    let deadline = (a.duration > 0).then(|| started + Duration::from_secs(a.duration));
-    let mut generation = 1u64;
-    let mut last_check = Instant::now();
     let mut last_stats = Instant::now();
+    let mut last_file = Instant::now() - Duration::from_secs(2);
+    let mut result = Ok(());
     while !stop.load(Ordering::Relaxed) && deadline.is_none_or(|d| Instant::now() < d) {
-        std::thread::sleep(Duration::from_millis(if kube { 5 } else { 50 }));
+        std::thread::sleep(Duration::from_millis(1));
         if last_feed.elapsed() >= Duration::from_millis(100) {
             last_feed = Instant::now();
-            ops.update_workers(dp.snapshots());
+            st.update_workers(dp.snapshots());
             if last_xdp.elapsed() >= Duration::from_secs(1) {
                 last_xdp = Instant::now();
                 if let Ok(x) = dp.xdp_counters() {
-                    ops.set_xdp_counters(x);
+                    st.set_xdp_counters(x);
                 }
             }
         }
@@ -419,87 +442,72 @@ pub fn run(a: RunArgs) -> Result<()> {
             tracing::error!("a worker stopped; shutting down");
             break;
         }
-        let next = match &mut source {
-            Source::Manifests { seen } => {
-                if last_check.elapsed() < Duration::from_millis(a.reload_ms) {
-                    continue_stats(&a, &dp, &mut last_stats);
-                    continue;
-                }
-                last_check = Instant::now();
-                let path = a.tables.manifests.as_deref().unwrap_or(Path::new("."));
-                let now = fingerprint(path);
-                if now == *seen {
-                    None
-                } else {
-                    *seen = now;
-                    ops.queued_update();
-                    queued_at.get_or_insert_with(Instant::now);
-                    Some(a.tables.load_with(generation + 1, true).map_err(|e| {
-                        anyhow::anyhow!("manifests changed but do not compile; keeping generation {generation}: {e:#}")
-                    }))
-                }
-            }
-            Source::Kube { rx, .. } => {
-                if rx.has_changed().unwrap_or(false) {
-                    ops.queued_update();
-                    queued_at.get_or_insert_with(Instant::now);
-                    // Compile, then drop the snapshot at once so the source
-                    // can update it in place next time.
-                    let snap = rx.borrow_and_update().clone();
-                    snap.map(|s| {
-                        compile_snapshot(&a, &s, generation + 1, &mut seen_warnings).map_err(|e| {
-                            anyhow::anyhow!("API objects do not compile; keeping generation {generation}: {e:#}")
-                        })
-                    })
-                } else {
-                    None
-                }
-            }
-        };
-        match next {
-            Some(Ok(c)) => {
-                generation += 1;
-                let old = dp.tables();
-                let d = crate::ops::logging::diff(Some(&old), &c.tables);
-                drop(old);
+        match reader.try_adopt() {
+            Ok(Some(t)) => {
+                let generation = t.generation;
+                let d = crate::ops::logging::diff(Some(&dp.tables()), &t);
                 let t0 = Instant::now();
-                match dp.publish(c.tables) {
-                    Ok(r) => {
-                        let took = queued_at.take().map_or(t0.elapsed(), |q| q.elapsed());
-                        ops.adopt_tables(dp.tables());
-                        ops.synced(generation, took);
-                        tracing::info!(
-                            generation,
-                            frontends = d.frontends,
-                            services = d.services,
-                            backends = d.backends,
-                            frontends_added = d.frontends_added,
-                            frontends_removed = d.frontends_removed,
-                            backends_added = d.backends_added,
-                            backends_removed = d.backends_removed,
-                            xdp_keys_added = r.added,
-                            xdp_keys_removed = r.removed,
-                            publish_us = t0.elapsed().as_micros() as u64,
-                            "tables published"
-                        )
-                    }
+                match dp.publish(t) {
+                    Ok(r) => tracing::info!(
+                        generation,
+                        frontends = d.frontends,
+                        services = d.services,
+                        backends = d.backends,
+                        frontends_added = d.frontends_added,
+                        frontends_removed = d.frontends_removed,
+                        backends_added = d.backends_added,
+                        backends_removed = d.backends_removed,
+                        xdp_keys_added = r.added,
+                        xdp_keys_removed = r.removed,
+                        publish_us = t0.elapsed().as_micros() as u64,
+                        "tables adopted"
+                    ),
                     Err(e) => {
                         // The workers have the new tables; the XDP maps lag.
-                        ops.adopt_tables(dp.tables());
-                        ops.sync_failed();
+                        if ops.feeds_sync {
+                            st.sync_failed();
+                        }
                         tracing::error!(generation, "XDP map update failed: {e:#}")
                     }
                 }
+                st.adopt_tables(dp.tables());
+                if ops.feeds_sync {
+                    st.synced(generation, t0.elapsed());
+                }
+                reader.settle();
             }
-            Some(Err(e)) => {
-                ops.sync_failed();
-                if let Some(suppressed) = warn_limit.allow(Instant::now()) {
-                    tracing::error!(suppressed, "{e:#}");
+            Ok(None) => {}
+            Err(e) => {
+                if ops.feeds_sync {
+                    st.sync_failed();
+                }
+                if let Some(suppressed) = refusals.allow(Instant::now()) {
+                    tracing::error!(
+                        refused = reader.refused_count,
+                        suppressed,
+                        "{e}; keeping generation {}",
+                        reader.adopted()
+                    )
                 }
             }
-            None => {}
         }
-        continue_stats(&a, &dp, &mut last_stats);
+        if last_file.elapsed() >= Duration::from_secs(1) {
+            last_file = Instant::now();
+            if reader.replaced() {
+                result = Err(anyhow::anyhow!(
+                    "{} was replaced (a control with another region layout recreated it); restart the dataplane to follow it (flows are kept)",
+                    reader.path().display()
+                ));
+                break;
+            }
+            if let Err(e) = crate::inspect::write_stats(dir, &dp, &reader) {
+                tracing::warn!("writing {}: {e:#}", dir.join("stats.json").display());
+            }
+        }
+        if io.stats_interval > 0 && last_stats.elapsed() >= Duration::from_secs(io.stats_interval) {
+            last_stats = Instant::now();
+            tracing::info!("{}", summary(&dp.snapshots(), dp.flows().conntrack.len()).1);
+        }
     }
     let conntrack = dp.flows().conntrack.len();
     drop(ops_server);
@@ -533,7 +541,7 @@ pub fn run(a: RunArgs) -> Result<()> {
     for (name, v) in xdp {
         eprintln!("xdp {name}: {v}");
     }
-    Ok(())
+    result
 }
 
 #[cfg(test)]

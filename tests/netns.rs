@@ -5,7 +5,8 @@
 //! UDP backends, curl and ping clients); each test runs it for one XDP mode
 //! and fails on any failed check. See that script for the topology.
 //! `tests/netns/restart.sh` is the restart scenario (100 TCP connections
-//! across a `kill -9` and restart of the dataplane).
+//! across a `kill -9` and restart of the dataplane). `tests/netns/split.sh`
+//! runs `edgeplane control` and `edgeplane dataplane` as two processes.
 
 use std::process::Command;
 use std::sync::Mutex;
@@ -306,4 +307,33 @@ fn bench_compare_smoke() {
         assert!(md.contains(path), "no {path} row in results.md:\n{md}");
     }
     assert!(svg.starts_with("<svg"), "chart.svg missing or empty");
+}
+
+/// `edgeplane control` and `edgeplane dataplane` as two processes over the
+/// table region (tests/netns/split.sh): `kill -9` of control while
+/// manifests change (no connection reset, the restarted control converges,
+/// update latency printed); a Service changed while the dataplane is down
+/// is used by the restarted dataplane, and 100 connections carry on across
+/// its `kill -9`; `inspect` reads everything meanwhile.
+#[test]
+fn control_and_dataplane_apart() {
+    let _one_at_a_time = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !may_run("netns split processes") {
+        return;
+    }
+    for mode in ["generic", "native"] {
+        let out = Command::new("bash")
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/netns/split.sh"))
+            .arg(env!("CARGO_BIN_EXE_edgeplane"))
+            .arg(mode)
+            .output()
+            .expect("running tests/netns/split.sh");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        println!("{stdout}");
+        assert!(
+            out.status.success() && stdout.contains("split: all passed"),
+            "netns split ({mode}) failed:\n{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }

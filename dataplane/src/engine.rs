@@ -395,12 +395,14 @@ impl Engine {
             pr.front = Some(front);
             if let Some((_, f)) = front {
                 if f.affinity_timeout == 0 && f.n_new > 0 {
-                    let table = t.maglev_table(f);
-                    if !table.is_empty() {
+                    let m = f.maglev_len as u64;
+                    if m > 0 {
                         let h =
                             flow_hash(t.node.hash_seed, p.src, p.dst, p.sport, p.dport, p.proto);
-                        let slot = (h % table.len() as u64) as usize;
-                        prefetch(&table[slot]);
+                        let slot = (h % m) as usize;
+                        if let Some(e) = t.maglev_entry_byte(f, slot) {
+                            prefetch(e);
+                        }
                         pr.maglev = Some((f, slot));
                     }
                 }
@@ -415,7 +417,7 @@ impl Engine {
             let (Ok(p), Some((f, slot))) = (&pr.parsed, pr.maglev) else {
                 continue;
             };
-            let bi = t.maglev_table(f)[slot] as usize;
+            let bi = t.maglev_entry(f, slot).map_or(usize::MAX, usize::from);
             let (Some(b), Some(snat), true) = (
                 t.new_backends(f).get(bi),
                 t.snat_addr(p.dst.is_ipv6()),
@@ -734,11 +736,14 @@ impl Engine {
                 } else {
                     flow_hash(seed, p.src, p.dst, p.sport, p.dport, p.proto)
                 };
-                let table = t.maglev_table(f);
-                if table.is_empty() {
+                let m = f.maglev_len as u64;
+                if m == 0 {
                     return with(Verdict::Drop(DropReason::NoLocalEndpoints));
                 }
-                table[(h % table.len() as u64) as usize] as usize
+                // Bounds-checked read (the table may be in shared memory); a
+                // bad entry finds no backend below.
+                t.maglev_entry(f, (h % m) as usize)
+                    .map_or(usize::MAX, usize::from)
             }
         };
         let Some(b) = backends.get(bi) else {

@@ -13,6 +13,7 @@ pub mod drop_reason;
 pub mod engine;
 pub mod hash;
 pub mod prefetch;
+pub mod region;
 pub mod shm;
 pub mod tables;
 pub mod testing;

@@ -16,6 +16,14 @@
 //! `maglev[maglev_off .. maglev_off + maglev_len]` holds, for each of the M
 //! slots, an index *relative to `backend_off`* (so `< n_new`). Frontends with
 //! identical backend runs may share one Maglev table.
+//!
+//! Tables adopted from the shared-memory region (`crate::region`) keep their
+//! Maglev tables in the mapping instead (zero-copy): then
+//! [`Frontend::maglev_width`] is 4, 8 or 16 and `maglev_off` is a byte offset
+//! into [`Tables::maglev_arena`]. [`Tables::maglev_entry`] reads either form;
+//! every entry read is bounds-checked (`.get()`), and an entry `>= n_new`
+//! finds no backend (`new_backends(f).get(i)` is `None`), so a corrupt table
+//! can misdirect a new flow at worst, never read out of bounds.
 
 use hashbrown::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -81,10 +89,16 @@ pub struct Frontend {
     pub n_new: u32,
     /// All backends existing flows may continue to (`n_new <= n_all`).
     pub n_all: u32,
-    /// Start of the Maglev table in [`Tables::maglev`].
+    /// Start of the Maglev table: an index into [`Tables::maglev`] when
+    /// `maglev_width` is 0, else a byte offset into [`Tables::maglev_arena`].
     pub maglev_off: u32,
     /// M, a prime; 0 when `n_new == 0`.
     pub maglev_len: u32,
+    /// 0: the table is in [`Tables::maglev`] (`u16` entries). 4, 8 or 16:
+    /// it is in [`Tables::maglev_arena`], packed with this many bits per
+    /// entry (4 bits: two entries per byte, low nibble first; 16 bits:
+    /// little-endian).
+    pub maglev_width: u8,
     /// Used when `n_new == 0`.
     pub empty_action: EmptyAction,
     /// Source NAT to the node's SNAT address (false for
@@ -116,8 +130,11 @@ pub struct Backend {
     pub weight: u32,
 }
 
-/// A Service port, for display and metrics.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// A Service port, for display and metrics. Not on the packet path: the
+/// shared-memory region stores it as JSON, so a new field needs no layout
+/// change (give it a `Default`).
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct ServiceInfo {
     pub namespace: String,
     pub name: String,
@@ -144,7 +161,8 @@ impl ServiceInfo {
 }
 
 /// Node-wide settings that shape translation.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct NodeConfig {
     /// This node's addresses (NodePort frontends are on these; traffic to them
     /// that is not a frontend goes to the kernel).
@@ -220,6 +238,9 @@ pub struct Tables {
     pub frontends: Vec<Frontend>,
     pub backends: Vec<Backend>,
     pub maglev: Vec<u16>,
+    /// Packed Maglev tables kept in a shared-memory mapping (see
+    /// [`Frontend::maglev_width`]); `None` for tables built in memory.
+    pub maglev_arena: Option<MaglevArena>,
     pub source_ranges: Vec<Cidr>,
     /// (IP, port, proto) -> index into `frontends`.
     pub frontend_index: HashMap<FrontendKey, u32>,
@@ -267,13 +288,90 @@ impl Tables {
             .unwrap_or(&[])
     }
 
-    /// The Maglev table of `f` (relative backend indices).
+    /// The Maglev table of `f` (relative backend indices) when it is held
+    /// in [`Tables::maglev`]; empty for a table in the arena (use
+    /// [`maglev_entry`](Self::maglev_entry) or
+    /// [`maglev_entries`](Self::maglev_entries)).
     #[inline]
     pub fn maglev_table(&self, f: &Frontend) -> &[u16] {
+        if f.maglev_width != 0 {
+            return &[];
+        }
         let off = f.maglev_off as usize;
         self.maglev
             .get(off..off + f.maglev_len as usize)
             .unwrap_or(&[])
+    }
+
+    /// Entry `slot` (`< maglev_len`) of `f`'s Maglev table, wherever it is
+    /// held; `None` when out of bounds. One predictable branch on the width.
+    #[inline]
+    pub fn maglev_entry(&self, f: &Frontend, slot: usize) -> Option<u16> {
+        let off = f.maglev_off as usize;
+        match f.maglev_width {
+            0 => self.maglev.get(off + slot).copied(),
+            w => {
+                let a = self.maglev_arena.as_ref()?.bytes();
+                match w {
+                    4 => a
+                        .get(off + slot / 2)
+                        .map(|&b| ((b >> ((slot & 1) * 4)) & 0xf) as u16),
+                    8 => a.get(off + slot).map(|&b| b as u16),
+                    _ => a
+                        .get(off + 2 * slot..off + 2 * slot + 2)
+                        .map(|b| u16::from_le_bytes([b[0], b[1]])),
+                }
+            }
+        }
+    }
+
+    /// A byte of entry `slot` (for a prefetch), wherever it is held.
+    #[inline]
+    pub fn maglev_entry_byte(&self, f: &Frontend, slot: usize) -> Option<&u8> {
+        let off = f.maglev_off as usize;
+        match f.maglev_width {
+            0 => self.maglev.get(off + slot).map(|e| &bytemuck_u16(e)[0]),
+            w => self
+                .maglev_arena
+                .as_ref()?
+                .bytes()
+                .get(off + slot * w as usize / 8),
+        }
+    }
+
+    /// `f`'s whole Maglev table as `u16` (a copy; for display and tests).
+    pub fn maglev_entries(&self, f: &Frontend) -> Vec<u16> {
+        (0..f.maglev_len as usize)
+            .map_while(|s| self.maglev_entry(f, s))
+            .collect()
+    }
+
+    /// A copy whose Maglev tables are all in [`Tables::maglev`] (no
+    /// arena), deduplicated as [`TablesBuilder`] does.
+    pub fn to_owned_maglev(&self) -> Tables {
+        let mut t = self.clone();
+        t.maglev_arena = None;
+        t.maglev.clear();
+        let mut seen: std::collections::HashMap<(u8, u32, u32), u32> = Default::default();
+        for (i, f) in self.frontends.iter().enumerate() {
+            let nf = &mut t.frontends[i];
+            nf.maglev_width = 0;
+            if f.maglev_len == 0 {
+                nf.maglev_off = 0;
+                continue;
+            }
+            let key = (f.maglev_width, f.maglev_off, f.maglev_len);
+            nf.maglev_off = match seen.get(&key) {
+                Some(&o) => o,
+                None => {
+                    let o = t.maglev.len() as u32;
+                    t.maglev.extend(self.maglev_entries(f));
+                    seen.insert(key, o);
+                    o
+                }
+            };
+        }
+        t
     }
 
     /// `loadBalancerSourceRanges` of `f`.
@@ -413,6 +511,7 @@ impl TablesBuilder {
             n_all: spec.backends.len() as u32,
             maglev_off,
             maglev_len,
+            maglev_width: 0,
             empty_action: spec.empty_action,
             snat: spec.snat,
             affinity_timeout: spec.affinity_timeout,
@@ -428,4 +527,63 @@ impl TablesBuilder {
     pub fn finish(self) -> Tables {
         self.t
     }
+}
+
+/// Packed Maglev tables in memory the tables do not own (a shared-memory
+/// mapping), kept alive by a reference count.
+#[derive(Clone)]
+pub struct MaglevArena {
+    ptr: *const u8,
+    len: usize,
+    _keep: std::sync::Arc<dyn Send + Sync>,
+}
+
+// SAFETY: the arena is only read through `bytes()`; the memory is kept
+// alive by `_keep` (which is `Send + Sync`) and never written while a
+// generation that references it may be read (the region's publication
+// protocol, see `crate::region`).
+unsafe impl Send for MaglevArena {}
+// SAFETY: as for `Send`: shared reads only.
+unsafe impl Sync for MaglevArena {}
+
+impl MaglevArena {
+    /// An arena over `len` bytes at `ptr`.
+    ///
+    /// # Safety
+    /// `ptr..ptr + len` must stay mapped and readable while `keep` lives,
+    /// and the bytes any adopted generation references must not change while
+    /// it may be read.
+    pub unsafe fn new(ptr: *const u8, len: usize, keep: std::sync::Arc<dyn Send + Sync>) -> Self {
+        MaglevArena {
+            ptr,
+            len,
+            _keep: keep,
+        }
+    }
+
+    /// An arena over owned bytes (tests, tools).
+    pub fn from_vec(v: Vec<u8>) -> Self {
+        let v = std::sync::Arc::new(v);
+        // SAFETY: the vector is kept alive by the Arc and never mutated.
+        unsafe { MaglevArena::new(v.as_ptr(), v.len(), v.clone()) }
+    }
+
+    #[inline]
+    pub fn bytes(&self) -> &[u8] {
+        // SAFETY: `new`'s contract: mapped, readable and alive while `self` is.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+}
+
+impl std::fmt::Debug for MaglevArena {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "MaglevArena({} bytes)", self.len)
+    }
+}
+
+/// The bytes of a `u16` (for a prefetch address).
+#[inline]
+fn bytemuck_u16(e: &u16) -> &[u8; 2] {
+    // SAFETY: a `u16` is 2 initialized bytes; `[u8; 2]` has alignment 1.
+    unsafe { &*(e as *const u16 as *const [u8; 2]) }
 }

@@ -34,6 +34,7 @@ use arc_swap::ArcSwap;
 
 use crate::conntrack::Timeouts;
 use crate::engine::FlowState;
+use crate::region::{ReaderPins, RegionReader};
 use crate::shm::Attach;
 use crate::Tables;
 pub use nexthop::{Hop, MirrorStats, NextHops};
@@ -48,6 +49,10 @@ pub struct Shared {
     pub nexthops: Arc<ArcSwap<NextHops>>,
     pub flows: Arc<FlowState>,
     pub stop: Arc<AtomicBool>,
+    /// The workers' quiescent-state slots in the table region (worker `i`
+    /// records the generation it is about to use at the top of every loop
+    /// iteration); `None` when the tables do not come from a region.
+    pub pins: Option<Arc<ReaderPins>>,
 }
 
 /// The clock of the live path.
@@ -198,6 +203,16 @@ impl Dataplane {
     /// Loads and attaches the XDP program, starts the next-hop mirror and
     /// the workers, and returns once every socket is in the XSKMAP.
     pub fn start(cfg: &DataplaneConfig, tables: Tables) -> Result<Self> {
+        Self::start_with_region(cfg, tables, None)
+    }
+
+    /// As [`start`](Self::start), for `tables` adopted from `region`: every
+    /// worker gets a reader slot there and records its quiescent state.
+    pub fn start_with_region(
+        cfg: &DataplaneConfig,
+        tables: Tables,
+        region: Option<&RegionReader>,
+    ) -> Result<Self> {
         if cfg.interfaces.is_empty() || cfg.interfaces.len() > umem::MAX_PORTS {
             bail!("give 1 to {} interfaces", umem::MAX_PORTS);
         }
@@ -293,7 +308,18 @@ impl Dataplane {
         let nexthops = Arc::new(ArcSwap::from_pointee(NextHops::default()));
         let mirror_stats = Arc::new(MirrorStats::default());
         let mirror = nexthop::spawn_mirror(nexthops.clone(), stop.clone(), mirror_stats.clone())?;
+        let pins = match region {
+            Some(r) => {
+                let p = r
+                    .claim_pins(queues)
+                    .context("claiming reader slots in the table region")?;
+                p.set_limit_all(tables.generation);
+                Some(p)
+            }
+            None => None,
+        };
         let shared = Arc::new(Shared {
+            pins,
             tables: ArcSwap::from_pointee(tables),
             nexthops,
             flows: Arc::new(flows),
@@ -365,6 +391,10 @@ impl Dataplane {
     /// batch, then the XDP maps follow (new keys, then stale ones removed).
     pub fn publish(&mut self, tables: Tables) -> Result<SyncReport> {
         let tables = Arc::new(tables);
+        if let Some(p) = &self.shared.pins {
+            // The workers may read this generation from now on.
+            p.set_limit_all(tables.generation);
+        }
         self.shared.tables.store(tables.clone());
         self.steering.sync(&tables)
     }
@@ -382,8 +412,7 @@ impl Dataplane {
     /// The workers' clock (ns on the time base of conntrack timestamps), for
     /// readers of the flow state such as the metrics' conntrack walk.
     pub fn clock(&self) -> impl Fn() -> u64 + Send + Sync + 'static {
-        let epoch = self.shared.epoch;
-        move || epoch.elapsed().as_nanos() as u64
+        clock::monotonic_ns
     }
 
     /// The flow state shared by the workers.

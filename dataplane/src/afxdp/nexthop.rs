@@ -112,6 +112,18 @@ impl NextHops {
         self.neigh.len()
     }
 
+    /// Every route, in lookup order (for `inspect nexthops`).
+    pub fn route_list(&self) -> &[Route] {
+        &self.routes
+    }
+
+    /// Every neighbour: (ifindex, address, MAC).
+    pub fn neighbour_list(&self) -> Vec<(u32, IpAddr, [u8; 6])> {
+        let mut v: Vec<_> = self.neigh.iter().map(|(&(i, a), &m)| (i, a, m)).collect();
+        v.sort();
+        v
+    }
+
     /// The route for `dst`: the longest matching prefix, lowest metric (a
     /// linear scan over routes sorted that way: an edge node has a handful
     /// of routes; a full table would want an LPM trie).

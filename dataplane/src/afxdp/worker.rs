@@ -158,7 +158,22 @@ pub fn run(
     let mut backoff_us = 0u64;
     let mut generation = 0u64;
 
+    let mut pinned = u64::MAX;
+    let mut iterations = 0u32;
     while !shared.stop.load(Ordering::Relaxed) {
+        // Quiescent state: no tables are held here. Record the generation
+        // this iteration starts from (any loaded below is the same or newer).
+        if let Some(p) = &shared.pins {
+            let g = shared.tables.load().generation;
+            if g != pinned {
+                p.record(cfg.index, g);
+                pinned = g;
+            }
+            iterations = iterations.wrapping_add(1);
+            if iterations & 255 == 0 {
+                p.heartbeat(cfg.index);
+            }
+        }
         io.reap_completions();
         io.kick_pending_tx()?;
         io.top_up_fill()?;

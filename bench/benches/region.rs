@@ -1,0 +1,199 @@
+//! Publication into the table region (control side), 10,000 Services × 10
+//! endpoints (a TCP and a UDP port each: 20,000 frontends, 10,000 Maglev
+//! tables of M = 16381), region file on tmpfs (/dev/shm, as /run is).
+//!
+//! * `control/publish_one_slice`: one EndpointSlice changes (one Service
+//!   gets another endpoint set): its Maglev table is rebuilt
+//!   (`control::maglev::build`) and the generation published, up to the
+//!   flip. The rest of the tables are precomputed: the full compile of
+//!   10,000 Services is not included (incremental compile is measured by
+//!   the compile benches).
+//! * `control/full_resync_10k`: every Service's table changes (a new hash
+//!   seed): all 10,000 Maglev blocks and the slot are rewritten. Maglev
+//!   tables precomputed (content unchanged, identities new), so this is the
+//!   publication cost alone.
+//!
+//! Targets: one-slice p99 ≤ 10 ms, full resync ≤ 1 s, region ≤ 256 MiB.
+//! Besides criterion's estimates, a plain loop prints the one-slice p50/p99
+//! and the region's memory (`st_blocks` of the file) to stderr.
+
+use std::hint::black_box;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use edgeplane_dataplane::region::{RegionReader, RegionWriter, WriterOptions};
+use edgeplane_dataplane::Tables;
+
+const SERVICES: usize = 10_000;
+const M: u32 = 16381;
+
+fn dir() -> PathBuf {
+    let base = if std::path::Path::new("/dev/shm").is_dir() {
+        PathBuf::from("/dev/shm")
+    } else {
+        std::env::temp_dir()
+    };
+    base.join(format!("edgeplane-bench-region-{}", std::process::id()))
+}
+
+/// Service `i` (frontends 2i and 2i+1) gets endpoint set number `k`: its
+/// first backend's port changes and its Maglev table is rebuilt.
+fn change_service(t: &mut Tables, i: usize, k: u32) {
+    let port = 10_000 + (k % 50_000) as u16;
+    for f in [2 * i, 2 * i + 1] {
+        let off = t.frontends[f].backend_off as usize;
+        t.backends[off].port = port;
+    }
+    let f = t.frontends[2 * i].clone();
+    let ident: Vec<(IpAddr, u16, u32)> = t
+        .new_backends(&f)
+        .iter()
+        .map(|b| (b.ip, b.port, b.weight))
+        .collect();
+    let table = edgeplane_control::maglev::build(&ident, M, t.node.hash_seed);
+    let off = f.maglev_off as usize;
+    t.maglev[off..off + M as usize].copy_from_slice(&table);
+}
+
+/// CPU time of this thread (excludes time waiting for a CPU on a loaded
+/// machine).
+fn thread_cpu() -> Duration {
+    let mut ts = Timespec::default();
+    // SAFETY: a valid out-parameter for clock_gettime.
+    unsafe {
+        clock_gettime(3 /* CLOCK_THREAD_CPUTIME_ID */, &mut ts)
+    };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct Timespec {
+    tv_sec: i64,
+    tv_nsec: i64,
+}
+
+extern "C" {
+    fn clock_gettime(clk: i32, ts: *mut Timespec) -> i32;
+}
+
+fn pct(v: &mut [Duration], p: usize) -> Duration {
+    v.sort();
+    v[(v.len() * p / 100).min(v.len() - 1)]
+}
+
+fn mib(b: u64) -> f64 {
+    b as f64 / (1 << 20) as f64
+}
+
+fn region(c: &mut Criterion) {
+    let t0 = Instant::now();
+    let mut t = edgeplane_bench::tables(SERVICES, 10, M);
+    eprintln!(
+        "region: built {} frontends, {} Maglev entries in {:?}",
+        t.frontends.len(),
+        t.maglev.len(),
+        t0.elapsed()
+    );
+    let d = dir();
+    let _ = std::fs::remove_dir_all(&d);
+    let mut w = RegionWriter::open(&d, WriterOptions::default()).expect("region");
+    let t1 = Instant::now();
+    let r = w.publish(&t).expect("first publication");
+    eprintln!(
+        "region: first publication {:?} ({} blocks, slot {} bytes); arena in use {:.1} MiB; file resident {:.1} MiB",
+        t1.elapsed(),
+        r.blocks_written,
+        r.body_bytes,
+        mib(w.arena_used() as u64),
+        mib(w.resident_bytes())
+    );
+
+    // One-slice publications, each timed: p50 / p99 / max.
+    let mut k = 0u32;
+    let mut one = |t: &mut Tables, w: &mut RegionWriter| {
+        k += 1;
+        let i = (k as usize * 7919) % SERVICES;
+        change_service(t, i, k);
+        let r = w.publish(t).expect("publish");
+        debug_assert_eq!(r.blocks_written, 1);
+        r
+    };
+    // A reader that adopts each generation, as the dataplane does (its
+    // cost is timed separately: it runs in the dataplane process).
+    let mut reader = RegionReader::open(&d).expect("reader");
+    let mut held = reader.try_adopt().expect("adopt");
+    reader.settle();
+    let (mut wall, mut cpu, mut adopt) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..300 {
+        let (s, c) = (Instant::now(), thread_cpu());
+        one(&mut t, &mut w);
+        cpu.push(thread_cpu() - c);
+        wall.push(s.elapsed());
+        let c = thread_cpu();
+        let new = reader
+            .try_adopt()
+            .expect("adopt")
+            .expect("a new generation");
+        held = Some(new);
+        reader.settle();
+        adopt.push(thread_cpu() - c);
+    }
+    drop(held);
+    drop(reader);
+    eprintln!(
+        "region: publish_one_slice over 300: wall p50 {:?} p99 {:?}; thread CPU p50 {:?} p99 {:?}; reader adoption (CPU) p50 {:?} p99 {:?}; file resident {:.1} MiB",
+        pct(&mut wall, 50),
+        pct(&mut wall, 99),
+        pct(&mut cpu, 50),
+        pct(&mut cpu, 99),
+        pct(&mut adopt, 50),
+        pct(&mut adopt, 99),
+        mib(w.resident_bytes())
+    );
+
+    let mut g = c.benchmark_group("control");
+    g.sample_size(50);
+    g.bench_function("publish_one_slice", |b| {
+        b.iter(|| black_box(one(&mut t, &mut w)))
+    });
+    g.sample_size(10);
+    g.measurement_time(Duration::from_secs(10));
+    let seed = t.node.hash_seed;
+    let mut n = 0u64;
+    let mut full_cpu = Vec::new();
+    g.bench_function("full_resync_10k", |b| {
+        b.iter(|| {
+            n += 1;
+            t.node.hash_seed = seed.wrapping_add(n);
+            let c = thread_cpu();
+            let r = w.publish(&t).expect("publish");
+            full_cpu.push(thread_cpu() - c);
+            assert_eq!(r.blocks_written, SERVICES);
+            black_box(r)
+        })
+    });
+    if !full_cpu.is_empty() {
+        eprintln!(
+            "region: full_resync_10k thread CPU p50 {:?} max {:?}",
+            pct(&mut full_cpu, 50),
+            pct(&mut full_cpu, 100)
+        );
+    }
+    g.finish();
+    eprintln!(
+        "region: after full resyncs: arena in use {:.1} MiB; file resident {:.1} MiB (slots {} × {} MiB max, arena {} MiB max, sparse)",
+        mib(w.arena_used() as u64),
+        mib(w.resident_bytes()),
+        w.layout().n_slots,
+        w.layout().slot_size >> 20,
+        w.layout().arena_size >> 20
+    );
+    drop(w);
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+criterion_group!(benches, region);
+criterion_main!(benches);
