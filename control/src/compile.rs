@@ -22,13 +22,15 @@
 //! - Everything the objects get wrong becomes a warning; only invalid
 //!   options are errors.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{Hash, Hasher};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use hashbrown::{Equivalent, HashMap as HbMap};
+use hashbrown::{Equivalent, HashMap, HashMap as HbMap, HashSet};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::Metadata;
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -438,30 +440,61 @@ impl Equivalent<ObjKey> for ObjRef<'_> {
 }
 
 /// Cached objects of one kind: a slab (stable indices within a compile)
-/// indexed by [`ObjKey`].
+/// indexed by [`ObjKey`], with the little that every compile checks for
+/// every object kept dense beside it ([`SlotMeta`]), so that an unchanged
+/// object costs a hash lookup and one cache line.
 #[derive(Debug)]
 struct Slab<E> {
     items: Vec<Option<E>>,
+    meta: Vec<SlotMeta>,
     free: Vec<usize>,
     index: HbMap<ObjKey, usize>,
+}
+
+/// Per-slot facts read on every compile.
+#[derive(Debug, Clone, Copy, Default)]
+struct SlotMeta {
+    /// The last compile that saw the object.
+    epoch: u64,
+    /// Its resourceVersion, when short enough to keep inline.
+    rv: InlineRv,
+    /// It had sanitizing problems (warnings to repeat).
+    warns: bool,
+}
+
+/// A resourceVersion of up to 23 bytes, inline (byte 0 is the length; 0 =
+/// none or too long, never equal to anything).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct InlineRv([u8; 24]);
+
+impl InlineRv {
+    fn of(meta: &ObjectMeta) -> InlineRv {
+        let mut b = [0u8; 24];
+        if let Some(v) = meta.resource_version.as_deref() {
+            if !v.is_empty() && v.len() < 24 {
+                b[0] = v.len() as u8;
+                b[1..=v.len()].copy_from_slice(v.as_bytes());
+            }
+        }
+        InlineRv(b)
+    }
+    fn is_some(&self) -> bool {
+        self.0[0] != 0
+    }
 }
 
 impl<E> Default for Slab<E> {
     fn default() -> Self {
         Slab {
             items: Vec::new(),
+            meta: Vec::new(),
             free: Vec::new(),
             index: HbMap::new(),
         }
     }
 }
 
-/// What every cache entry carries.
-trait Cached {
-    fn epoch(&self) -> u64;
-}
-
-impl<E: Cached> Slab<E> {
+impl<E> Slab<E> {
     /// The slot of the next occurrence of (ns, name) in this compile
     /// (`epoch`): an existing entry not yet seen in this compile, or a new
     /// empty slot. The bool is true for a new slot.
@@ -469,16 +502,18 @@ impl<E: Cached> Slab<E> {
         let mut dup = 0;
         loop {
             match self.index.get(&ObjRef { ns, name, dup }) {
-                Some(&i) if self.items[i].as_ref().is_some_and(|e| e.epoch() == epoch) => dup += 1,
-                Some(&i) => return (i, false),
+                Some(&i) if self.meta[i].epoch == epoch => dup += 1,
+                Some(&i) => return (i, self.items[i].is_none()),
                 None => {
                     let i = match self.free.pop() {
                         Some(i) => i,
                         None => {
                             self.items.push(None);
+                            self.meta.push(SlotMeta::default());
                             self.items.len() - 1
                         }
                     };
+                    self.meta[i] = SlotMeta::default();
                     self.index.insert(
                         ObjKey {
                             ns: ns.to_string(),
@@ -493,14 +528,31 @@ impl<E: Cached> Slab<E> {
         }
     }
 
+    /// Whether slot `i` (not new) holds `obj` unchanged: the same inline
+    /// resourceVersion when `trust_rv`, else equal contents.
+    fn unchanged<K>(&self, i: usize, obj: &K, raw: impl Fn(&E) -> &K, trust_rv: bool) -> bool
+    where
+        K: Metadata<Ty = ObjectMeta> + PartialEq,
+    {
+        if trust_rv {
+            let rv = InlineRv::of(obj.metadata());
+            if rv.is_some() && rv == self.meta[i].rv {
+                return true;
+            }
+        }
+        self.items[i].as_ref().is_some_and(|e| raw(e) == obj)
+    }
+
     /// Drops the entries not seen in compile `epoch`.
     fn evict(&mut self, epoch: u64) {
         let items = &mut self.items;
+        let meta = &mut self.meta;
         let free = &mut self.free;
         self.index.retain(|_, &mut i| {
-            let keep = items[i].as_ref().is_some_and(|e| e.epoch() == epoch);
+            let keep = meta[i].epoch == epoch && items[i].is_some();
             if !keep {
                 items[i] = None;
+                meta[i] = SlotMeta::default();
                 free.push(i);
             }
             keep
@@ -516,7 +568,6 @@ impl<E: Cached> Slab<E> {
 #[derive(Debug)]
 struct SvcEntry {
     raw: Service,
-    epoch: u64,
     version: u64,
     /// Sanitized; `None` when it had a fatal problem.
     sanitized: Option<Service>,
@@ -525,28 +576,15 @@ struct SvcEntry {
     derived: Option<Arc<Derived>>,
 }
 
-impl Cached for SvcEntry {
-    fn epoch(&self) -> u64 {
-        self.epoch
-    }
-}
-
 /// An EndpointSlice as last seen and sanitized.
 #[derive(Debug)]
 struct SliceEntry {
     raw: EndpointSlice,
-    epoch: u64,
     version: u64,
     /// Sanitized, with the (namespace, Service name) it belongs to; `None`
     /// when unusable.
     used: Option<((String, String), EndpointSlice)>,
     warnings: Vec<String>,
-}
-
-impl Cached for SliceEntry {
-    fn epoch(&self) -> u64 {
-        self.epoch
-    }
 }
 
 /// Node-level facts frontends depend on (from the options and the Node).
@@ -635,6 +673,11 @@ pub struct Compiler {
     facts: Option<(NodeFacts, u64)>,
     maglev: HashMap<MaglevIdent, Arc<MaglevEntry>>,
     threads: usize,
+    trust_resource_version: bool,
+    /// Services in compile order as of the last compile, while still valid.
+    order: Option<Vec<usize>>,
+    /// Sizes of the last generation (to reserve the next one's vectors).
+    sizes: (usize, usize, usize),
 }
 
 impl std::fmt::Debug for Compiler {
@@ -683,6 +726,9 @@ impl Compiler {
             threads: std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(1),
+            trust_resource_version: false,
+            order: None,
+            sizes: (0, 0, 0),
         })
     }
 
@@ -694,6 +740,17 @@ impl Compiler {
     /// Builds Maglev tables on at most `n` threads (default: every core).
     pub fn set_threads(&mut self, n: usize) {
         self.threads = n.max(1);
+    }
+
+    /// Takes an object whose `metadata.resourceVersion` equals that of the
+    /// object last seen under its name as unchanged, without comparing
+    /// contents. Right for objects read from the Kubernetes API, where the
+    /// resourceVersion is etcd's revision of the write (no two writes, even
+    /// of different objects, share one); wrong for hand-made manifests (an
+    /// edit may keep a copied resourceVersion), hence off by default: then
+    /// every object is compared in full.
+    pub fn trust_resource_version(&mut self, on: bool) {
+        self.trust_resource_version = on;
     }
 
     /// Compiles `objects` into generation `generation`, reusing what the
@@ -712,6 +769,10 @@ impl Compiler {
         let epoch = self.epoch;
         let mut stats = CompileStats::default();
         let mut warnings = Vec::new();
+        let trust = self.trust_resource_version;
+        // The cached order stays valid while the set of Services and their
+        // usability do not change.
+        let mut order_valid = self.order.is_some();
 
         // Sanitize what changed (a no-op, without warnings, for objects that
         // came through the manifest loader), in input order.
@@ -722,18 +783,21 @@ impl Compiler {
                 s.metadata.name.as_deref().unwrap_or(""),
                 epoch,
             );
-            let slot = &mut self.services.items[i];
-            match slot {
-                Some(e) if !new && e.raw == *s => e.epoch = epoch,
-                _ => {
+            if new || !self.services.unchanged(i, s, |e| &e.raw, trust) {
+                let slot = &mut self.services.items[i];
+                {
                     let mut c = s.clone();
                     let problems = validate::sanitize_service(&mut c);
                     let (ns, name) = svc_id(&c);
                     let fatal = problems.iter().any(|p| p.is_fatal());
+                    if slot.as_ref().is_none_or(|e| e.sanitized.is_some() == fatal) {
+                        order_valid = false;
+                    }
                     self.next_version += 1;
+                    self.services.meta[i].rv = InlineRv::of(&s.metadata);
+                    self.services.meta[i].warns = !problems.is_empty();
                     *slot = Some(SvcEntry {
                         raw: s.clone(),
-                        epoch,
                         version: self.next_version,
                         sanitized: (!fatal).then_some(c),
                         warnings: problems
@@ -744,7 +808,10 @@ impl Compiler {
                     });
                 }
             }
-            warnings.extend(self.services.get(i).warnings.iter().cloned());
+            self.services.meta[i].epoch = epoch;
+            if self.services.meta[i].warns {
+                warnings.extend(self.services.get(i).warnings.iter().cloned());
+            }
             svc_slots.push(i);
         }
         let mut slice_slots: Vec<usize> = Vec::with_capacity(objects.endpoint_slices.len());
@@ -754,10 +821,9 @@ impl Compiler {
                 s.metadata.name.as_deref().unwrap_or(""),
                 epoch,
             );
-            let slot = &mut self.slices.items[i];
-            match slot {
-                Some(e) if !new && e.raw == *s => e.epoch = epoch,
-                _ => {
+            if new || !self.slices.unchanged(i, s, |e| &e.raw, trust) {
+                let slot = &mut self.slices.items[i];
+                {
                     let mut c = s.clone();
                     let (usage, problems) = validate::sanitize_endpoint_slice(&mut c);
                     let ns = c.metadata.namespace.clone().unwrap_or_default();
@@ -771,9 +837,10 @@ impl Compiler {
                         .cloned()
                         .unwrap_or_default();
                     self.next_version += 1;
+                    self.slices.meta[i].rv = InlineRv::of(&s.metadata);
+                    self.slices.meta[i].warns = !problems.is_empty();
                     *slot = Some(SliceEntry {
                         raw: s.clone(),
-                        epoch,
                         version: self.next_version,
                         used: (!fatal && usage == SliceUse::Use).then(|| ((ns.clone(), svc), c)),
                         warnings: problems
@@ -783,13 +850,17 @@ impl Compiler {
                     });
                 }
             }
-            warnings.extend(self.slices.get(i).warnings.iter().cloned());
+            self.slices.meta[i].epoch = epoch;
+            if self.slices.meta[i].warns {
+                warnings.extend(self.slices.get(i).warnings.iter().cloned());
+            }
             slice_slots.push(i);
         }
 
         // Slices by Service, in name order (input order among equal names).
         let slices = &self.slices;
-        let mut by_service: HashMap<(&str, &str), Vec<usize>> = HashMap::new();
+        let mut by_service: HashMap<(&str, &str), Vec<usize>> =
+            HashMap::with_capacity(self.services.index.len());
         for &i in &slice_slots {
             if let Some(((ns, svc), _)) = &slices.get(i).used {
                 by_service.entry((ns, svc)).or_default().push(i);
@@ -808,28 +879,39 @@ impl Compiler {
             }
         }
 
-        // Services by (namespace, name), input order among equal names.
+        // Services by (namespace, name), input order among equal names. The
+        // last order is reused when no Service appeared, disappeared or
+        // changed usability, and no two share a name (then input order,
+        // which may have changed, breaks the tie).
         let services = &mut self.services;
-        let mut order: Vec<usize> = svc_slots
-            .iter()
-            .copied()
-            .filter(|&i| services.get(i).sanitized.is_some())
-            .collect();
-        {
-            let id = |i: usize| {
-                let m = &services
-                    .get(i)
-                    .sanitized
-                    .as_ref()
-                    .expect("filtered")
-                    .metadata;
-                (
-                    m.namespace.as_deref().unwrap_or(""),
-                    m.name.as_deref().unwrap_or(""),
-                )
-            };
-            order.sort_by(|&a, &b| id(a).cmp(&id(b)));
+        if svc_slots.len() != services.index.len() {
+            order_valid = false; // some will be evicted
         }
+        let order: Vec<usize> = match self.order.take() {
+            Some(o) if order_valid => o,
+            _ => {
+                let mut order: Vec<usize> = svc_slots
+                    .iter()
+                    .copied()
+                    .filter(|&i| services.get(i).sanitized.is_some())
+                    .collect();
+                let id = |i: usize| {
+                    let m = &services
+                        .get(i)
+                        .sanitized
+                        .as_ref()
+                        .expect("filtered")
+                        .metadata;
+                    (
+                        m.namespace.as_deref().unwrap_or(""),
+                        m.name.as_deref().unwrap_or(""),
+                    )
+                };
+                order.sort_by(|&a, &b| id(a).cmp(&id(b)));
+                order_valid = order.windows(2).all(|w| id(w[0]) != id(w[1]));
+                order
+            }
+        };
 
         // Node facts: addresses and zone, from the options or the Node object.
         let facts = node_facts(objects, &self.opts);
@@ -882,7 +964,7 @@ impl Compiler {
         // Build the Maglev tables nobody has yet, on every core.
         let mut missing: Vec<&MaglevIdent> = Vec::new();
         {
-            let mut seen: std::collections::HashSet<&MaglevIdent> = Default::default();
+            let mut seen: HashSet<&MaglevIdent> = HashSet::new();
             for (_, d) in &drafts {
                 for st in &d.steps {
                     if let DraftStep::Front(f) = st {
@@ -912,14 +994,16 @@ impl Compiler {
 
         // Replay every Service, in order, into the generation.
         let mut builder = TablesBuilder::new(facts.node.clone(), generation);
+        builder.reserve(self.sizes.0, self.sizes.1, self.sizes.2);
         let mut reports: Vec<Arc<FrontendReport>> = Vec::new();
         let mut skipped: Vec<(String, String)> = Vec::new();
-        let mut owners: HashMap<FrontendKey, &Front> = HashMap::new();
-        let derived: Vec<Arc<Derived>> = order
+        let services_ro: &Slab<SvcEntry> = services;
+        // The frontend each added frontend came from, by frontend index.
+        let mut owners: Vec<&Front> = Vec::with_capacity(self.sizes.1);
+        for d in order
             .iter()
-            .filter_map(|&i| services.get(i).derived.clone())
-            .collect();
-        for d in &derived {
+            .filter_map(|&i| services_ro.get(i).derived.as_deref())
+        {
             if let Some(s) = &d.skipped {
                 skipped.push(s.clone());
             }
@@ -937,7 +1021,10 @@ impl Compiler {
                         if let Some(mg) = &f.maglev {
                             mg.last_used.store(epoch, Ordering::Relaxed);
                         }
-                        if let Some(owner) = owners.get(&key) {
+                        if let Some(owner) = builder
+                            .frontend_index_of(&key)
+                            .and_then(|i| owners.get(i as usize))
+                        {
                             warnings.push(format!(
                                 "Service {}: {} frontend {}/{:?} is already taken by Service {} ({}); ignored",
                                 f.display,
@@ -972,7 +1059,7 @@ impl Compiler {
                             m,
                         ) {
                             Ok(_) => {
-                                owners.insert(key, f);
+                                owners.push(f);
                                 reports.push(f.report.clone());
                             }
                             Err(e) => warnings.push(format!(
@@ -986,12 +1073,25 @@ impl Compiler {
             }
         }
         drop(owners);
+        drop(by_service);
         let tables = builder.finish();
+        self.sizes = (
+            tables.services.len(),
+            tables.frontends.len(),
+            tables.backends.len(),
+        );
+        if order_valid {
+            self.order = Some(order);
+        }
         let report = Report::from_parts(tables.generation, reports, skipped);
 
         // Forget what this compile did not use.
-        self.services.evict(epoch);
-        self.slices.evict(epoch);
+        if svc_slots.len() != self.services.index.len() {
+            self.services.evict(epoch);
+        }
+        if slice_slots.len() != self.slices.index.len() {
+            self.slices.evict(epoch);
+        }
         self.maglev
             .retain(|_, e| e.last_used.load(Ordering::Relaxed) == epoch);
         stats.maglev_cached = self.maglev.len();

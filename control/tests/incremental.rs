@@ -345,13 +345,39 @@ struct Coverage {
     local_or_zone: usize,
 }
 
+/// Stamps every object with a resourceVersion derived from its contents, as
+/// an API server's (a new one on every change).
+fn stamp(o: &mut ObjectSet) {
+    use std::hash::{Hash, Hasher};
+    fn rv<T: serde::Serialize>(x: &T) -> String {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        serde_json::to_string(x).expect("serializable").hash(&mut h);
+        h.finish().to_string()
+    }
+    for s in &mut o.services {
+        s.metadata.resource_version = None;
+        s.metadata.resource_version = Some(rv(s));
+    }
+    for s in &mut o.endpoint_slices {
+        s.metadata.resource_version = None;
+        s.metadata.resource_version = Some(rv(s));
+    }
+}
+
 fn check_sequence(seed: u64, steps: usize, cov: &mut Coverage) -> Result<(), TestCaseError> {
     let mut r = StdRng::seed_from_u64(seed);
     let opts = options(&mut r);
     let mut o = objects(&mut r);
     let mut compiler = Compiler::new(opts.clone()).expect("valid options");
+    // Half the sequences as the Kubernetes source runs: resourceVersions
+    // trusted (and stamped as an API server would).
+    let trust = r.gen_bool(0.5);
+    compiler.trust_resource_version(trust);
     for step in 0..steps {
         let generation = step as u64 + 1;
+        if trust {
+            stamp(&mut o);
+        }
         let inc = compiler.compile(&o, generation);
         let fresh = compile(&o, &opts, generation).expect("valid options");
         prop_assert_eq!(

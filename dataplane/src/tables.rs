@@ -426,6 +426,21 @@ impl TablesBuilder {
         }
     }
 
+    /// Reserves room for this many more Service ports, frontends and
+    /// backends (a hint; avoids regrowing large vectors).
+    pub fn reserve(&mut self, services: usize, frontends: usize, backends: usize) {
+        self.t.services.reserve(services);
+        self.t.frontends.reserve(frontends);
+        self.t.backends.reserve(backends);
+        self.t.frontend_index.reserve(frontends);
+        self.t.frontend_ips.reserve(frontends);
+    }
+
+    /// The index of the frontend added with `key`, if any.
+    pub fn frontend_index_of(&self, key: &FrontendKey) -> Option<u32> {
+        self.t.frontend_index.get(key).copied()
+    }
+
     /// Adds a Service port; returns its index for [`FrontendSpec::service`].
     pub fn add_service(&mut self, info: ServiceInfo) -> u32 {
         self.t.services.push(info);
