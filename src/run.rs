@@ -17,7 +17,7 @@ use edgeplane_dataplane::afxdp::{
 use edgeplane_dataplane::engine::Stats;
 use edgeplane_dataplane::DropReason;
 
-use edgeplane_control::compile::{compile, Compiled};
+use edgeplane_control::compile::{Compiled, Compiler};
 use edgeplane_control::kube::{KubeConfig, KubeSource};
 use edgeplane_control::manifests::ObjectSet;
 
@@ -280,8 +280,12 @@ fn start_kube(a: &RunArgs, stop: &AtomicBool) -> Result<(Source, Arc<ObjectSet>)
     }
 }
 
-fn compile_snapshot(a: &RunArgs, objects: &ObjectSet, generation: u64) -> Result<Compiled> {
-    let c = compile(objects, &a.tables.options(), generation).context("compiling")?;
+fn compile_snapshot(
+    compiler: &mut Compiler,
+    objects: &ObjectSet,
+    generation: u64,
+) -> Result<Compiled> {
+    let c = compiler.compile(objects, generation);
     for w in &c.warnings {
         tracing::warn!("{w}");
     }
@@ -299,16 +303,23 @@ pub fn run(a: RunArgs) -> Result<()> {
     signal_hook::flag::register(signal_hook::consts::SIGINT, stop.clone())?;
     signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone())?;
     let kube = a.kubeconfig.is_some() || a.in_cluster;
+    // One compiler for the whole run: each reload or API change recompiles
+    // only what changed (API objects: by resourceVersion).
+    let mut compiler = Compiler::new(a.tables.options()).context("compiling")?;
+    compiler.trust_resource_version(kube);
     let (mut source, compiled) = if kube {
         let (src, snap) = start_kube(&a, &stop)?;
-        let c = compile_snapshot(&a, &snap, 1)?;
+        let c = compile_snapshot(&mut compiler, &snap, 1)?;
         (src, c)
     } else {
         let Some(path) = &a.tables.manifests else {
             bail!("give --manifests PATH, --kubeconfig FILE or --in-cluster");
         };
         let seen = fingerprint(path);
-        (Source::Manifests { seen }, a.tables.load_with(1, true)?)
+        (
+            Source::Manifests { seen },
+            a.tables.load_into(&mut compiler, 1, true)?,
+        )
     };
 
     let cfg = DataplaneConfig {
@@ -367,7 +378,7 @@ pub fn run(a: RunArgs) -> Result<()> {
                     None
                 } else {
                     *seen = now;
-                    Some(a.tables.load_with(generation + 1, true).map_err(|e| {
+                    Some(a.tables.load_into(&mut compiler, generation + 1, true).map_err(|e| {
                         anyhow::anyhow!("manifests changed but do not compile; keeping generation {generation}: {e:#}")
                     }))
                 }
@@ -378,7 +389,7 @@ pub fn run(a: RunArgs) -> Result<()> {
                     // can update it in place next time.
                     let snap = rx.borrow_and_update().clone();
                     snap.map(|s| {
-                        compile_snapshot(&a, &s, generation + 1).map_err(|e| {
+                        compile_snapshot(&mut compiler, &s, generation + 1).map_err(|e| {
                             anyhow::anyhow!("API objects do not compile; keeping generation {generation}: {e:#}")
                         })
                     })
