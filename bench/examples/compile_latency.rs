@@ -16,6 +16,9 @@ use edgeplane_bench::k8s;
 use edgeplane_control::compile::{compile, Compiler};
 
 fn pct(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i.min(sorted.len() - 1)]
 }
