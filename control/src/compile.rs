@@ -927,7 +927,7 @@ impl Compiler {
         // Derive the Services whose inputs changed.
         let m = self.opts.maglev_m;
         let empty: Vec<usize> = Vec::new();
-        let mut drafts: Vec<(usize, Draft)> = Vec::new();
+        let mut todo: Vec<(usize, &Service, Vec<&EndpointSlice>, Vec<u64>, u64)> = Vec::new();
         for &i in &order {
             let e = services.get(i);
             let svc = e.sanitized.as_ref().expect("filtered");
@@ -955,11 +955,17 @@ impl Compiler {
                 .iter()
                 .filter_map(|&j| slices.get(j).used.as_ref().map(|(_, s)| s))
                 .collect();
-            let mut draft = derive(svc, &slice_refs, &facts, &self.opts);
-            draft.svc_version = e.version;
-            draft.slice_versions = group.iter().map(|&j| slices.get(j).version).collect();
-            drafts.push((i, draft));
+            let versions = group.iter().map(|&j| slices.get(j).version).collect();
+            todo.push((i, svc, slice_refs, versions, e.version));
         }
+        let opts = &self.opts;
+        let drafts: Vec<(usize, Draft)> = par_map(&todo, self.threads, |(i, svc, sl, vs, v)| {
+            let mut draft = derive(svc, sl, &facts, opts);
+            draft.svc_version = *v;
+            draft.slice_versions = vs.clone();
+            (*i, draft)
+        });
+        drop(todo);
 
         // Build the Maglev tables nobody has yet, on every core.
         let mut missing: Vec<&MaglevIdent> = Vec::new();
@@ -1160,11 +1166,10 @@ fn finish(
     }
 }
 
-/// Builds the tables of `idents` on up to `threads` threads; results in
-/// input order (each table is a pure function of its identity, so the split
-/// between threads does not matter).
+/// Builds the tables of `idents` on up to `threads` threads (each table is
+/// a pure function of its identity, so the split does not matter).
 fn build_tables(idents: &[&MaglevIdent], m: u32, seed: u64, threads: usize) -> Vec<MaglevEntry> {
-    let one = |ident: &MaglevIdent| {
+    par_map(idents, threads, |ident| {
         let entries = maglev::build(ident, m, seed);
         let slots = maglev::shares(&entries, ident.len());
         MaglevEntry {
@@ -1172,25 +1177,31 @@ fn build_tables(idents: &[&MaglevIdent], m: u32, seed: u64, threads: usize) -> V
             slots,
             last_used: AtomicU64::new(0),
         }
-    };
-    let threads = threads.min(idents.len() / 8).max(1);
+    })
+}
+
+/// `items.iter().map(f)` on up to `threads` scoped threads (in chunks taken
+/// from a shared counter), results in input order: deterministic whatever
+/// the split. Small inputs stay on the calling thread.
+fn par_map<T: Sync, R: Send>(items: &[T], threads: usize, f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    const CHUNK: usize = 16;
+    let threads = threads.min(items.len() / (2 * CHUNK)).max(1);
     if threads == 1 {
-        return idents.iter().map(|i| one(i)).collect();
+        return items.iter().map(&f).collect();
     }
     let next = AtomicUsize::new(0);
-    const CHUNK: usize = 16;
-    let parts: Vec<Vec<(usize, MaglevEntry)>> = std::thread::scope(|s| {
+    let parts: Vec<Vec<(usize, R)>> = std::thread::scope(|s| {
         let workers: Vec<_> = (0..threads)
             .map(|_| {
                 s.spawn(|| {
                     let mut out = Vec::new();
                     loop {
                         let start = next.fetch_add(CHUNK, Ordering::Relaxed);
-                        if start >= idents.len() {
+                        if start >= items.len() {
                             break;
                         }
-                        for (k, ident) in idents[start..].iter().take(CHUNK).enumerate() {
-                            out.push((start + k, one(ident)));
+                        for (k, item) in items[start..].iter().take(CHUNK).enumerate() {
+                            out.push((start + k, f(item)));
                         }
                     }
                     out
@@ -1202,13 +1213,13 @@ fn build_tables(idents: &[&MaglevIdent], m: u32, seed: u64, threads: usize) -> V
             .map(|w| w.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
             .collect()
     });
-    let mut slots: Vec<Option<MaglevEntry>> = (0..idents.len()).map(|_| None).collect();
-    for (i, e) in parts.into_iter().flatten() {
-        slots[i] = Some(e);
+    let mut slots: Vec<Option<R>> = (0..items.len()).map(|_| None).collect();
+    for (i, r) in parts.into_iter().flatten() {
+        slots[i] = Some(r);
     }
     slots
         .into_iter()
-        .map(|e| e.expect("every table was built"))
+        .map(|r| r.expect("every item was mapped"))
         .collect()
 }
 

@@ -521,3 +521,52 @@ fn unchanged_tables_are_shared_and_not_rebuilt() {
     };
     assert!(!web(&first).ptr_eq(&web(&third)));
 }
+
+/// Deriving Services and building Maglev tables on several threads gives
+/// exactly the single-threaded result (150 Services, 150 tables: both
+/// parallel paths run).
+#[test]
+fn threads_do_not_change_the_result() {
+    let mut o = ObjectSet::default();
+    for i in 0..150u32 {
+        o.services.push(
+            serde_json::from_value(json!({"apiVersion": "v1", "kind": "Service",
+                "metadata": {"name": format!("s{i}"), "namespace": "default"},
+                "spec": {"type": "NodePort", "clusterIP": format!("198.18.{}.{}", 100 + i / 200, 1 + i % 200),
+                         "ports": [{"name": "http", "port": 80, "nodePort": 30000 + i}]}}))
+            .expect("valid"),
+        );
+        let eps: Vec<Value> = (0..1 + i % 7)
+            .map(|j| {
+                json!({"addresses": [format!("198.19.{}.{}", i, 1 + j)],
+                            "conditions": {"ready": j % 3 != 2},
+                            "nodeName": if j % 2 == 0 { "node-a" } else { "node-b" }})
+            })
+            .collect();
+        o.endpoint_slices.push(
+            serde_json::from_value(
+                json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                "metadata": {"name": format!("s{i}-1"), "namespace": "default",
+                             "labels": {"kubernetes.io/service-name": format!("s{i}")}},
+                "addressType": "IPv4", "ports": [{"name": "http", "port": 8080}],
+                "endpoints": eps}),
+            )
+            .expect("valid"),
+        );
+    }
+    let opts = CompileOptions {
+        node_name: "node-a".into(),
+        node_ips: vec!["198.18.0.1".parse().expect("literal")],
+        maglev_m: 251,
+        ..CompileOptions::default()
+    };
+    let mut one = Compiler::new(opts.clone()).expect("valid");
+    one.set_threads(1);
+    let mut four = Compiler::new(opts).expect("valid");
+    four.set_threads(4);
+    let (a, b) = (one.compile(&o, 1), four.compile(&o, 1));
+    assert_eq!(a.tables.frontends.len(), 300);
+    assert!(a.tables.maglev.len() >= 100);
+    assert_eq!(fingerprint(&a), fingerprint(&b));
+    assert_eq!(a.report, b.report);
+}
