@@ -927,7 +927,9 @@ impl Compiler {
         // Derive the Services whose inputs changed.
         let m = self.opts.maglev_m;
         let empty: Vec<usize> = Vec::new();
-        let mut todo: Vec<(usize, &Service, Vec<&EndpointSlice>, Vec<u64>, u64)> = Vec::new();
+        // (slot, Service, its slices, their versions, its version)
+        type Todo<'a> = (usize, &'a Service, Vec<&'a EndpointSlice>, Vec<u64>, u64);
+        let mut todo: Vec<Todo<'_>> = Vec::new();
         for &i in &order {
             let e = services.get(i);
             let svc = e.sanitized.as_ref().expect("filtered");
