@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use edgeplane_control::compile::{compile as compile_objects, CompileOptions, Compiled};
+use edgeplane_control::compile::{CompileOptions, Compiled, Compiler};
 use edgeplane_control::manifests;
 
 #[derive(Debug, Parser)]
@@ -127,6 +127,19 @@ impl TableArgs {
     /// The live dataplane loads strictly: publishing the rest of a half-saved
     /// file would delete the Services in its broken part.
     pub fn load_with(&self, generation: u64, strict: bool) -> Result<Compiled> {
+        let mut compiler = Compiler::new(self.options()).context("compiling manifests")?;
+        self.load_into(&mut compiler, generation, strict)
+    }
+
+    /// As [`load_with`](Self::load_with), compiling with `compiler`, which
+    /// reuses what its previous compiles computed for unchanged objects (the
+    /// live dataplane keeps one for its whole run).
+    pub fn load_into(
+        &self,
+        compiler: &mut Compiler,
+        generation: u64,
+        strict: bool,
+    ) -> Result<Compiled> {
         let Some(path) = &self.manifests else {
             bail!("--manifests is required");
         };
@@ -149,8 +162,7 @@ impl TableArgs {
         for d in &diagnostics {
             eprintln!("warning: {d}");
         }
-        let compiled = compile_objects(&objects, &self.options(), generation)
-            .context("compiling manifests")?;
+        let compiled = compiler.compile(&objects, generation);
         for w in &compiled.warnings {
             eprintln!("warning: {w}");
         }

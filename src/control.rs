@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
-use edgeplane_control::compile::{compile, Compiled};
+use edgeplane_control::compile::{Compiled, Compiler};
 use edgeplane_control::kube::{KubeConfig, KubeSource};
 use edgeplane_control::manifests::ObjectSet;
 use edgeplane_dataplane::region::{RegionWriter, WriterOptions};
@@ -151,12 +151,12 @@ fn start_kube(a: &SourceArgs, stop: &AtomicBool) -> Result<(Source, Arc<ObjectSe
 /// warning is logged when it first appears, not on every compile (`seen`
 /// holds the previous compile's warnings).
 fn compile_snapshot(
-    a: &SourceArgs,
+    compiler: &mut Compiler,
     objects: &ObjectSet,
     generation: u64,
     seen: &mut Vec<String>,
 ) -> Result<Compiled> {
-    let c = compile(objects, &a.tables.options(), generation).context("compiling")?;
+    let c = compiler.compile(objects, generation);
     let now: Vec<String> = c.warnings.iter().map(|w| w.to_string()).collect();
     for w in now.iter().filter(|w| !seen.contains(w)) {
         tracing::warn!("{w}");
@@ -172,6 +172,9 @@ pub struct Control {
     writer: RegionWriter,
     /// Compiled but not yet published (the region was busy).
     pending: Option<Tables>,
+    /// One compiler for the whole run: each reload or API change recompiles
+    /// only what changed (API objects: by resourceVersion).
+    compiler: Compiler,
     /// Operations state to feed (queued changes, publications, the
     /// Kubernetes source's counters), when this process serves it.
     ops: Option<Arc<OpsState>>,
@@ -208,9 +211,11 @@ impl Control {
         );
         let kube = args.kubeconfig.is_some() || args.in_cluster;
         let mut seen_warnings = Vec::new();
+        let mut compiler = Compiler::new(args.tables.options()).context("compiling")?;
+        compiler.trust_resource_version(kube);
         let (source, compiled) = if kube {
             let (src, snap) = start_kube(args, stop)?;
-            let c = compile_snapshot(args, &snap, 1, &mut seen_warnings)?;
+            let c = compile_snapshot(&mut compiler, &snap, 1, &mut seen_warnings)?;
             (src, c)
         } else {
             let Some(path) = &args.tables.manifests else {
@@ -222,7 +227,7 @@ impl Control {
                     seen,
                     last_check: Instant::now(),
                 },
-                args.tables.load_with(1, true)?,
+                args.tables.load_into(&mut compiler, 1, true)?,
             )
         };
         if let (Some(ops), Source::Kube { stats, .. }) = (&ops, &source) {
@@ -233,6 +238,7 @@ impl Control {
             source,
             writer,
             pending: None,
+            compiler,
             ops,
             queued_at: Some(Instant::now()),
             seen_warnings,
@@ -309,7 +315,7 @@ impl Control {
                     ops.queued_update();
                 }
                 self.queued_at.get_or_insert_with(Instant::now);
-                self.args.tables.load_with(generation + 1, true).map_err(|e| {
+                self.args.tables.load_into(&mut self.compiler, generation + 1, true).map_err(|e| {
                     anyhow::anyhow!("manifests changed but do not compile; keeping generation {generation}: {e:#}")
                 })
             }
@@ -325,13 +331,17 @@ impl Control {
                 // update it in place next time.
                 let snap = rx.borrow_and_update().clone();
                 let Some(s) = snap else { return };
-                compile_snapshot(&self.args, &s, generation + 1, &mut self.seen_warnings).map_err(
-                    |e| {
-                        anyhow::anyhow!(
-                            "API objects do not compile; keeping generation {generation}: {e:#}"
-                        )
-                    },
+                compile_snapshot(
+                    &mut self.compiler,
+                    &s,
+                    generation + 1,
+                    &mut self.seen_warnings,
                 )
+                .map_err(|e| {
+                    anyhow::anyhow!(
+                        "API objects do not compile; keeping generation {generation}: {e:#}"
+                    )
+                })
             }
         };
         let t0 = Instant::now();

@@ -13,6 +13,8 @@ use edgeplane_dataplane::{ServiceInfo, Tables, TablesBuilder};
 use edgeplane_packet::Proto;
 use etherparse::PacketBuilder;
 
+pub mod k8s;
+
 /// ClusterIP of Service `i`: 198.18.128.0 + i (i < 32768).
 pub fn service_ip(i: usize) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 128, 0)) + i as u32)

@@ -22,21 +22,28 @@
 //! - Everything the objects get wrong becomes a warning; only invalid
 //!   options are errors.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
+use std::hash::{Hash, Hasher};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use hashbrown::{Equivalent, HashMap, HashMap as HbMap, HashSet};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::Metadata;
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 use edgeplane_dataplane::tables::{
-    Backend, Cidr, EmptyAction, FrontendKey, FrontendKind, FrontendSpec, NodeConfig, ServiceInfo,
-    Tables, TablesBuilder,
+    Backend, Cidr, EmptyAction, FrontendKey, FrontendKind, FrontendSpec, MaglevTable, NodeConfig,
+    ServiceInfo, Tables, TablesBuilder,
 };
 use edgeplane_packet::Proto;
 
 use crate::maglev;
 use crate::manifests::ObjectSet;
-use crate::report::{FrontendNote, Report};
+use crate::report::{FrontendFacts, FrontendNote, FrontendReport, Report};
 use crate::validate::{self, parse_cidr, parse_protocol, SliceUse};
 
 /// Default `sessionAffinityConfig.clientIP.timeoutSeconds` (3 hours).
@@ -373,64 +380,853 @@ fn endpoints_for(
     by_key.into_values().collect()
 }
 
-/// Compiles `objects` into generation `generation` of the tables.
+/// Compiles `objects` into generation `generation` of the tables, from
+/// scratch (a fresh [`Compiler`]; keep one [`Compiler`] to reuse work).
 pub fn compile(
     objects: &ObjectSet,
     opts: &CompileOptions,
     generation: u64,
 ) -> Result<Compiled, CompileError> {
-    maglev::check_size(opts.maglev_m)?;
-    if opts.snat_ports.0 == 0 || opts.snat_ports.0 > opts.snat_ports.1 {
-        return Err(CompileError::SnatPorts(
-            opts.snat_ports.0,
-            opts.snat_ports.1,
-        ));
-    }
-    let mut warnings = Vec::new();
+    Ok(Compiler::new(opts.clone())?.compile(objects, generation))
+}
 
-    // Sanitize clones (a no-op, without warnings, for objects that came
-    // through the manifest loader) and sort everything by name.
-    let mut services: Vec<Service> = Vec::new();
-    for s in &objects.services {
-        let mut s = s.clone();
-        let problems = validate::sanitize_service(&mut s);
-        let (ns, name) = svc_id(&s);
-        let fatal = problems.iter().any(|p| p.is_fatal());
-        warnings.extend(problems.iter().map(|p| format!("Service {ns}/{name}: {p}")));
-        if !fatal {
-            services.push(s);
+/// The identity of a Maglev table: the new-flow backends' (IP, port, weight)
+/// in frontend order (M and the seed are the compiler's). The same identity
+/// [`TablesBuilder`] dedups on.
+type MaglevIdent = Vec<(IpAddr, u16, u32)>;
+
+/// A built Maglev table and what the report needs of it.
+#[derive(Debug)]
+struct MaglevEntry {
+    table: MaglevTable,
+    /// Slots per new-flow backend.
+    slots: Vec<u32>,
+    /// The last compile that used it (eviction).
+    last_used: AtomicU64,
+}
+
+/// An object's identity in the caches: its namespace and name as written
+/// (before sanitizing) and, for repeats of one name, the occurrence.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ObjKey {
+    ns: String,
+    name: String,
+    dup: u32,
+}
+
+impl Hash for ObjKey {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        ObjRef {
+            ns: &self.ns,
+            name: &self.name,
+            dup: self.dup,
+        }
+        .hash(h)
+    }
+}
+
+/// Borrowed form of [`ObjKey`] for lookups without allocating.
+#[derive(Hash)]
+struct ObjRef<'a> {
+    ns: &'a str,
+    name: &'a str,
+    dup: u32,
+}
+
+impl Equivalent<ObjKey> for ObjRef<'_> {
+    fn equivalent(&self, k: &ObjKey) -> bool {
+        self.dup == k.dup && self.ns == k.ns && self.name == k.name
+    }
+}
+
+/// Cached objects of one kind: a slab (stable indices within a compile)
+/// indexed by [`ObjKey`], with the little that every compile checks for
+/// every object kept dense beside it ([`SlotMeta`]), so that an unchanged
+/// object costs a hash lookup and one cache line.
+#[derive(Debug)]
+struct Slab<E> {
+    items: Vec<Option<E>>,
+    meta: Vec<SlotMeta>,
+    free: Vec<usize>,
+    index: HbMap<ObjKey, usize>,
+}
+
+/// Per-slot facts read on every compile.
+#[derive(Debug, Clone, Copy, Default)]
+struct SlotMeta {
+    /// The last compile that saw the object.
+    epoch: u64,
+    /// Its resourceVersion, when short enough to keep inline.
+    rv: InlineRv,
+    /// It had sanitizing problems (warnings to repeat).
+    warns: bool,
+}
+
+/// A resourceVersion of up to 23 bytes, inline (byte 0 is the length; 0 =
+/// none or too long, never equal to anything).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct InlineRv([u8; 24]);
+
+impl InlineRv {
+    fn of(meta: &ObjectMeta) -> InlineRv {
+        let mut b = [0u8; 24];
+        if let Some(v) = meta.resource_version.as_deref() {
+            if !v.is_empty() && v.len() < 24 {
+                b[0] = v.len() as u8;
+                b[1..=v.len()].copy_from_slice(v.as_bytes());
+            }
+        }
+        InlineRv(b)
+    }
+    fn is_some(&self) -> bool {
+        self.0[0] != 0
+    }
+}
+
+impl<E> Default for Slab<E> {
+    fn default() -> Self {
+        Slab {
+            items: Vec::new(),
+            meta: Vec::new(),
+            free: Vec::new(),
+            index: HbMap::new(),
         }
     }
-    services.sort_by_key(svc_id);
-    let mut slices_by_service: HashMap<(String, String), Vec<EndpointSlice>> = HashMap::new();
-    for s in &objects.endpoint_slices {
-        let mut s = s.clone();
-        let (usage, problems) = validate::sanitize_endpoint_slice(&mut s);
-        let ns = s.metadata.namespace.clone().unwrap_or_default();
-        let name = s.metadata.name.clone().unwrap_or_default();
-        let fatal = problems.iter().any(|p| p.is_fatal());
-        warnings.extend(
-            problems
+}
+
+impl<E> Slab<E> {
+    /// The slot of the next occurrence of (ns, name) in this compile
+    /// (`epoch`): an existing entry not yet seen in this compile, or a new
+    /// empty slot. The bool is true for a new slot.
+    fn slot(&mut self, ns: &str, name: &str, epoch: u64) -> (usize, bool) {
+        let mut dup = 0;
+        loop {
+            match self.index.get(&ObjRef { ns, name, dup }) {
+                Some(&i) if self.meta[i].epoch == epoch => dup += 1,
+                Some(&i) => return (i, self.items[i].is_none()),
+                None => {
+                    let i = match self.free.pop() {
+                        Some(i) => i,
+                        None => {
+                            self.items.push(None);
+                            self.meta.push(SlotMeta::default());
+                            self.items.len() - 1
+                        }
+                    };
+                    self.meta[i] = SlotMeta::default();
+                    self.index.insert(
+                        ObjKey {
+                            ns: ns.to_string(),
+                            name: name.to_string(),
+                            dup,
+                        },
+                        i,
+                    );
+                    return (i, true);
+                }
+            }
+        }
+    }
+
+    /// Whether slot `i` (not new) holds `obj` unchanged: the same inline
+    /// resourceVersion when `trust_rv`, else equal contents.
+    fn unchanged<K>(&self, i: usize, obj: &K, raw: impl Fn(&E) -> &K, trust_rv: bool) -> bool
+    where
+        K: Metadata<Ty = ObjectMeta> + PartialEq,
+    {
+        if trust_rv {
+            let rv = InlineRv::of(obj.metadata());
+            if rv.is_some() && rv == self.meta[i].rv {
+                return true;
+            }
+        }
+        self.items[i].as_ref().is_some_and(|e| raw(e) == obj)
+    }
+
+    /// Drops the entries not seen in compile `epoch`.
+    fn evict(&mut self, epoch: u64) {
+        let items = &mut self.items;
+        let meta = &mut self.meta;
+        let free = &mut self.free;
+        self.index.retain(|_, &mut i| {
+            let keep = meta[i].epoch == epoch && items[i].is_some();
+            if !keep {
+                items[i] = None;
+                meta[i] = SlotMeta::default();
+                free.push(i);
+            }
+            keep
+        });
+    }
+
+    fn get(&self, i: usize) -> &E {
+        self.items[i].as_ref().expect("slot filled in this compile")
+    }
+}
+
+/// A Service as last seen, sanitized, and what it compiled to.
+#[derive(Debug)]
+struct SvcEntry {
+    raw: Service,
+    version: u64,
+    /// Sanitized; `None` when it had a fatal problem.
+    sanitized: Option<Service>,
+    /// Sanitizing problems, one line each.
+    warnings: Vec<String>,
+    derived: Option<Arc<Derived>>,
+}
+
+/// An EndpointSlice as last seen and sanitized.
+#[derive(Debug)]
+struct SliceEntry {
+    raw: EndpointSlice,
+    version: u64,
+    /// Sanitized, with the (namespace, Service name) it belongs to; `None`
+    /// when unusable.
+    used: Option<((String, String), EndpointSlice)>,
+    warnings: Vec<String>,
+}
+
+/// Node-level facts frontends depend on (from the options and the Node).
+#[derive(Debug, Clone, PartialEq)]
+struct NodeFacts {
+    node: NodeConfig,
+    nodeport_ips: Vec<IpAddr>,
+    zone: Option<String>,
+}
+
+/// What one Service compiles to, independent of every other Service: the
+/// steps to replay, in order, into a generation (frontend conflicts between
+/// Services are resolved at replay).
+#[derive(Debug)]
+struct Derived {
+    /// The inputs: the Service's version, its slices' versions in name order
+    /// and the node facts' version.
+    svc_version: u64,
+    slice_versions: Vec<u64>,
+    facts_version: u64,
+    skipped: Option<(String, String)>,
+    steps: Vec<Step>,
+}
+
+#[derive(Debug)]
+enum Step {
+    Warn(String),
+    /// A Service port: `add_service`.
+    Port(ServiceInfo),
+    Front(Box<Front>),
+}
+
+/// One frontend candidate of a Service port.
+#[derive(Debug)]
+struct Front {
+    /// `service` and `affinity_group` are set at replay.
+    spec: FrontendSpec,
+    /// `namespace/name[:port]`.
+    display: String,
+    /// The "M < 100·N" warning, when it applies.
+    m_warning: Option<String>,
+    maglev: Option<Arc<MaglevEntry>>,
+    report: Arc<FrontendReport>,
+}
+
+/// A Service's frontends before their Maglev tables are looked up.
+struct Draft {
+    svc_version: u64,
+    slice_versions: Vec<u64>,
+    skipped: Option<(String, String)>,
+    steps: Vec<DraftStep>,
+}
+
+enum DraftStep {
+    Warn(String),
+    Port(ServiceInfo),
+    Front(Box<DraftFront>),
+}
+
+struct DraftFront {
+    spec: FrontendSpec,
+    display: String,
+    m_warning: Option<String>,
+    note: FrontendNote,
+    ident: MaglevIdent,
+}
+
+/// A compiler that remembers its previous compile and redoes only what
+/// changed: objects equal to last time are not sanitized again, a Service
+/// whose object, EndpointSlices and node facts are unchanged is not derived
+/// again, and a Maglev table whose backend run is unchanged is not rebuilt
+/// (tables not used by the latest compile are dropped). Missing tables are
+/// built on all cores.
+///
+/// Promise: `compile` returns exactly what [`compile`] (a fresh compiler)
+/// returns for the same objects, options and generation — tables, report
+/// and warnings (`control/tests/incremental.rs` checks this on random
+/// sequences of edits). Successive generations share the `Arc`s of
+/// unchanged Maglev tables ([`MaglevTable::ptr_eq`]).
+pub struct Compiler {
+    opts: CompileOptions,
+    epoch: u64,
+    next_version: u64,
+    services: Slab<SvcEntry>,
+    slices: Slab<SliceEntry>,
+    facts: Option<(NodeFacts, u64)>,
+    maglev: HashMap<MaglevIdent, Arc<MaglevEntry>>,
+    threads: usize,
+    trust_resource_version: bool,
+    /// Services in compile order as of the last compile, while still valid.
+    order: Option<Vec<usize>>,
+    /// Sizes of the last generation (to reserve the next one's vectors).
+    sizes: (usize, usize, usize),
+}
+
+impl std::fmt::Debug for Compiler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Compiler")
+            .field("opts", &self.opts)
+            .field("epoch", &self.epoch)
+            .field("services", &self.services.index.len())
+            .field("endpoint_slices", &self.slices.index.len())
+            .field("maglev_tables", &self.maglev.len())
+            .finish()
+    }
+}
+
+/// Statistics of the last compile, for logs and benches.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CompileStats {
+    /// Services derived again (changed, or their slices or the node changed).
+    pub services_derived: usize,
+    /// Services reused as they were.
+    pub services_reused: usize,
+    /// Maglev tables built.
+    pub maglev_built: usize,
+    /// Maglev tables in the cache after eviction.
+    pub maglev_cached: usize,
+}
+
+impl Compiler {
+    /// A compiler for these options (checked here, once).
+    pub fn new(opts: CompileOptions) -> Result<Compiler, CompileError> {
+        maglev::check_size(opts.maglev_m)?;
+        if opts.snat_ports.0 == 0 || opts.snat_ports.0 > opts.snat_ports.1 {
+            return Err(CompileError::SnatPorts(
+                opts.snat_ports.0,
+                opts.snat_ports.1,
+            ));
+        }
+        Ok(Compiler {
+            opts,
+            epoch: 0,
+            next_version: 0,
+            services: Slab::default(),
+            slices: Slab::default(),
+            facts: None,
+            maglev: HashMap::new(),
+            threads: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+            trust_resource_version: false,
+            order: None,
+            sizes: (0, 0, 0),
+        })
+    }
+
+    /// The options every compile uses.
+    pub fn options(&self) -> &CompileOptions {
+        &self.opts
+    }
+
+    /// Builds Maglev tables on at most `n` threads (default: every core).
+    pub fn set_threads(&mut self, n: usize) {
+        self.threads = n.max(1);
+    }
+
+    /// Takes an object whose `metadata.resourceVersion` equals that of the
+    /// object last seen under its name as unchanged, without comparing
+    /// contents. Right for objects read from the Kubernetes API, where the
+    /// resourceVersion is etcd's revision of the write (no two writes, even
+    /// of different objects, share one); wrong for hand-made manifests (an
+    /// edit may keep a copied resourceVersion), hence off by default: then
+    /// every object is compared in full.
+    pub fn trust_resource_version(&mut self, on: bool) {
+        self.trust_resource_version = on;
+    }
+
+    /// Compiles `objects` into generation `generation`, reusing what the
+    /// previous call computed for unchanged objects.
+    pub fn compile(&mut self, objects: &ObjectSet, generation: u64) -> Compiled {
+        self.compile_with_stats(objects, generation).0
+    }
+
+    /// [`Compiler::compile`], also saying how much was reused.
+    pub fn compile_with_stats(
+        &mut self,
+        objects: &ObjectSet,
+        generation: u64,
+    ) -> (Compiled, CompileStats) {
+        self.epoch += 1;
+        let epoch = self.epoch;
+        let mut stats = CompileStats::default();
+        let mut warnings = Vec::new();
+        let trust = self.trust_resource_version;
+        // The cached order stays valid while the set of Services and their
+        // usability do not change.
+        let mut order_valid = self.order.is_some();
+
+        // Sanitize what changed (a no-op, without warnings, for objects that
+        // came through the manifest loader), in input order.
+        let mut svc_slots: Vec<usize> = Vec::with_capacity(objects.services.len());
+        for s in &objects.services {
+            let (i, new) = self.services.slot(
+                s.metadata.namespace.as_deref().unwrap_or(""),
+                s.metadata.name.as_deref().unwrap_or(""),
+                epoch,
+            );
+            if new || !self.services.unchanged(i, s, |e| &e.raw, trust) {
+                let slot = &mut self.services.items[i];
+                {
+                    let mut c = s.clone();
+                    let problems = validate::sanitize_service(&mut c);
+                    let (ns, name) = svc_id(&c);
+                    let fatal = problems.iter().any(|p| p.is_fatal());
+                    if slot.as_ref().is_none_or(|e| e.sanitized.is_some() == fatal) {
+                        order_valid = false;
+                    }
+                    self.next_version += 1;
+                    self.services.meta[i].rv = InlineRv::of(&s.metadata);
+                    self.services.meta[i].warns = !problems.is_empty();
+                    *slot = Some(SvcEntry {
+                        raw: s.clone(),
+                        version: self.next_version,
+                        sanitized: (!fatal).then_some(c),
+                        warnings: problems
+                            .iter()
+                            .map(|p| format!("Service {ns}/{name}: {p}"))
+                            .collect(),
+                        derived: None,
+                    });
+                }
+            }
+            self.services.meta[i].epoch = epoch;
+            if self.services.meta[i].warns {
+                warnings.extend(self.services.get(i).warnings.iter().cloned());
+            }
+            svc_slots.push(i);
+        }
+        let mut slice_slots: Vec<usize> = Vec::with_capacity(objects.endpoint_slices.len());
+        for s in &objects.endpoint_slices {
+            let (i, new) = self.slices.slot(
+                s.metadata.namespace.as_deref().unwrap_or(""),
+                s.metadata.name.as_deref().unwrap_or(""),
+                epoch,
+            );
+            if new || !self.slices.unchanged(i, s, |e| &e.raw, trust) {
+                let slot = &mut self.slices.items[i];
+                {
+                    let mut c = s.clone();
+                    let (usage, problems) = validate::sanitize_endpoint_slice(&mut c);
+                    let ns = c.metadata.namespace.clone().unwrap_or_default();
+                    let name = c.metadata.name.clone().unwrap_or_default();
+                    let fatal = problems.iter().any(|p| p.is_fatal());
+                    let svc = c
+                        .metadata
+                        .labels
+                        .as_ref()
+                        .and_then(|l| l.get(validate::LABEL_SERVICE_NAME))
+                        .cloned()
+                        .unwrap_or_default();
+                    self.next_version += 1;
+                    self.slices.meta[i].rv = InlineRv::of(&s.metadata);
+                    self.slices.meta[i].warns = !problems.is_empty();
+                    *slot = Some(SliceEntry {
+                        raw: s.clone(),
+                        version: self.next_version,
+                        used: (!fatal && usage == SliceUse::Use).then(|| ((ns.clone(), svc), c)),
+                        warnings: problems
+                            .iter()
+                            .map(|p| format!("EndpointSlice {ns}/{name}: {p}"))
+                            .collect(),
+                    });
+                }
+            }
+            self.slices.meta[i].epoch = epoch;
+            if self.slices.meta[i].warns {
+                warnings.extend(self.slices.get(i).warnings.iter().cloned());
+            }
+            slice_slots.push(i);
+        }
+
+        // Slices by Service, in name order (input order among equal names).
+        let slices = &self.slices;
+        let mut by_service: HashMap<(&str, &str), Vec<usize>> =
+            HashMap::with_capacity(self.services.index.len());
+        for &i in &slice_slots {
+            if let Some(((ns, svc), _)) = &slices.get(i).used {
+                by_service.entry((ns, svc)).or_default().push(i);
+            }
+        }
+        let slice_name = |i: usize| {
+            slices
+                .get(i)
+                .used
+                .as_ref()
+                .and_then(|(_, s)| s.metadata.name.as_deref())
+        };
+        for v in by_service.values_mut() {
+            if v.len() > 1 {
+                v.sort_by(|&a, &b| slice_name(a).cmp(&slice_name(b)));
+            }
+        }
+
+        // Services by (namespace, name), input order among equal names. The
+        // last order is reused when no Service appeared, disappeared or
+        // changed usability, and no two share a name (then input order,
+        // which may have changed, breaks the tie).
+        let services = &mut self.services;
+        if svc_slots.len() != services.index.len() {
+            order_valid = false; // some will be evicted
+        }
+        let order: Vec<usize> = match self.order.take() {
+            Some(o) if order_valid => o,
+            _ => {
+                let mut order: Vec<usize> = svc_slots
+                    .iter()
+                    .copied()
+                    .filter(|&i| services.get(i).sanitized.is_some())
+                    .collect();
+                let id = |i: usize| {
+                    let m = &services
+                        .get(i)
+                        .sanitized
+                        .as_ref()
+                        .expect("filtered")
+                        .metadata;
+                    (
+                        m.namespace.as_deref().unwrap_or(""),
+                        m.name.as_deref().unwrap_or(""),
+                    )
+                };
+                order.sort_by(|&a, &b| id(a).cmp(&id(b)));
+                order_valid = order.windows(2).all(|w| id(w[0]) != id(w[1]));
+                order
+            }
+        };
+
+        // Node facts: addresses and zone, from the options or the Node object.
+        let facts = node_facts(objects, &self.opts);
+        let facts_version = match &self.facts {
+            Some((f, v)) if *f == facts => *v,
+            _ => {
+                self.next_version += 1;
+                self.facts = Some((facts.clone(), self.next_version));
+                self.next_version
+            }
+        };
+
+        // Derive the Services whose inputs changed.
+        let m = self.opts.maglev_m;
+        let empty: Vec<usize> = Vec::new();
+        // (slot, Service, its slices, their versions, its version)
+        type Todo<'a> = (usize, &'a Service, Vec<&'a EndpointSlice>, Vec<u64>, u64);
+        let mut todo: Vec<Todo<'_>> = Vec::new();
+        for &i in &order {
+            let e = services.get(i);
+            let svc = e.sanitized.as_ref().expect("filtered");
+            let group = by_service
+                .get(&(
+                    svc.metadata.namespace.as_deref().unwrap_or(""),
+                    svc.metadata.name.as_deref().unwrap_or(""),
+                ))
+                .unwrap_or(&empty);
+            let fresh = e.derived.as_ref().is_some_and(|d| {
+                d.svc_version == e.version
+                    && d.facts_version == facts_version
+                    && d.slice_versions.len() == group.len()
+                    && d.slice_versions
+                        .iter()
+                        .zip(group)
+                        .all(|(&v, &j)| slices.get(j).version == v)
+            });
+            if fresh {
+                stats.services_reused += 1;
+                continue;
+            }
+            stats.services_derived += 1;
+            let slice_refs: Vec<&EndpointSlice> = group
                 .iter()
-                .map(|p| format!("EndpointSlice {ns}/{name}: {p}")),
-        );
-        if fatal || usage != SliceUse::Use {
-            continue;
+                .filter_map(|&j| slices.get(j).used.as_ref().map(|(_, s)| s))
+                .collect();
+            let versions = group.iter().map(|&j| slices.get(j).version).collect();
+            todo.push((i, svc, slice_refs, versions, e.version));
         }
-        let svc = s
-            .metadata
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(validate::LABEL_SERVICE_NAME))
-            .cloned()
-            .unwrap_or_default();
-        slices_by_service.entry((ns, svc)).or_default().push(s);
-    }
-    for v in slices_by_service.values_mut() {
-        v.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
-    }
+        let opts = &self.opts;
+        let drafts: Vec<(usize, Draft)> = par_map(&todo, self.threads, |(i, svc, sl, vs, v)| {
+            let mut draft = derive(svc, sl, &facts, opts);
+            draft.svc_version = *v;
+            draft.slice_versions = vs.clone();
+            (*i, draft)
+        });
+        drop(todo);
 
-    // Node facts: addresses and zone, from the options or the Node object.
+        // Build the Maglev tables nobody has yet, on every core.
+        let mut missing: Vec<&MaglevIdent> = Vec::new();
+        {
+            let mut seen: HashSet<&MaglevIdent> = HashSet::new();
+            for (_, d) in &drafts {
+                for st in &d.steps {
+                    if let DraftStep::Front(f) = st {
+                        if !f.ident.is_empty()
+                            && !self.maglev.contains_key(&f.ident)
+                            && seen.insert(&f.ident)
+                        {
+                            missing.push(&f.ident);
+                        }
+                    }
+                }
+            }
+        }
+        let built = build_tables(&missing, m, self.opts.hash_seed, self.threads);
+        stats.maglev_built = built.len();
+        for (ident, entry) in missing.into_iter().zip(built) {
+            self.maglev.insert(ident.clone(), Arc::new(entry));
+        }
+
+        // Finish the drafts: attach tables, build the frontends' reports.
+        for (i, d) in drafts {
+            let derived = finish(d, facts_version, &self.maglev, m);
+            if let Some(e) = services.items[i].as_mut() {
+                e.derived = Some(Arc::new(derived));
+            }
+        }
+
+        // Replay every Service, in order, into the generation.
+        let mut builder = TablesBuilder::new(facts.node.clone(), generation);
+        builder.reserve(self.sizes.0, self.sizes.1, self.sizes.2);
+        let mut reports: Vec<Arc<FrontendReport>> = Vec::new();
+        let mut skipped: Vec<(String, String)> = Vec::new();
+        let services_ro: &Slab<SvcEntry> = services;
+        // The frontend each added frontend came from, by frontend index.
+        let mut owners: Vec<&Front> = Vec::with_capacity(self.sizes.1);
+        for d in order
+            .iter()
+            .filter_map(|&i| services_ro.get(i).derived.as_deref())
+        {
+            if let Some(s) = &d.skipped {
+                skipped.push(s.clone());
+            }
+            let mut service_idx = 0;
+            let mut warned_m = false;
+            for st in &d.steps {
+                match st {
+                    Step::Warn(w) => warnings.push(w.clone()),
+                    Step::Port(info) => {
+                        service_idx = builder.add_service(info.clone());
+                        warned_m = false;
+                    }
+                    Step::Front(f) => {
+                        let key = f.spec.key;
+                        if let Some(mg) = &f.maglev {
+                            mg.last_used.store(epoch, Ordering::Relaxed);
+                        }
+                        if let Some(owner) = builder
+                            .frontend_index_of(&key)
+                            .and_then(|i| owners.get(i as usize))
+                        {
+                            warnings.push(format!(
+                                "Service {}: {} frontend {}/{:?} is already taken by Service {} ({}); ignored",
+                                f.display,
+                                f.spec.kind.name(),
+                                fmt_addr(key.ip, key.port),
+                                key.proto,
+                                owner.display,
+                                owner.spec.kind.name()
+                            ));
+                            continue;
+                        }
+                        if f.spec.backends.len() > u16::MAX as usize {
+                            warnings.push(format!(
+                                "Service {}: {} endpoints exceed 65535; frontend {} ignored",
+                                f.display,
+                                f.spec.backends.len(),
+                                fmt_addr(key.ip, key.port)
+                            ));
+                            continue;
+                        }
+                        if let Some(w) = &f.m_warning {
+                            if !warned_m {
+                                warned_m = true;
+                                warnings.push(w.clone());
+                            }
+                        }
+                        match builder.add_frontend_shared(
+                            &f.spec,
+                            service_idx,
+                            service_idx,
+                            f.maglev.as_ref().map(|e| &e.table),
+                            m,
+                        ) {
+                            Ok(_) => {
+                                owners.push(f);
+                                reports.push(f.report.clone());
+                            }
+                            Err(e) => warnings.push(format!(
+                                "Service {}: frontend {}: {e}",
+                                f.display,
+                                fmt_addr(key.ip, key.port)
+                            )),
+                        }
+                    }
+                }
+            }
+        }
+        drop(owners);
+        drop(by_service);
+        let tables = builder.finish();
+        self.sizes = (
+            tables.services.len(),
+            tables.frontends.len(),
+            tables.backends.len(),
+        );
+        if order_valid {
+            self.order = Some(order);
+        }
+        let report = Report::from_parts(tables.generation, reports, skipped);
+
+        // Forget what this compile did not use.
+        if svc_slots.len() != self.services.index.len() {
+            self.services.evict(epoch);
+        }
+        if slice_slots.len() != self.slices.index.len() {
+            self.slices.evict(epoch);
+        }
+        self.maglev
+            .retain(|_, e| e.last_used.load(Ordering::Relaxed) == epoch);
+        stats.maglev_cached = self.maglev.len();
+        (
+            Compiled {
+                tables,
+                report,
+                warnings,
+            },
+            stats,
+        )
+    }
+}
+
+/// Attaches Maglev tables (from the cache, which holds every table the draft
+/// needs) and builds the frontends' reports.
+fn finish(
+    d: Draft,
+    facts_version: u64,
+    cache: &HashMap<MaglevIdent, Arc<MaglevEntry>>,
+    m: u32,
+) -> Derived {
+    let steps = d
+        .steps
+        .into_iter()
+        .map(|st| match st {
+            DraftStep::Warn(w) => Step::Warn(w),
+            DraftStep::Port(p) => Step::Port(p),
+            DraftStep::Front(f) => {
+                let maglev = (!f.ident.is_empty())
+                    .then(|| cache.get(&f.ident).cloned())
+                    .flatten();
+                let n_new = f.spec.n_new.min(f.spec.backends.len());
+                let report = FrontendReport::new(
+                    f.display.clone(),
+                    FrontendFacts {
+                        key: f.spec.key,
+                        kind: f.spec.kind,
+                        note: Some(&f.note),
+                        affinity_timeout: f.spec.affinity_timeout,
+                        snat: f.spec.snat,
+                        empty_action: f.spec.empty_action,
+                        source_ranges: &f.spec.source_ranges,
+                        maglev_size: if n_new == 0 { 0 } else { m },
+                        backends: &f.spec.backends,
+                        n_new,
+                        slots: maglev.as_ref().map(|e| &e.slots[..]).unwrap_or(&[]),
+                    },
+                );
+                Step::Front(Box::new(Front {
+                    spec: f.spec,
+                    display: f.display,
+                    m_warning: f.m_warning,
+                    maglev,
+                    report: Arc::new(report),
+                }))
+            }
+        })
+        .collect();
+    Derived {
+        svc_version: d.svc_version,
+        slice_versions: d.slice_versions,
+        facts_version,
+        skipped: d.skipped,
+        steps,
+    }
+}
+
+/// Builds the tables of `idents` on up to `threads` threads (each table is
+/// a pure function of its identity, so the split does not matter).
+fn build_tables(idents: &[&MaglevIdent], m: u32, seed: u64, threads: usize) -> Vec<MaglevEntry> {
+    par_map(idents, threads, |ident| {
+        let entries = maglev::build(ident, m, seed);
+        let slots = maglev::shares(&entries, ident.len());
+        MaglevEntry {
+            table: MaglevTable::new(entries),
+            slots,
+            last_used: AtomicU64::new(0),
+        }
+    })
+}
+
+/// `items.iter().map(f)` on up to `threads` scoped threads (in chunks taken
+/// from a shared counter), results in input order: deterministic whatever
+/// the split. Small inputs stay on the calling thread.
+fn par_map<T: Sync, R: Send>(items: &[T], threads: usize, f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    const CHUNK: usize = 16;
+    let threads = threads.min(items.len() / (2 * CHUNK)).max(1);
+    if threads == 1 {
+        return items.iter().map(&f).collect();
+    }
+    let next = AtomicUsize::new(0);
+    let parts: Vec<Vec<(usize, R)>> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut out = Vec::new();
+                    loop {
+                        let start = next.fetch_add(CHUNK, Ordering::Relaxed);
+                        if start >= items.len() {
+                            break;
+                        }
+                        for (k, item) in items[start..].iter().take(CHUNK).enumerate() {
+                            out.push((start + k, f(item)));
+                        }
+                    }
+                    out
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect()
+    });
+    let mut slots: Vec<Option<R>> = (0..items.len()).map(|_| None).collect();
+    for (i, r) in parts.into_iter().flatten() {
+        slots[i] = Some(r);
+    }
+    slots
+        .into_iter()
+        .map(|r| r.expect("every item was mapped"))
+        .collect()
+}
+
+/// Node facts: addresses and zone, from the options or the Node object.
+fn node_facts(objects: &ObjectSet, opts: &CompileOptions) -> NodeFacts {
     let node_obj = objects.nodes.iter().find(|n| {
         !opts.node_name.is_empty() && n.metadata.name.as_deref() == Some(&*opts.node_name)
     });
@@ -478,270 +1274,249 @@ pub fn compile(
         snat_ports: opts.snat_ports,
         hash_seed: opts.hash_seed,
     };
+    NodeFacts {
+        node,
+        nodeport_ips,
+        zone,
+    }
+}
 
-    let mut builder = TablesBuilder::new(node, generation);
-    let mut notes: Vec<FrontendNote> = Vec::new();
-    let mut skipped: Vec<(String, String)> = Vec::new();
-    let mut owners: HashMap<FrontendKey, String> = HashMap::new();
-    let mut maglev_cache: HashMap<Vec<(IpAddr, u16, u32)>, Vec<u16>> = HashMap::new();
+/// What one (sanitized) Service compiles to, given its slices (in name
+/// order) and the node facts: kube-proxy's rules, independent of every
+/// other Service.
+fn derive(
+    svc: &Service,
+    slices: &[&EndpointSlice],
+    facts: &NodeFacts,
+    opts: &CompileOptions,
+) -> Draft {
+    let mut steps: Vec<DraftStep> = Vec::new();
+    let mut draft = Draft {
+        svc_version: 0,
+        slice_versions: Vec::new(),
+        skipped: None,
+        steps: Vec::new(),
+    };
+    let (ns, name) = svc_id(svc);
+    let display = format!("{ns}/{name}");
+    if let Some(reason) = skip_reason(svc) {
+        let shown: &str = &display;
+        tracing::debug!(service = shown, reason, "no frontends");
+        draft.skipped = Some((display, reason.to_string()));
+        return draft;
+    }
+    let Some(spec) = svc.spec.as_ref() else {
+        return draft;
+    };
+    let zone = facts.zone.as_deref();
     let m = opts.maglev_m;
-    let empty: Vec<EndpointSlice> = Vec::new();
+    let type_ = spec.type_.as_deref().unwrap_or("ClusterIP");
+    let is_lb = type_ == "LoadBalancer";
+    let has_nodeports = is_lb || type_ == "NodePort";
+    let etp = Policy::parse(spec.external_traffic_policy.as_deref());
+    let itp = Policy::parse(spec.internal_traffic_policy.as_deref());
+    let topo = topology_requested(svc);
+    let affinity_timeout = if spec.session_affinity.as_deref() == Some("ClientIP") {
+        spec.session_affinity_config
+            .as_ref()
+            .and_then(|c| c.client_ip.as_ref())
+            .and_then(|c| c.timeout_seconds)
+            .map(|t| t as u32)
+            .unwrap_or(DEFAULT_AFFINITY_TIMEOUT)
+    } else {
+        0
+    };
 
-    for svc in &services {
-        let (ns, name) = svc_id(svc);
-        let display = format!("{ns}/{name}");
-        if let Some(reason) = skip_reason(svc) {
-            let shown: &str = &display;
-            tracing::debug!(service = shown, reason, "no frontends");
-            skipped.push((display, reason.to_string()));
-            continue;
+    // One clusterIP per family (the first of each); it decides which
+    // families this Service has, exactly as kube-proxy's per-family proxiers.
+    let mut cluster_ips: Vec<IpAddr> = Vec::new();
+    let listed: Vec<&String> = match spec.cluster_ips.as_ref().filter(|v| !v.is_empty()) {
+        Some(v) => v.iter().collect(),
+        None => spec.cluster_ip.iter().collect(),
+    };
+    for ip in listed.iter().filter_map(|s| s.parse::<IpAddr>().ok()) {
+        if !cluster_ips.iter().any(|c| c.is_ipv4() == ip.is_ipv4()) {
+            cluster_ips.push(ip);
         }
-        let Some(spec) = svc.spec.as_ref() else {
-            continue;
-        };
-        let type_ = spec.type_.as_deref().unwrap_or("ClusterIP");
-        let is_lb = type_ == "LoadBalancer";
-        let has_nodeports = is_lb || type_ == "NodePort";
-        let etp = Policy::parse(spec.external_traffic_policy.as_deref());
-        let itp = Policy::parse(spec.internal_traffic_policy.as_deref());
-        let topo = topology_requested(svc);
-        let affinity_timeout = if spec.session_affinity.as_deref() == Some("ClientIP") {
-            spec.session_affinity_config
-                .as_ref()
-                .and_then(|c| c.client_ip.as_ref())
-                .and_then(|c| c.timeout_seconds)
-                .map(|t| t as u32)
-                .unwrap_or(DEFAULT_AFFINITY_TIMEOUT)
-        } else {
-            0
-        };
+    }
+    let has_family = |ip: &IpAddr| cluster_ips.iter().any(|c| c.is_ipv4() == ip.is_ipv4());
+    let external_ips: Vec<IpAddr> = spec
+        .external_ips
+        .iter()
+        .flatten()
+        .filter_map(|s| s.parse().ok())
+        .collect();
+    let lb_ips: Vec<IpAddr> = if is_lb {
+        svc.status
+            .as_ref()
+            .and_then(|s| s.load_balancer.as_ref())
+            .and_then(|lb| lb.ingress.as_ref())
+            .into_iter()
+            .flatten()
+            .filter(|i| i.ip_mode.as_deref() != Some("Proxy"))
+            .filter_map(|i| i.ip.as_deref().and_then(|ip| ip.parse().ok()))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    for ip in external_ips
+        .iter()
+        .chain(&lb_ips)
+        .filter(|ip| !has_family(ip))
+    {
+        steps.push(DraftStep::Warn(format!(
+            "Service {display}: {ip} has no clusterIP of its family ({}); not served (as kube-proxy)",
+            family_of(*ip)
+        )));
+    }
+    let source_ranges: Vec<Cidr> = spec
+        .load_balancer_source_ranges
+        .iter()
+        .flatten()
+        .filter_map(|r| parse_cidr(r))
+        .collect();
 
-        // One clusterIP per family (the first of each); it decides which
-        // families this Service has, exactly as kube-proxy's per-family proxiers.
-        let mut cluster_ips: Vec<IpAddr> = Vec::new();
-        let listed: Vec<&String> = match spec.cluster_ips.as_ref().filter(|v| !v.is_empty()) {
-            Some(v) => v.iter().collect(),
-            None => spec.cluster_ip.iter().collect(),
+    for port in spec.ports.iter().flatten() {
+        let proto = port
+            .protocol
+            .as_deref()
+            .and_then(parse_protocol)
+            .unwrap_or(Proto::Tcp);
+        let port_name = port.name.clone().unwrap_or_default();
+        steps.push(DraftStep::Port(ServiceInfo {
+            namespace: ns.clone(),
+            name: name.clone(),
+            port_name: port_name.clone(),
+            external_policy: etp.name().to_string(),
+            internal_policy: itp.name().to_string(),
+            // Allocated (and answered) only for LoadBalancer Services with
+            // externalTrafficPolicy: Local, as kube-proxy does.
+            health_check_node_port: match spec.health_check_node_port {
+                Some(p) if is_lb && etp == Policy::Local => u16::try_from(p).unwrap_or(0),
+                _ => 0,
+            },
+        }));
+        let svc_port_display = if port_name.is_empty() {
+            display.clone()
+        } else {
+            format!("{display}:{port_name}")
         };
-        for ip in listed.iter().filter_map(|s| s.parse::<IpAddr>().ok()) {
-            if !cluster_ips.iter().any(|c| c.is_ipv4() == ip.is_ipv4()) {
-                cluster_ips.push(ip);
+        for &cip in &cluster_ips {
+            let family = family_of(cip);
+            let eps = endpoints_for(slices, &port_name, proto, family, &opts.node_name);
+            let internal = categorize(&eps, itp, topo, zone);
+            let external = categorize(&eps, etp, topo, zone);
+            let same_family = |ip: &&IpAddr| ip.is_ipv4() == cip.is_ipv4();
+            let mut fronts: Vec<(IpAddr, u16, FrontendKind)> =
+                vec![(cip, port.port as u16, FrontendKind::ClusterIp)];
+            fronts.extend(
+                external_ips
+                    .iter()
+                    .filter(same_family)
+                    .map(|ip| (*ip, port.port as u16, FrontendKind::ExternalIp)),
+            );
+            fronts.extend(
+                lb_ips
+                    .iter()
+                    .filter(same_family)
+                    .map(|ip| (*ip, port.port as u16, FrontendKind::LoadBalancer)),
+            );
+            if let Some(np) = port.node_port.filter(|_| has_nodeports) {
+                fronts.extend(
+                    facts
+                        .nodeport_ips
+                        .iter()
+                        .filter(same_family)
+                        .map(|ip| (*ip, np as u16, FrontendKind::NodePort)),
+                );
             }
-        }
-        let has_family = |ip: &IpAddr| cluster_ips.iter().any(|c| c.is_ipv4() == ip.is_ipv4());
-        let external_ips: Vec<IpAddr> = spec
-            .external_ips
-            .iter()
-            .flatten()
-            .filter_map(|s| s.parse().ok())
-            .collect();
-        let lb_ips: Vec<IpAddr> = if is_lb {
-            svc.status
-                .as_ref()
-                .and_then(|s| s.load_balancer.as_ref())
-                .and_then(|lb| lb.ingress.as_ref())
-                .into_iter()
-                .flatten()
-                .filter(|i| i.ip_mode.as_deref() != Some("Proxy"))
-                .filter_map(|i| i.ip.as_deref().and_then(|ip| ip.parse().ok()))
-                .collect()
-        } else {
-            Vec::new()
-        };
-        for ip in external_ips
-            .iter()
-            .chain(&lb_ips)
-            .filter(|ip| !has_family(ip))
-        {
-            warnings.push(format!(
-                "Service {display}: {ip} has no clusterIP of its family ({}); not served (as kube-proxy)",
-                family_of(*ip)
-            ));
-        }
-        let source_ranges: Vec<Cidr> = spec
-            .load_balancer_source_ranges
-            .iter()
-            .flatten()
-            .filter_map(|r| parse_cidr(r))
-            .collect();
-        let slices: Vec<&EndpointSlice> = slices_by_service
-            .get(&(ns.clone(), name.clone()))
-            .unwrap_or(&empty)
-            .iter()
-            .collect();
-
-        for port in spec.ports.iter().flatten() {
-            let proto = port
-                .protocol
-                .as_deref()
-                .and_then(parse_protocol)
-                .unwrap_or(Proto::Tcp);
-            let port_name = port.name.clone().unwrap_or_default();
-            let service_idx = builder.add_service(ServiceInfo {
-                namespace: ns.clone(),
-                name: name.clone(),
-                port_name: port_name.clone(),
-                external_policy: etp.name().to_string(),
-                internal_policy: itp.name().to_string(),
-                // Allocated (and answered) only for LoadBalancer Services
-                // with externalTrafficPolicy: Local, as kube-proxy does.
-                health_check_node_port: match spec.health_check_node_port {
-                    Some(p) if is_lb && etp.name() == "Local" => u16::try_from(p).unwrap_or(0),
-                    _ => 0,
-                },
-            });
-            let svc_port_display = if port_name.is_empty() {
-                display.clone()
-            } else {
-                format!("{display}:{port_name}")
-            };
-            let mut warned_m = false;
-            for &cip in &cluster_ips {
-                let family = family_of(cip);
-                let eps = endpoints_for(&slices, &port_name, proto, family, &opts.node_name);
-                let internal = categorize(&eps, itp, topo, zone.as_deref());
-                let external = categorize(&eps, etp, topo, zone.as_deref());
-                let same_family = |ip: &&IpAddr| ip.is_ipv4() == cip.is_ipv4();
-                let mut fronts: Vec<(IpAddr, u16, FrontendKind)> =
-                    vec![(cip, port.port as u16, FrontendKind::ClusterIp)];
-                fronts.extend(
-                    external_ips
-                        .iter()
-                        .filter(same_family)
-                        .map(|ip| (*ip, port.port as u16, FrontendKind::ExternalIp)),
+            for (ip, fport, kind) in fronts {
+                let key = FrontendKey {
+                    ip,
+                    port: fport,
+                    proto,
+                };
+                let (sel, policy) = if kind.is_external() {
+                    (&external, etp)
+                } else {
+                    (&internal, itp)
+                };
+                let mut backends: Vec<Backend> =
+                    sel.new.iter().map(|&i| eps[i].backend()).collect();
+                let n_new = backends.len();
+                backends.extend(
+                    eps.iter()
+                        .enumerate()
+                        .filter(|(i, _)| !sel.new.contains(i))
+                        .map(|(_, e)| e.backend()),
                 );
-                fronts.extend(
-                    lb_ips
-                        .iter()
-                        .filter(same_family)
-                        .map(|ip| (*ip, port.port as u16, FrontendKind::LoadBalancer)),
-                );
-                if let Some(np) = port.node_port.filter(|_| has_nodeports) {
-                    fronts.extend(
-                        nodeport_ips
-                            .iter()
-                            .filter(same_family)
-                            .map(|ip| (*ip, np as u16, FrontendKind::NodePort)),
-                    );
-                }
-                for (ip, fport, kind) in fronts {
-                    let key = FrontendKey {
-                        ip,
-                        port: fport,
-                        proto,
-                    };
-                    let (sel, policy) = if kind.is_external() {
-                        (&external, etp)
-                    } else {
-                        (&internal, itp)
-                    };
-                    if let Some(owner) = owners.get(&key) {
-                        warnings.push(format!(
-                            "Service {svc_port_display}: {} frontend {}/{:?} is already taken by {owner}; ignored",
-                            kind.name(),
-                            fmt_addr(ip, fport),
-                            proto
-                        ));
-                        continue;
-                    }
-                    let mut backends: Vec<Backend> =
-                        sel.new.iter().map(|&i| eps[i].backend()).collect();
-                    let n_new = backends.len();
-                    backends.extend(
-                        eps.iter()
-                            .enumerate()
-                            .filter(|(i, _)| !sel.new.contains(i))
-                            .map(|(_, e)| e.backend()),
-                    );
-                    if backends.len() > u16::MAX as usize {
-                        warnings.push(format!("Service {svc_port_display}: {} endpoints exceed 65535; frontend {} ignored", backends.len(), fmt_addr(ip, fport)));
-                        continue;
-                    }
-                    let ident: Vec<(IpAddr, u16, u32)> = backends[..n_new]
+                let ident: MaglevIdent = if backends.len() > u16::MAX as usize {
+                    // Never added (replay warns); no table either.
+                    Vec::new()
+                } else {
+                    backends[..n_new]
                         .iter()
                         .map(|b| (b.ip, b.port, b.weight))
-                        .collect();
-                    if n_new > 0 && (m as u64) < 100 * n_new as u64 && !warned_m {
-                        warned_m = true;
-                        warnings.push(format!(
-                            "Service {svc_port_display}: {n_new} backends with Maglev M={m} (< 100·N): consider a larger --maglev-size"
-                        ));
-                    }
-                    let table = maglev_cache
-                        .entry(ident.clone())
-                        .or_insert_with(|| {
-                            if ident.is_empty() {
-                                Vec::new()
-                            } else {
-                                maglev::build(&ident, m, opts.hash_seed)
-                            }
-                        })
-                        .clone();
-                    let external_local = kind.is_external() && etp == Policy::Local;
-                    let spec = FrontendSpec {
-                        key,
-                        service: service_idx,
-                        kind,
-                        backends,
-                        n_new,
-                        empty_action: sel.empty_action,
-                        snat: !external_local,
-                        affinity_timeout,
-                        affinity_group: service_idx,
-                        source_ranges: if kind == FrontendKind::LoadBalancer {
-                            source_ranges
-                                .iter()
-                                .copied()
-                                .filter(|c| c.addr.is_ipv4() == ip.is_ipv4())
-                                .collect()
-                        } else {
-                            Vec::new()
-                        },
-                    };
-                    match builder.add_frontend(spec, &table, m) {
-                        Ok(_) => {
-                            owners.insert(
-                                key,
-                                format!("Service {svc_port_display} ({})", kind.name()),
-                            );
-                            notes.push(FrontendNote {
-                                policy,
-                                topology_zone: sel.topology_zone.clone(),
-                            });
-                        }
-                        Err(e) => warnings.push(format!(
-                            "Service {svc_port_display}: frontend {}: {e}",
-                            fmt_addr(ip, fport)
-                        )),
-                    }
-                }
-            }
-        }
-        if spec
-            .load_balancer_source_ranges
-            .as_ref()
-            .is_some_and(|r| !r.is_empty())
-        {
-            for ip in lb_ips.iter().filter(|ip| has_family(ip)) {
-                if !source_ranges
-                    .iter()
-                    .any(|c| c.addr.is_ipv4() == ip.is_ipv4())
-                {
-                    warnings.push(format!(
-                        "Service {display}: no loadBalancerSourceRanges of {}'s family; it admits every source (as kube-proxy)",
-                        ip
-                    ));
-                }
+                        .collect()
+                };
+                let m_warning = (n_new > 0 && (m as u64) < 100 * n_new as u64).then(|| {
+                    format!(
+                        "Service {svc_port_display}: {n_new} backends with Maglev M={m} (< 100·N): consider a larger --maglev-size"
+                    )
+                });
+                let external_local = kind.is_external() && etp == Policy::Local;
+                let spec = FrontendSpec {
+                    key,
+                    service: 0,
+                    kind,
+                    backends,
+                    n_new,
+                    empty_action: sel.empty_action,
+                    snat: !external_local,
+                    affinity_timeout,
+                    affinity_group: 0,
+                    source_ranges: if kind == FrontendKind::LoadBalancer {
+                        source_ranges
+                            .iter()
+                            .copied()
+                            .filter(|c| c.addr.is_ipv4() == ip.is_ipv4())
+                            .collect()
+                    } else {
+                        Vec::new()
+                    },
+                };
+                steps.push(DraftStep::Front(Box::new(DraftFront {
+                    spec,
+                    display: svc_port_display.clone(),
+                    m_warning,
+                    note: FrontendNote {
+                        policy,
+                        topology_zone: sel.topology_zone.clone(),
+                    },
+                    ident,
+                })));
             }
         }
     }
-    let tables = builder.finish();
-    let report = Report::new(&tables, &notes, skipped);
-    Ok(Compiled {
-        tables,
-        report,
-        warnings,
-    })
+    if spec
+        .load_balancer_source_ranges
+        .as_ref()
+        .is_some_and(|r| !r.is_empty())
+    {
+        for ip in lb_ips.iter().filter(|ip| has_family(ip)) {
+            if !source_ranges
+                .iter()
+                .any(|c| c.addr.is_ipv4() == ip.is_ipv4())
+            {
+                steps.push(DraftStep::Warn(format!(
+                    "Service {display}: no loadBalancerSourceRanges of {}'s family; it admits every source (as kube-proxy)",
+                    ip
+                )));
+            }
+        }
+    }
+    draft.steps = steps;
+    draft
 }
 
 /// `ip:port`, with brackets for IPv6.

@@ -16,6 +16,6 @@ pub mod manifests;
 pub mod report;
 pub mod validate;
 
-pub use compile::{compile, CompileError, CompileOptions, Compiled};
+pub use compile::{compile, CompileError, CompileOptions, CompileStats, Compiled, Compiler};
 pub use manifests::{load_path, load_str, Diagnostic, ObjectSet};
 pub use report::{render_json, render_table, Report};

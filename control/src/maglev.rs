@@ -143,38 +143,14 @@ pub fn try_build(
         });
     }
 
-    const EMPTY: u16 = u16::MAX;
-    let mut table = vec![EMPTY; m as usize];
+    let mut f = Filler::new(m, pos, skip);
     let mut filled = 0u32;
     let uniform = order.iter().all(|&i| weight(i) == weight(order[0]));
-
-    // Claims the next free slot of backend `k` in its permutation.
-    #[inline(always)]
-    fn claim(table: &mut [u16], pos: &mut [u32], skip: &[u32], m: u32, k: usize, who: u16) {
-        let mut c = pos[k];
-        loop {
-            let next = {
-                let s = c + skip[k];
-                if s >= m {
-                    s - m
-                } else {
-                    s
-                }
-            };
-            // SAFETY-free bound: c < m always (offset % m, then modular steps).
-            if table[c as usize] == u16::MAX {
-                table[c as usize] = who;
-                pos[k] = next;
-                return;
-            }
-            c = next;
-        }
-    }
 
     if uniform {
         'outer: loop {
             for (k, &who) in order.iter().enumerate() {
-                claim(&mut table, &mut pos, &skip, m, k, who);
+                f.claim(k, who);
                 filled += 1;
                 if filled == m {
                     break 'outer;
@@ -195,7 +171,7 @@ pub fn try_build(
                     continue;
                 }
                 target[k] += w_max;
-                claim(&mut table, &mut pos, &skip, m, k, who);
+                f.claim(k, who);
                 filled += 1;
                 if filled == m {
                     break 'wouter;
@@ -203,7 +179,132 @@ pub fn try_build(
             }
         }
     }
-    Ok(table)
+    Ok(f.table)
+}
+
+/// The population state: the table, each backend's next slot and skip, and,
+/// for the last few empty slots, the tail state.
+///
+/// Filling the last slots by probing is what costs: with E of M slots
+/// empty, a claim probes M/E slots on average, so the last 1% of the slots
+/// take over half of all probes. When at most `tail_at` slots are empty the
+/// filler switches to an exact shortcut: backend k's next claim is the empty
+/// slot that comes first in its permutation, i.e. the one with the smallest
+/// rank `((s - o_k) * skip_k^-1) mod M` from the slot `o_k` it had reached
+/// (every slot of lower rank is already taken). Ranks of the remaining empty
+/// slots are computed once per backend; a claim is then a minimum search.
+/// The result is identical to probing (`tests::tail_matches_probing`).
+struct Filler {
+    table: Vec<u16>,
+    m: u32,
+    pos: Vec<u32>,
+    skip: Vec<u32>,
+    empty: u32,
+    tail_at: u32,
+    /// Tail state: the empty slots, and per backend their ranks (`n` rows
+    /// of `stride`, the first `slots.len()` of each row valid).
+    tail: Option<(Vec<u32>, Vec<u32>, usize)>,
+}
+
+const EMPTY: u16 = u16::MAX;
+
+impl Filler {
+    fn new(m: u32, pos: Vec<u32>, skip: Vec<u32>) -> Filler {
+        let n = pos.len().max(1) as u32;
+        // Ranks cost n per empty slot: worth it while n * E stays small.
+        let tail_at = (m / 16).min(4096 / n);
+        Filler {
+            table: vec![EMPTY; m as usize],
+            m,
+            pos,
+            skip,
+            empty: m,
+            tail_at: if tail_at >= 8 { tail_at } else { 0 },
+            tail: None,
+        }
+    }
+
+    /// Backend `k` (entry value `who`) takes its next free slot.
+    #[inline]
+    fn claim(&mut self, k: usize, who: u16) {
+        if self.empty <= self.tail_at && self.tail.is_none() {
+            self.start_tail();
+        }
+        self.empty -= 1;
+        if let Some((slots, ranks, stride)) = self.tail.as_mut() {
+            let len = slots.len();
+            let row = &ranks[k * *stride..k * *stride + len];
+            let min = row.iter().copied().min().unwrap_or(0);
+            let j = row.iter().position(|&r| r == min).unwrap_or(0);
+            let s = slots[j];
+            self.table[s as usize] = who;
+            slots.swap_remove(j);
+            let n = self.pos.len();
+            for b in 0..n {
+                ranks[b * *stride + j] = ranks[b * *stride + len - 1];
+            }
+            return;
+        }
+        let (m, step) = (self.m, self.skip[k]);
+        let mut c = self.pos[k];
+        loop {
+            let next = {
+                let s = c + step;
+                if s >= m {
+                    s - m
+                } else {
+                    s
+                }
+            };
+            // c < m always (offset % m, then modular steps).
+            if self.table[c as usize] == EMPTY {
+                self.table[c as usize] = who;
+                self.pos[k] = next;
+                return;
+            }
+            c = next;
+        }
+    }
+
+    fn start_tail(&mut self) {
+        let m = self.m as u64;
+        let slots: Vec<u32> = (0..self.m)
+            .filter(|&s| self.table[s as usize] == EMPTY)
+            .collect();
+        let stride = slots.len();
+        // Barrett reduction by m for products below 2^34.
+        let mu = (u64::MAX / m) as u128;
+        let reduce = |x: u64| {
+            let q = ((x as u128 * mu) >> 64) as u64;
+            let mut r = x - q * m;
+            while r >= m {
+                r -= m;
+            }
+            r as u32
+        };
+        let mut ranks = vec![0u32; self.pos.len() * stride];
+        for (k, (&o, &sk)) in self.pos.iter().zip(&self.skip).enumerate() {
+            let inv = mod_inverse(sk as u64, m);
+            let row = &mut ranks[k * stride..(k + 1) * stride];
+            for (r, &s) in row.iter_mut().zip(&slots) {
+                let d = (s as u64 + m - o as u64) % m;
+                *r = reduce(d * inv);
+            }
+        }
+        self.tail = Some((slots, ranks, stride));
+    }
+}
+
+/// `a^-1 mod m` for a prime `m` and `0 < a < m` (extended Euclid).
+fn mod_inverse(a: u64, m: u64) -> u64 {
+    let (mut r0, mut r1) = (m as i64, a as i64);
+    let (mut t0, mut t1) = (0i64, 1i64);
+    while r1 != 0 {
+        let q = r0 / r1;
+        (r0, r1) = (r1, r0 - q * r1);
+        (t0, t1) = (t1, t0 - q * t1);
+    }
+    t0.rem_euclid(m as i64) as u64
 }
 
 /// Slots per backend: `counts[i]` = entries of `table` equal to `i`.
@@ -281,6 +382,89 @@ mod tests {
         assert_eq!(s[2], 0);
         let ratio = s[0] as f64 / s[1] as f64;
         assert!((ratio - 2.0).abs() < 0.01, "{s:?}");
+    }
+
+    /// The original population loop (probing to the end), as the reference
+    /// the tail shortcut must match slot for slot.
+    fn reference(backends: &[(IpAddr, u16, u32)], m: u32, seed: u64) -> Vec<u16> {
+        let mut order: Vec<u16> = (0..backends.len() as u16).collect();
+        order.sort_by_key(|&i| (backends[i as usize].0, backends[i as usize].1));
+        let all_zero = backends.iter().all(|b| b.2 == 0);
+        let weight = |i: u16| {
+            if all_zero {
+                1
+            } else {
+                backends[i as usize].2 as u64
+            }
+        };
+        order.retain(|&i| weight(i) > 0);
+        let (s_off, s_skip) = seeds(seed);
+        let mm = m as u64;
+        let mut pos: Vec<u32> = Vec::new();
+        let mut skip: Vec<u32> = Vec::new();
+        for &i in &order {
+            let id = identity(backends[i as usize].0, backends[i as usize].1);
+            pos.push((hash_bytes(s_off, &id) % mm) as u32);
+            skip.push((hash_bytes(s_skip, &id) % (mm - 1) + 1) as u32);
+        }
+        let mut table = vec![u16::MAX; m as usize];
+        let mut filled = 0;
+        let w_max = order.iter().map(|&i| weight(i)).max().unwrap_or(1);
+        let mut target = vec![0u64; order.len()];
+        let mut round = 0u64;
+        while filled < m {
+            round += 1;
+            for (k, &who) in order.iter().enumerate() {
+                if filled == m || round * weight(who) < target[k] {
+                    continue;
+                }
+                target[k] += w_max;
+                let mut c = pos[k];
+                while table[c as usize] != u16::MAX {
+                    c = (c + skip[k]) % m;
+                }
+                table[c as usize] = who;
+                pos[k] = (c + skip[k]) % m;
+                filled += 1;
+            }
+        }
+        table
+    }
+
+    #[test]
+    fn tail_matches_probing() {
+        let mut rng = 0x1234_5678_9abc_def0u64;
+        let mut next = || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        for case in 0..60 {
+            let n = 1 + (next() % if case % 3 == 0 { 300 } else { 40 }) as u32;
+            let m = SUPPORTED_SIZES[(next() % 7) as usize];
+            let mut b = backends(n);
+            if case % 4 == 1 {
+                for x in b.iter_mut() {
+                    x.2 = (next() % 4) as u32;
+                }
+            }
+            let seed = next();
+            assert_eq!(
+                build(&b, m, seed),
+                reference(&b, m, seed),
+                "case {case}: n={n} m={m}"
+            );
+        }
+    }
+
+    #[test]
+    fn modular_inverse() {
+        for &m in &SUPPORTED_SIZES[..4] {
+            for a in [1u64, 2, 3, 17, m as u64 - 1] {
+                assert_eq!(a * mod_inverse(a, m as u64) % m as u64, 1);
+            }
+        }
     }
 
     #[test]

@@ -20,8 +20,9 @@
 //! ```
 
 use std::fmt::Write as _;
+use std::sync::Arc;
 
-use edgeplane_dataplane::tables::{EmptyAction, Tables};
+use edgeplane_dataplane::tables::{Backend, Cidr, EmptyAction, FrontendKey, FrontendKind, Tables};
 use edgeplane_packet::Proto;
 
 use crate::compile::{fmt_addr, Compiled, Policy};
@@ -104,7 +105,9 @@ pub struct SkippedService {
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Report {
     pub generation: u64,
-    pub frontends: Vec<FrontendReport>,
+    /// Shared (`Arc`): an incremental compile reuses the entries of unchanged
+    /// Services instead of rebuilding them.
+    pub frontends: Vec<Arc<FrontendReport>>,
     pub skipped: Vec<SkippedService>,
 }
 
@@ -118,6 +121,88 @@ fn proto_name(p: Proto) -> &'static str {
     }
 }
 
+/// The facts of one frontend a [`FrontendReport`] is made of (from a
+/// generation's tables, or from the compiler before it assembles one).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct FrontendFacts<'a> {
+    pub key: FrontendKey,
+    pub kind: FrontendKind,
+    pub note: Option<&'a FrontendNote>,
+    pub affinity_timeout: u32,
+    pub snat: bool,
+    pub empty_action: EmptyAction,
+    pub source_ranges: &'a [Cidr],
+    /// M (0 when there is no new-flow backend).
+    pub maglev_size: u32,
+    /// New-flow backends first.
+    pub backends: &'a [Backend],
+    pub n_new: usize,
+    /// Maglev slots of each new-flow backend.
+    pub slots: &'a [u32],
+}
+
+impl FrontendReport {
+    pub(crate) fn new(service: String, f: FrontendFacts<'_>) -> FrontendReport {
+        let mode = f.note.map(|n| n.policy).unwrap_or(Policy::Cluster);
+        let m = f.maglev_size.max(1) as f64;
+        let backends = f
+            .backends
+            .iter()
+            .enumerate()
+            .map(|(j, b)| {
+                let slots = f.slots.get(j).copied().unwrap_or(0);
+                BackendReport {
+                    ip: b.ip.to_string(),
+                    port: b.port,
+                    slots,
+                    share: (slots as f64 * 10000.0 / m).round() / 100.0,
+                    ready: b.ready,
+                    serving: b.serving,
+                    terminating: b.terminating,
+                    local: b.local,
+                    new_flows: j < f.n_new,
+                }
+            })
+            .collect();
+        FrontendReport {
+            service,
+            kind: f.kind.name(),
+            ip: f.key.ip.to_string(),
+            port: f.key.port,
+            protocol: proto_name(f.key.proto),
+            policy: PolicyReport {
+                scope: if f.kind.is_external() {
+                    "external"
+                } else {
+                    "internal"
+                },
+                mode: mode.name(),
+            },
+            topology_zone: f.note.and_then(|n| n.topology_zone.clone()),
+            session_affinity: AffinityReport {
+                mode: if f.affinity_timeout > 0 {
+                    "ClientIP"
+                } else {
+                    "None"
+                },
+                timeout_seconds: f.affinity_timeout,
+            },
+            snat: f.snat,
+            empty_action: match f.empty_action {
+                EmptyAction::Reject => "reject",
+                EmptyAction::Drop => "drop",
+            },
+            source_ranges: f
+                .source_ranges
+                .iter()
+                .map(|c| format!("{}/{}", c.addr, c.prefix_len))
+                .collect(),
+            maglev_size: f.maglev_size,
+            backends,
+        }
+    }
+}
+
 impl Report {
     /// Builds the report from the tables and the compiler's notes (one per frontend).
     pub fn new(tables: &Tables, notes: &[FrontendNote], skipped: Vec<(String, String)>) -> Report {
@@ -126,75 +211,40 @@ impl Report {
             .iter()
             .enumerate()
             .map(|(i, f)| {
-                let note = notes.get(i);
                 let info = tables.services.get(f.service as usize);
-                let mode = note.map(|n| n.policy).unwrap_or(Policy::Cluster);
-                let table = tables.maglev_table(f);
-                let counts = crate::maglev::shares(table, f.n_new as usize);
-                let m = table.len().max(1) as f64;
-                let backends = tables
-                    .all_backends(f)
-                    .iter()
-                    .enumerate()
-                    .map(|(j, b)| {
-                        let slots = counts.get(j).copied().unwrap_or(0);
-                        BackendReport {
-                            ip: b.ip.to_string(),
-                            port: b.port,
-                            slots,
-                            share: (slots as f64 * 10000.0 / m).round() / 100.0,
-                            ready: b.ready,
-                            serving: b.serving,
-                            terminating: b.terminating,
-                            local: b.local,
-                            new_flows: j < f.n_new as usize,
-                        }
-                    })
-                    .collect();
-                FrontendReport {
-                    service: info.map(|s| s.display_name()).unwrap_or_default(),
-                    kind: f.kind.name(),
-                    ip: f.key.ip.to_string(),
-                    port: f.key.port,
-                    protocol: proto_name(f.key.proto),
-                    policy: PolicyReport {
-                        scope: if f.kind.is_external() {
-                            "external"
-                        } else {
-                            "internal"
-                        },
-                        mode: mode.name(),
+                let slots = crate::maglev::shares(tables.maglev_table(f), f.n_new as usize);
+                Arc::new(FrontendReport::new(
+                    info.map(|s| s.display_name()).unwrap_or_default(),
+                    FrontendFacts {
+                        key: f.key,
+                        kind: f.kind,
+                        note: notes.get(i),
+                        affinity_timeout: f.affinity_timeout,
+                        snat: f.snat,
+                        empty_action: f.empty_action,
+                        source_ranges: tables.source_ranges(f),
+                        maglev_size: f.maglev_len,
+                        backends: tables.all_backends(f),
+                        n_new: f.n_new as usize,
+                        slots: &slots,
                     },
-                    topology_zone: note.and_then(|n| n.topology_zone.clone()),
-                    session_affinity: AffinityReport {
-                        mode: if f.affinity_timeout > 0 {
-                            "ClientIP"
-                        } else {
-                            "None"
-                        },
-                        timeout_seconds: f.affinity_timeout,
-                    },
-                    snat: f.snat,
-                    empty_action: match f.empty_action {
-                        EmptyAction::Reject => "reject",
-                        EmptyAction::Drop => "drop",
-                    },
-                    source_ranges: tables
-                        .source_ranges(f)
-                        .iter()
-                        .map(|c| format!("{}/{}", c.addr, c.prefix_len))
-                        .collect(),
-                    maglev_size: f.maglev_len,
-                    backends,
-                }
+                ))
             })
             .collect();
+        Report::from_parts(tables.generation, frontends, skipped)
+    }
+
+    pub(crate) fn from_parts(
+        generation: u64,
+        frontends: Vec<Arc<FrontendReport>>,
+        skipped: Vec<(String, String)>,
+    ) -> Report {
         let skipped = skipped
             .into_iter()
             .map(|(service, reason)| SkippedService { service, reason })
             .collect();
         Report {
-            generation: tables.generation,
+            generation,
             frontends,
             skipped,
         }

@@ -13,9 +13,13 @@
 //!                                                      (terminating / not selected), never new flows
 //! ```
 //!
-//! `maglev[maglev_off .. maglev_off + maglev_len]` holds, for each of the M
+//! `maglev[maglev_off]` is the frontend's Maglev table: for each of the M
 //! slots, an index *relative to `backend_off`* (so `< n_new`). Frontends with
-//! identical backend runs may share one Maglev table.
+//! identical backend runs share one table. Each table is an immutable
+//! [`MaglevTable`] behind an `Arc`, so successive generations built by an
+//! incremental compiler share every table whose backends did not change
+//! (`MaglevTable::ptr_eq` tells a publisher which ones it need not rewrite),
+//! and a generation is assembled without copying M entries per frontend.
 //!
 //! Tables adopted from the shared-memory region (`crate::region`) keep their
 //! Maglev tables in the mapping instead (zero-copy): then
@@ -27,6 +31,7 @@
 
 use hashbrown::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
 
 use edgeplane_packet::Proto;
 
@@ -89,8 +94,9 @@ pub struct Frontend {
     pub n_new: u32,
     /// All backends existing flows may continue to (`n_new <= n_all`).
     pub n_all: u32,
-    /// Start of the Maglev table: an index into [`Tables::maglev`] when
-    /// `maglev_width` is 0, else a byte offset into [`Tables::maglev_arena`].
+    /// Where the Maglev table is: the index of the table in
+    /// [`Tables::maglev`] when `maglev_width` is 0 (0 and unused when
+    /// `n_new == 0`), else a byte offset into [`Tables::maglev_arena`].
     pub maglev_off: u32,
     /// M, a prime; 0 when `n_new == 0`.
     pub maglev_len: u32,
@@ -237,7 +243,9 @@ pub struct Tables {
     pub services: Vec<ServiceInfo>,
     pub frontends: Vec<Frontend>,
     pub backends: Vec<Backend>,
-    pub maglev: Vec<u16>,
+    /// The distinct Maglev tables built in memory, indexed by
+    /// [`Frontend::maglev_off`] (when `maglev_width` is 0).
+    pub maglev: Vec<MaglevTable>,
     /// Packed Maglev tables kept in a shared-memory mapping (see
     /// [`Frontend::maglev_width`]); `None` for tables built in memory.
     pub maglev_arena: Option<MaglevArena>,
@@ -294,12 +302,12 @@ impl Tables {
     /// [`maglev_entries`](Self::maglev_entries)).
     #[inline]
     pub fn maglev_table(&self, f: &Frontend) -> &[u16] {
-        if f.maglev_width != 0 {
+        if f.maglev_width != 0 || f.maglev_len == 0 {
             return &[];
         }
-        let off = f.maglev_off as usize;
         self.maglev
-            .get(off..off + f.maglev_len as usize)
+            .get(f.maglev_off as usize)
+            .map(MaglevTable::entries)
             .unwrap_or(&[])
     }
 
@@ -309,7 +317,7 @@ impl Tables {
     pub fn maglev_entry(&self, f: &Frontend, slot: usize) -> Option<u16> {
         let off = f.maglev_off as usize;
         match f.maglev_width {
-            0 => self.maglev.get(off + slot).copied(),
+            0 => self.maglev.get(off)?.entries().get(slot).copied(),
             w => {
                 let a = self.maglev_arena.as_ref()?.bytes();
                 match w {
@@ -330,7 +338,12 @@ impl Tables {
     pub fn maglev_entry_byte(&self, f: &Frontend, slot: usize) -> Option<&u8> {
         let off = f.maglev_off as usize;
         match f.maglev_width {
-            0 => self.maglev.get(off + slot).map(|e| &bytemuck_u16(e)[0]),
+            0 => self
+                .maglev
+                .get(off)?
+                .entries()
+                .get(slot)
+                .map(|e| &bytemuck_u16(e)[0]),
             w => self
                 .maglev_arena
                 .as_ref()?
@@ -365,7 +378,7 @@ impl Tables {
                 Some(&o) => o,
                 None => {
                     let o = t.maglev.len() as u32;
-                    t.maglev.extend(self.maglev_entries(f));
+                    t.maglev.push(MaglevTable::new(self.maglev_entries(f)));
                     seen.insert(key, o);
                     o
                 }
@@ -393,17 +406,88 @@ impl Tables {
     }
 }
 
+/// One Maglev lookup table: M slots, each an index into the new-flow
+/// backends of the frontends that use it. Immutable and cheap to clone (an
+/// `Arc`); its largest entry is computed once, so adding it to a generation
+/// checks it in O(1).
+#[derive(Debug, Clone, Eq)]
+pub struct MaglevTable {
+    entries: Arc<[u16]>,
+    max: u16,
+}
+
+impl MaglevTable {
+    /// Wraps `entries` (computes the largest entry once).
+    pub fn new(entries: impl Into<Arc<[u16]>>) -> MaglevTable {
+        let entries = entries.into();
+        let max = entries.iter().copied().max().unwrap_or(0);
+        MaglevTable { entries, max }
+    }
+
+    /// The slots.
+    #[inline]
+    pub fn entries(&self) -> &[u16] {
+        &self.entries
+    }
+
+    /// M.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The largest entry (0 for an empty table).
+    pub fn max_entry(&self) -> u16 {
+        self.max
+    }
+
+    /// True when both are the same shared table (not merely equal).
+    pub fn ptr_eq(&self, other: &MaglevTable) -> bool {
+        Arc::ptr_eq(&self.entries, &other.entries)
+    }
+}
+
+impl PartialEq for MaglevTable {
+    fn eq(&self, other: &MaglevTable) -> bool {
+        self.ptr_eq(other) || self.entries == other.entries
+    }
+}
+
 /// Assembles a [`Tables`] generation. Used by the control side; the Maglev
 /// table itself is computed by the caller.
 #[derive(Debug, Default)]
 pub struct TablesBuilder {
     t: Tables,
-    /// Dedup of identical Maglev tables: (backend run, M) -> maglev_off.
+    /// Dedup of identical Maglev tables: (backend run, M) -> maglev_idx.
     maglev_dedup: std::collections::HashMap<MaglevIdentity, u32>,
+    /// Dedup of shared tables ([`TablesBuilder::add_frontend_shared`]): the
+    /// table's address -> maglev_idx.
+    shared_dedup: HashMap<usize, u32>,
 }
 
 /// The identity of a Maglev table: its backends (IP, port, weight) and M.
 type MaglevIdentity = (Vec<(IpAddr, u16, u32)>, u32);
+
+/// A Maglev table of `len` entries whose largest is `max` must have M
+/// entries, each below `n_new`.
+fn check_maglev(len: usize, max: Option<u16>, n_new: usize, m: u32) -> Result<(), TablesError> {
+    if len != m as usize {
+        return Err(TablesError::MaglevSize {
+            got: len,
+            expected: m,
+        });
+    }
+    match max {
+        Some(bad) if bad as usize >= n_new => Err(TablesError::MaglevIndex {
+            entry: bad,
+            n: n_new,
+        }),
+        _ => Ok(()),
+    }
+}
 
 /// Errors assembling tables.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -443,7 +527,23 @@ impl TablesBuilder {
                 ..Tables::default()
             },
             maglev_dedup: Default::default(),
+            shared_dedup: Default::default(),
         }
+    }
+
+    /// Reserves room for this many more Service ports, frontends and
+    /// backends (a hint; avoids regrowing large vectors).
+    pub fn reserve(&mut self, services: usize, frontends: usize, backends: usize) {
+        self.t.services.reserve(services);
+        self.t.frontends.reserve(frontends);
+        self.t.backends.reserve(backends);
+        self.t.frontend_index.reserve(frontends);
+        self.t.frontend_ips.reserve(frontends);
+    }
+
+    /// The index of the frontend added with `key`, if any.
+    pub fn frontend_index_of(&self, key: &FrontendKey) -> Option<u32> {
+        self.t.frontend_index.get(key).copied()
     }
 
     /// Adds a Service port; returns its index for [`FrontendSpec::service`].
@@ -453,50 +553,98 @@ impl TablesBuilder {
     }
 
     /// Adds a frontend. `maglev` is the table over `spec.backends[..n_new]`
-    /// (empty when `n_new == 0`); `m` its size.
+    /// (empty when `n_new == 0`); `m` its size. Identical tables (same backend
+    /// run and M) are stored once.
     pub fn add_frontend(
         &mut self,
         spec: FrontendSpec,
         maglev: &[u16],
         m: u32,
     ) -> Result<u32, TablesError> {
-        if self.t.frontend_index.contains_key(&spec.key) {
-            return Err(TablesError::DuplicateFrontend(spec.key));
-        }
-        if spec.backends.len() > u16::MAX as usize {
-            return Err(TablesError::TooManyBackends(spec.backends.len()));
-        }
+        self.check(&spec.key, &spec.backends)?;
         let n_new = spec.n_new.min(spec.backends.len());
-        let (maglev_off, maglev_len) = if n_new == 0 {
-            (0, 0)
+        let maglev_idx = if n_new == 0 {
+            0
         } else {
-            if maglev.len() != m as usize {
-                return Err(TablesError::MaglevSize {
-                    got: maglev.len(),
-                    expected: m,
-                });
-            }
-            if let Some(&bad) = maglev.iter().find(|&&e| e as usize >= n_new) {
-                return Err(TablesError::MaglevIndex {
-                    entry: bad,
-                    n: n_new,
-                });
-            }
+            check_maglev(maglev.len(), maglev.iter().copied().max(), n_new, m)?;
             let ident: Vec<(IpAddr, u16, u32)> = spec.backends[..n_new]
                 .iter()
                 .map(|b| (b.ip, b.port, b.weight))
                 .collect();
-            let off = match self.maglev_dedup.get(&(ident.clone(), m)) {
-                Some(&off) => off,
+            match self.maglev_dedup.get(&(ident.clone(), m)) {
+                Some(&idx) => idx,
                 None => {
-                    let off = self.t.maglev.len() as u32;
-                    self.t.maglev.extend_from_slice(maglev);
-                    self.maglev_dedup.insert((ident, m), off);
-                    off
+                    let idx = self.t.maglev.len() as u32;
+                    self.t.maglev.push(MaglevTable::new(maglev));
+                    self.maglev_dedup.insert((ident, m), idx);
+                    idx
                 }
-            };
-            (off, m)
+            }
         };
+        Ok(self.push(
+            &spec,
+            spec.service,
+            spec.affinity_group,
+            n_new,
+            maglev_idx,
+            m,
+        ))
+    }
+
+    /// Adds a frontend whose Maglev table is already built and shared (the
+    /// incremental compiler's path): no copy of the table, an O(1) check of
+    /// it, and frontends passing the same `Arc` share one entry of
+    /// [`Tables::maglev`]. `service` and `affinity_group` replace the spec's
+    /// (a cached spec is reused at different positions). `maglev` may be
+    /// `None` only when the spec has no new-flow backend.
+    pub fn add_frontend_shared(
+        &mut self,
+        spec: &FrontendSpec,
+        service: u32,
+        affinity_group: u32,
+        maglev: Option<&MaglevTable>,
+        m: u32,
+    ) -> Result<u32, TablesError> {
+        self.check(&spec.key, &spec.backends)?;
+        let n_new = spec.n_new.min(spec.backends.len());
+        let maglev_idx = if n_new == 0 {
+            0
+        } else {
+            let Some(table) = maglev else {
+                return Err(TablesError::MaglevSize {
+                    got: 0,
+                    expected: m,
+                });
+            };
+            check_maglev(table.len(), Some(table.max_entry()), n_new, m)?;
+            let addr = Arc::as_ptr(&table.entries) as *const u16 as usize;
+            *self.shared_dedup.entry(addr).or_insert_with(|| {
+                self.t.maglev.push(table.clone());
+                (self.t.maglev.len() - 1) as u32
+            })
+        };
+        Ok(self.push(spec, service, affinity_group, n_new, maglev_idx, m))
+    }
+
+    fn check(&self, key: &FrontendKey, backends: &[Backend]) -> Result<(), TablesError> {
+        if self.t.frontend_index.contains_key(key) {
+            return Err(TablesError::DuplicateFrontend(*key));
+        }
+        if backends.len() > u16::MAX as usize {
+            return Err(TablesError::TooManyBackends(backends.len()));
+        }
+        Ok(())
+    }
+
+    fn push(
+        &mut self,
+        spec: &FrontendSpec,
+        service: u32,
+        affinity_group: u32,
+        n_new: usize,
+        maglev_idx: u32,
+        m: u32,
+    ) -> u32 {
         let backend_off = self.t.backends.len() as u32;
         self.t.backends.extend_from_slice(&spec.backends);
         let source_range_off = self.t.source_ranges.len() as u32;
@@ -504,24 +652,24 @@ impl TablesBuilder {
         let idx = self.t.frontends.len() as u32;
         self.t.frontends.push(Frontend {
             key: spec.key,
-            service: spec.service,
+            service,
             kind: spec.kind,
             backend_off,
             n_new: n_new as u32,
             n_all: spec.backends.len() as u32,
-            maglev_off,
-            maglev_len,
+            maglev_off: maglev_idx,
+            maglev_len: if n_new == 0 { 0 } else { m },
             maglev_width: 0,
             empty_action: spec.empty_action,
             snat: spec.snat,
             affinity_timeout: spec.affinity_timeout,
-            affinity_group: spec.affinity_group,
+            affinity_group,
             source_range_off,
             source_range_len: spec.source_ranges.len() as u32,
         });
         self.t.frontend_index.insert(spec.key, idx);
         self.t.frontend_ips.insert(spec.key.ip, ());
-        Ok(idx)
+        idx
     }
 
     pub fn finish(self) -> Tables {

@@ -1,0 +1,572 @@
+//! The incremental [`Compiler`] returns exactly what a fresh [`compile`]
+//! returns: random object sets (every Service type, dual-stack, named and
+//! multi-port, policies, topology hints, affinity, conflicts, invalid
+//! objects, duplicates), then random sequences of edits (change, add, delete,
+//! reorder, node changes), compiled incrementally by one long-lived compiler
+//! and from scratch, compared field by field: tables, report and warnings.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use edgeplane_control::compile::{compile, CompileOptions, Compiled, Compiler};
+use edgeplane_control::manifests::ObjectSet;
+use edgeplane_dataplane::tables::Cidr;
+use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use proptest::prelude::*;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use serde_json::{json, Value};
+
+const NAMES: usize = 12;
+
+fn pick<'a, T>(r: &mut StdRng, v: &'a [T]) -> &'a T {
+    &v[r.gen_range(0..v.len())]
+}
+
+fn service(r: &mut StdRng, i: usize) -> Service {
+    let ns = *pick(r, &["default", "default", "default", "kube-system", ""]);
+    let name = if r.gen_ratio(1, 40) {
+        String::new()
+    } else {
+        format!("svc{i}")
+    };
+    let type_ = *pick(
+        r,
+        &[
+            "ClusterIP",
+            "ClusterIP",
+            "NodePort",
+            "LoadBalancer",
+            "ExternalName",
+        ],
+    );
+    // A small address space so that frontends sometimes collide.
+    let v4 = format!("198.18.100.{}", r.gen_range(1..(NAMES as u8 + 4)));
+    let v6 = format!("2001:db8:100::{:x}", r.gen_range(1..(NAMES as u16 + 4)));
+    let cluster_ips: Vec<String> = match r.gen_range(0..8) {
+        0 => vec![v6],
+        1 => vec![v4, v6],
+        2 => vec![v6, v4],
+        3 => vec!["None".into()],
+        _ => vec![v4],
+    };
+    let mut ports = Vec::new();
+    let n_ports = if r.gen_ratio(1, 10) {
+        0
+    } else {
+        r.gen_range(1..3)
+    };
+    for k in 0..n_ports {
+        let mut p = json!({"port": 80 + k * 363 + r.gen_range(0..2),
+                           "protocol": pick(r, &["TCP", "TCP", "TCP", "TCP", "UDP", "SCTP"]),
+                           "targetPort": 8080});
+        if r.gen_bool(0.4) {
+            p["name"] = json!(pick(r, &["http", "http", "dns", "https"]));
+        }
+        if type_ != "ClusterIP" && r.gen_bool(0.8) {
+            p["nodePort"] = json!(30000 + r.gen_range(0..6));
+        }
+        ports.push(p);
+    }
+    let mut spec = json!({"type": type_, "clusterIP": cluster_ips[0],
+                          "clusterIPs": cluster_ips, "ports": ports});
+    if r.gen_bool(0.2) {
+        spec["externalIPs"] = json!([pick(r, &["198.18.7.1", "198.18.7.2", "2001:db8:7::1"])]);
+    }
+    if r.gen_bool(0.3) {
+        spec["externalTrafficPolicy"] = json!("Local");
+    }
+    if r.gen_bool(0.2) {
+        spec["internalTrafficPolicy"] = json!("Local");
+    }
+    if r.gen_bool(0.2) {
+        spec["sessionAffinity"] = json!("ClientIP");
+        if r.gen_bool(0.5) {
+            spec["sessionAffinityConfig"] = json!({"clientIP": {"timeoutSeconds": 60}});
+        }
+    }
+    if r.gen_bool(0.15) {
+        spec["trafficDistribution"] = json!("PreferClose");
+    }
+    if r.gen_bool(0.2) {
+        spec["loadBalancerSourceRanges"] = json!([pick(r, &["198.18.0.0/16", "2001:db8::/32"])]);
+    }
+    let mut labels = json!({});
+    if r.gen_ratio(1, 20) {
+        labels["service.kubernetes.io/service-proxy-name"] = json!("other");
+    }
+    let mut status = json!({});
+    if type_ == "LoadBalancer" {
+        status = json!({"loadBalancer": {"ingress": [
+            {"ip": pick(r, &["198.18.9.1", "198.18.9.2", "2001:db8:9::1"])}]}});
+    }
+    serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": name, "namespace": ns, "labels": labels},
+        "spec": spec, "status": status}))
+    .expect("a valid Service")
+}
+
+/// A slice for Service `i`; usually matching `svc` (its namespace, port
+/// names and protocols), sometimes not.
+fn slice_of(r: &mut StdRng, svc: Option<&Service>, i: usize, k: usize) -> EndpointSlice {
+    let mut s = slice(r, i, k);
+    if let Some(svc) = svc.filter(|_| r.gen_bool(0.8)) {
+        let ns = svc.metadata.namespace.clone().filter(|n| !n.is_empty());
+        s.metadata.namespace = Some(ns.unwrap_or_else(|| "default".into()));
+        let ports = svc
+            .spec
+            .as_ref()
+            .and_then(|sp| sp.ports.clone())
+            .unwrap_or_default();
+        s.ports = Some(
+            ports
+                .iter()
+                .map(|p| k8s_openapi::api::discovery::v1::EndpointPort {
+                    name: p.name.clone(),
+                    protocol: p.protocol.clone(),
+                    port: Some(8080 + (p.port % 3)),
+                    ..Default::default()
+                })
+                .collect(),
+        );
+    }
+    s
+}
+
+fn slice(r: &mut StdRng, i: usize, k: usize) -> EndpointSlice {
+    let v6 = r.gen_ratio(1, 4);
+    let mut eps = Vec::new();
+    for _ in 0..r.gen_range(0..6) {
+        let a = r.gen_range(1..40u8);
+        let addr = if v6 {
+            format!("2001:db8:200::{a:x}")
+        } else {
+            format!("198.18.200.{a}")
+        };
+        let mut e = json!({"addresses": [addr],
+                           "nodeName": pick(r, &["node-a", "node-b", "node-c"])});
+        if r.gen_bool(0.7) {
+            let ready = r.gen_bool(0.7);
+            e["conditions"] = json!({"ready": ready, "serving": ready || r.gen_bool(0.5),
+                                     "terminating": !ready && r.gen_bool(0.7)});
+        }
+        if r.gen_bool(0.3) {
+            e["hints"] = json!({"forZones": [{"name": pick(r, &["z1", "z2"])}]});
+        }
+        eps.push(e);
+    }
+    let mut ports = Vec::new();
+    let n_ports = if r.gen_ratio(1, 10) {
+        0
+    } else {
+        r.gen_range(1..3)
+    };
+    for _ in 0..n_ports {
+        let mut p = json!({"port": pick(r, &[8080, 8443, 53]),
+                           "protocol": pick(r, &["TCP", "TCP", "TCP", "TCP", "UDP", "SCTP"])});
+        if r.gen_bool(0.4) {
+            p["name"] = json!(pick(r, &["http", "http", "dns", "https"]));
+        }
+        ports.push(p);
+    }
+    let owner = if r.gen_ratio(1, 30) {
+        None
+    } else {
+        Some(format!("svc{i}"))
+    };
+    let mut labels = json!({});
+    if let Some(o) = owner {
+        labels["kubernetes.io/service-name"] = json!(o);
+    }
+    serde_json::from_value(json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": format!("svc{i}-{k}"), "namespace": pick(r, &["default", "default", "default", "kube-system"]),
+                     "labels": labels},
+        "addressType": if v6 { "IPv6" } else if r.gen_ratio(1, 30) { "FQDN" } else { "IPv4" },
+        "ports": ports, "endpoints": eps}))
+    .expect("a valid EndpointSlice")
+}
+
+fn node(r: &mut StdRng) -> Node {
+    let mut addrs = vec![json!({"type": "InternalIP", "address": "198.18.0.10"})];
+    if r.gen_bool(0.5) {
+        addrs.push(json!({"type": "InternalIP", "address": "2001:db8::10"}));
+    }
+    if r.gen_bool(0.3) {
+        addrs.push(json!({"type": "ExternalIP", "address": "198.18.0.11"}));
+    }
+    serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": "node-a", "labels": {"topology.kubernetes.io/zone": pick(r, &["z1", "z2"])}},
+        "status": {"addresses": addrs}}))
+    .expect("a valid Node")
+}
+
+fn objects(r: &mut StdRng) -> ObjectSet {
+    let mut o = ObjectSet::default();
+    for i in 0..r.gen_range(0..NAMES) {
+        let svc = service(r, i);
+        for k in 0..r.gen_range(0..3) {
+            let s = slice_of(r, Some(&svc), i, k);
+            o.endpoint_slices.push(s);
+        }
+        o.services.push(svc);
+    }
+    if r.gen_bool(0.7) {
+        o.nodes.push(node(r));
+    }
+    o
+}
+
+/// One random edit of `o`.
+fn edit(r: &mut StdRng, o: &mut ObjectSet) {
+    match r.gen_range(0..12) {
+        0..=2 if !o.endpoint_slices.is_empty() => {
+            // Change one slice (keep its name: an update).
+            let j = r.gen_range(0..o.endpoint_slices.len());
+            let name = o.endpoint_slices[j].metadata.name.clone();
+            let i = r.gen_range(0..NAMES);
+            let svc = o.services.get(i % o.services.len().max(1)).cloned();
+            let mut s = slice_of(r, svc.as_ref(), i, 0);
+            s.metadata.name = name;
+            o.endpoint_slices[j] = s;
+        }
+        3 if !o.services.is_empty() => {
+            let j = r.gen_range(0..o.services.len());
+            let name = o.services[j].metadata.name.clone();
+            let mut s = service(r, 0);
+            s.metadata.name = name;
+            o.services[j] = s;
+        }
+        4 => {
+            let i = r.gen_range(0..NAMES);
+            o.services.push(service(r, i));
+        }
+        5 => {
+            let (i, k) = (r.gen_range(0..NAMES), r.gen_range(0..3));
+            let svc = o
+                .services
+                .iter()
+                .find(|s| s.metadata.name.as_deref() == Some(&format!("svc{i}")))
+                .cloned();
+            let s = slice_of(r, svc.as_ref(), i, k);
+            o.endpoint_slices.push(s);
+        }
+        6 if !o.services.is_empty() => {
+            let j = r.gen_range(0..o.services.len());
+            o.services.remove(j);
+        }
+        7 if !o.endpoint_slices.is_empty() => {
+            let j = r.gen_range(0..o.endpoint_slices.len());
+            o.endpoint_slices.remove(j);
+        }
+        8 => {
+            o.services.shuffle(r);
+            o.endpoint_slices.shuffle(r);
+        }
+        9 => {
+            o.nodes = if r.gen_bool(0.8) {
+                vec![node(r)]
+            } else {
+                Vec::new()
+            };
+        }
+        10 if !o.services.is_empty() => {
+            // A duplicate (the same object twice, as two manifest files may).
+            let j = r.gen_range(0..o.services.len());
+            let s = o.services[j].clone();
+            o.services.push(s);
+        }
+        _ if !o.endpoint_slices.is_empty() => {
+            // Toggle one endpoint's readiness only.
+            let j = r.gen_range(0..o.endpoint_slices.len());
+            if let Some(e) = o.endpoint_slices[j].endpoints.first_mut() {
+                let c = e.conditions.get_or_insert_with(Default::default);
+                c.ready = Some(!c.ready.unwrap_or(true));
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Everything a generation holds, in a comparable form.
+fn fingerprint(c: &Compiled) -> String {
+    let t = &c.tables;
+    let index: BTreeMap<String, u32> = t
+        .frontend_index
+        .iter()
+        .map(|(k, v)| (format!("{k:?}"), *v))
+        .collect();
+    let ips: std::collections::BTreeSet<IpAddr> = t.frontend_ips.keys().copied().collect();
+    format!(
+        "gen {}\nnode {:?}\nservices {:?}\nfrontends {:?}\nbackends {:?}\nmaglev {:?}\nranges {:?}\nindex {index:?}\nips {ips:?}\nwarnings {:#?}",
+        t.generation,
+        t.node,
+        t.services,
+        t.frontends,
+        t.backends,
+        t.maglev,
+        t.source_ranges,
+        c.warnings
+    )
+}
+
+fn options(r: &mut StdRng) -> CompileOptions {
+    CompileOptions {
+        node_name: "node-a".into(),
+        node_ips: if r.gen_bool(0.5) {
+            Vec::new()
+        } else {
+            vec!["198.18.0.1".parse().expect("literal")]
+        },
+        maglev_m: *pick(r, &[251, 509]),
+        nodeport_addresses: if r.gen_bool(0.2) {
+            vec![Cidr {
+                addr: "198.18.0.0".parse().expect("literal"),
+                prefix_len: 24,
+            }]
+        } else {
+            Vec::new()
+        },
+        zone: None,
+        ..CompileOptions::default()
+    }
+}
+
+/// What a sequence exercised, to check the generator reaches the cases.
+#[derive(Debug, Default)]
+struct Coverage {
+    with_backends: usize,
+    conflicts: usize,
+    tables: usize,
+    local_or_zone: usize,
+}
+
+/// Stamps every object with a resourceVersion derived from its contents, as
+/// an API server's (a new one on every change).
+fn stamp(o: &mut ObjectSet) {
+    use std::hash::{Hash, Hasher};
+    fn rv<T: serde::Serialize>(x: &T) -> String {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        serde_json::to_string(x).expect("serializable").hash(&mut h);
+        h.finish().to_string()
+    }
+    for s in &mut o.services {
+        s.metadata.resource_version = None;
+        s.metadata.resource_version = Some(rv(s));
+    }
+    for s in &mut o.endpoint_slices {
+        s.metadata.resource_version = None;
+        s.metadata.resource_version = Some(rv(s));
+    }
+}
+
+fn check_sequence(seed: u64, steps: usize, cov: &mut Coverage) -> Result<(), TestCaseError> {
+    let mut r = StdRng::seed_from_u64(seed);
+    let opts = options(&mut r);
+    let mut o = objects(&mut r);
+    let mut compiler = Compiler::new(opts.clone()).expect("valid options");
+    // Half the sequences as the Kubernetes source runs: resourceVersions
+    // trusted (and stamped as an API server would).
+    let trust = r.gen_bool(0.5);
+    compiler.trust_resource_version(trust);
+    for step in 0..steps {
+        let generation = step as u64 + 1;
+        if trust {
+            stamp(&mut o);
+        }
+        let inc = compiler.compile(&o, generation);
+        let fresh = compile(&o, &opts, generation).expect("valid options");
+        prop_assert_eq!(
+            fingerprint(&inc),
+            fingerprint(&fresh),
+            "seed {} step {}",
+            seed,
+            step
+        );
+        prop_assert_eq!(&inc.report, &fresh.report, "seed {} step {}", seed, step);
+        cov.with_backends += inc.tables.frontends.iter().filter(|f| f.n_new > 0).count();
+        cov.tables += inc.tables.maglev.len();
+        cov.conflicts += inc
+            .warnings
+            .iter()
+            .filter(|w| w.contains("already taken"))
+            .count();
+        cov.local_or_zone += inc
+            .report
+            .frontends
+            .iter()
+            .filter(|f| f.policy.mode == "Local" || f.topology_zone.is_some())
+            .count();
+        for _ in 0..r.gen_range(1..4) {
+            edit(&mut r, &mut o);
+        }
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, failure_persistence: None, ..ProptestConfig::default() })]
+
+    /// Random object sets and random edit sequences: incremental == fresh.
+    #[test]
+    fn incremental_equals_fresh(seed in any::<u64>()) {
+        check_sequence(seed, 25, &mut Coverage::default())?;
+    }
+}
+
+/// The generator reaches what the property is about: frontends with
+/// backends (and so Maglev tables), frontend conflicts between Services,
+/// `Local` policies and topology zones.
+#[test]
+fn generator_covers_the_interesting_cases() {
+    let mut cov = Coverage::default();
+    for seed in 0..16 {
+        check_sequence(seed, 10, &mut cov).expect("incremental == fresh");
+    }
+    assert!(cov.with_backends > 200, "{cov:?}");
+    assert!(cov.tables > 100, "{cov:?}");
+    assert!(cov.conflicts > 10, "{cov:?}");
+    assert!(cov.local_or_zone > 20, "{cov:?}");
+}
+
+/// The same Services compiled twice share every Maglev table; one changed
+/// slice rebuilds one table and derives one Service again.
+#[test]
+fn unchanged_tables_are_shared_and_not_rebuilt() {
+    let mk = |addrs: &[&str]| -> Value {
+        let eps: Vec<Value> = addrs
+            .iter()
+            .map(|a| json!({"addresses": [a], "conditions": {"ready": true}}))
+            .collect();
+        json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+               "metadata": {"name": "web-1", "namespace": "default",
+                            "labels": {"kubernetes.io/service-name": "web"}},
+               "addressType": "IPv4", "ports": [{"name": "http", "port": 8080}],
+               "endpoints": eps})
+    };
+    let svc = |name: &str, ip: &str| -> Service {
+        serde_json::from_value(json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {"clusterIP": ip, "ports": [{"name": "http", "port": 80}]}}))
+        .expect("valid")
+    };
+    let mut other: EndpointSlice =
+        serde_json::from_value(mk(&["198.18.2.1", "198.18.2.2"])).expect("valid");
+    other.metadata.name = Some("db-1".into());
+    other
+        .metadata
+        .labels
+        .as_mut()
+        .expect("labels")
+        .insert("kubernetes.io/service-name".into(), "db".into());
+    let mut o = ObjectSet {
+        services: vec![svc("web", "198.18.100.1"), svc("db", "198.18.100.2")],
+        endpoint_slices: vec![
+            serde_json::from_value(mk(&["198.18.1.1", "198.18.1.2"])).expect("valid"),
+            other,
+        ],
+        nodes: Vec::new(),
+    };
+    let opts = CompileOptions {
+        node_name: "node-a".into(),
+        maglev_m: 251,
+        ..CompileOptions::default()
+    };
+    let mut c = Compiler::new(opts).expect("valid");
+    let (first, s1) = c.compile_with_stats(&o, 1);
+    assert_eq!((s1.services_derived, s1.maglev_built), (2, 2));
+    let (second, s2) = c.compile_with_stats(&o, 2);
+    assert_eq!(
+        (s2.services_derived, s2.services_reused, s2.maglev_built),
+        (0, 2, 0)
+    );
+    assert_eq!(first.tables.maglev.len(), 2);
+    for (a, b) in first.tables.maglev.iter().zip(&second.tables.maglev) {
+        assert!(a.ptr_eq(b));
+    }
+    o.endpoint_slices[0] =
+        serde_json::from_value(mk(&["198.18.1.1", "198.18.1.3"])).expect("valid");
+    let (third, s3) = c.compile_with_stats(&o, 3);
+    assert_eq!(
+        (s3.services_derived, s3.services_reused, s3.maglev_built),
+        (1, 1, 1)
+    );
+    assert_eq!(s3.maglev_cached, 2, "the old table of web is evicted");
+    let db = |c: &Compiled| {
+        let (_, f) = c
+            .tables
+            .frontend(
+                "198.18.100.2".parse().expect("literal"),
+                80,
+                edgeplane_packet::Proto::Tcp,
+            )
+            .expect("db frontend");
+        c.tables.maglev[f.maglev_off as usize].clone()
+    };
+    assert!(db(&first).ptr_eq(&db(&third)));
+    let web = |c: &Compiled| {
+        let (_, f) = c
+            .tables
+            .frontend(
+                "198.18.100.1".parse().expect("literal"),
+                80,
+                edgeplane_packet::Proto::Tcp,
+            )
+            .expect("web frontend");
+        c.tables.maglev[f.maglev_off as usize].clone()
+    };
+    assert!(!web(&first).ptr_eq(&web(&third)));
+}
+
+/// Deriving Services and building Maglev tables on several threads gives
+/// exactly the single-threaded result (150 Services, 150 tables: both
+/// parallel paths run).
+#[test]
+fn threads_do_not_change_the_result() {
+    let mut o = ObjectSet::default();
+    for i in 0..150u32 {
+        o.services.push(
+            serde_json::from_value(json!({"apiVersion": "v1", "kind": "Service",
+                "metadata": {"name": format!("s{i}"), "namespace": "default"},
+                "spec": {"type": "NodePort", "clusterIP": format!("198.18.{}.{}", 100 + i / 200, 1 + i % 200),
+                         "ports": [{"name": "http", "port": 80, "nodePort": 30000 + i}]}}))
+            .expect("valid"),
+        );
+        let eps: Vec<Value> = (0..1 + i % 7)
+            .map(|j| {
+                json!({"addresses": [format!("198.19.{}.{}", i, 1 + j)],
+                            "conditions": {"ready": j % 3 != 2},
+                            "nodeName": if j % 2 == 0 { "node-a" } else { "node-b" }})
+            })
+            .collect();
+        o.endpoint_slices.push(
+            serde_json::from_value(
+                json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                "metadata": {"name": format!("s{i}-1"), "namespace": "default",
+                             "labels": {"kubernetes.io/service-name": format!("s{i}")}},
+                "addressType": "IPv4", "ports": [{"name": "http", "port": 8080}],
+                "endpoints": eps}),
+            )
+            .expect("valid"),
+        );
+    }
+    let opts = CompileOptions {
+        node_name: "node-a".into(),
+        node_ips: vec!["198.18.0.1".parse().expect("literal")],
+        maglev_m: 251,
+        ..CompileOptions::default()
+    };
+    let mut one = Compiler::new(opts.clone()).expect("valid");
+    one.set_threads(1);
+    let mut four = Compiler::new(opts).expect("valid");
+    four.set_threads(4);
+    let (a, b) = (one.compile(&o, 1), four.compile(&o, 1));
+    assert_eq!(a.tables.frontends.len(), 300);
+    assert!(a.tables.maglev.len() >= 100);
+    assert_eq!(fingerprint(&a), fingerprint(&b));
+    assert_eq!(a.report, b.report);
+}
