@@ -234,6 +234,24 @@ async fn follows_scale_terminate_delete_and_survives_drops_expiry_stalls_and_res
     // history, start it again: the source gets 410, relists, and converges
     // to exactly the API's state.
     api.stop().await;
+    // The API is gone: the source notices (health reports it) and keeps its
+    // last snapshot: the tables in force stay the last good ones.
+    let t_gone = tokio::time::Instant::now();
+    while src
+        .stats
+        .disconnected_since_unix_ms
+        .load(std::sync::atomic::Ordering::Relaxed)
+        == 0
+    {
+        assert!(
+            t_gone.elapsed() < Duration::from_secs(10),
+            "the source did not notice the API server was gone"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!("API server gone: noticed after {:?}", t_gone.elapsed());
+    let kept = src.rx.borrow().clone().expect("a snapshot");
+    assert!(!kept.services.is_empty(), "the last snapshot is kept");
     let store = api.store().clone();
     store
         .delete(
@@ -267,6 +285,13 @@ async fn follows_scale_terminate_delete_and_survives_drops_expiry_stalls_and_res
         .watch_restarts
         .load(std::sync::atomic::Ordering::Relaxed);
     assert!(restarts > first_restarts, "the 410 forced a relist");
+    assert_eq!(
+        src.stats
+            .disconnected_since_unix_ms
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "connected again after the relist"
+    );
     assert!(has_frontend(&s, "198.18.200.99", 8443));
 
     // A plain restart (history kept): the watches resume.

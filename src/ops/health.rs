@@ -47,6 +47,12 @@ pub struct Health {
     /// When tables were last published, as wall time (kube-proxy's
     /// `lastUpdated`).
     pub last_updated: Option<SystemTime>,
+    /// How long the Kubernetes API has been unreachable, once that is at
+    /// least the staleness bound. Reported, but *not* a reason for 503: the
+    /// tables in force are the last good ones and forwarding goes on, and an
+    /// API outage would otherwise fail every node's load-balancer health
+    /// check at once (kube-proxy does not fail `/healthz` for it either).
+    pub source_stale: Option<Duration>,
 }
 
 /// Judges `s` at `now`.
@@ -89,10 +95,19 @@ pub fn evaluate(s: &Inner, cfg: &OpsConfig, now: Instant) -> Health {
             }
         }
     }
+    let source_stale = s.kube.as_ref().and_then(|k| {
+        let since = k
+            .disconnected_since_unix_ms
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let since = SystemTime::UNIX_EPOCH + Duration::from_millis(since);
+        let gone = SystemTime::now().duration_since(since).ok()?;
+        (since > SystemTime::UNIX_EPOCH && gone >= cfg.stale_after).then_some(gone)
+    });
     Health {
         healthy: reasons.is_empty(),
         reasons,
         last_updated: s.last_sync,
+        source_stale,
     }
 }
 
@@ -154,6 +169,13 @@ pub fn body(h: &Health, now: SystemTime, node_eligible: Option<bool>) -> String 
     }
     if !h.healthy {
         v["reason"] = h.reasons.join("; ").into();
+    }
+    if let Some(gone) = h.source_stale {
+        v["sourceStale"] = format!(
+            "Kubernetes API unreachable for {:.0} s; forwarding on the last good tables",
+            gone.as_secs_f64()
+        )
+        .into();
     }
     v.to_string()
 }
@@ -246,6 +268,7 @@ mod tests {
             healthy: true,
             reasons: vec![],
             last_updated: None,
+            source_stale: None,
         };
         let v: serde_json::Value = serde_json::from_str(&body(&ok, t, Some(true))).unwrap();
         assert_eq!(v["lastUpdated"], v["currentTime"]);
@@ -255,10 +278,23 @@ mod tests {
             healthy: false,
             reasons: vec!["a".into(), "b".into()],
             last_updated: Some(SystemTime::UNIX_EPOCH),
+            source_stale: None,
         };
         let v: serde_json::Value = serde_json::from_str(&body(&bad, t, None)).unwrap();
         assert_eq!(v["lastUpdated"], "1970-01-01 00:00:00 +0000 UTC");
         assert_eq!(v["reason"], "a; b");
         assert!(v.get("nodeEligible").is_none());
+        assert!(v.get("sourceStale").is_none());
+        // An unreachable API is reported, and stays healthy (200).
+        let gone = Health {
+            source_stale: Some(Duration::from_secs(61)),
+            ..ok
+        };
+        let v: serde_json::Value = serde_json::from_str(&body(&gone, t, Some(true))).unwrap();
+        assert!(v["sourceStale"]
+            .as_str()
+            .unwrap()
+            .contains("unreachable for 61 s"));
+        assert!(v.get("reason").is_none());
     }
 }

@@ -138,6 +138,17 @@ pub struct KubeStats {
     pub last_publish_unix_ms: AtomicU64,
     /// Whether the first full list of all three types completed.
     pub synced: AtomicBool,
+    /// Unix time (ms) since which the API has been unreachable (a watch
+    /// error with no event since); 0 while connected. The last published
+    /// snapshot stays in force meanwhile.
+    pub disconnected_since_unix_ms: AtomicU64,
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
 }
 
 impl KubeStats {
@@ -315,11 +326,21 @@ impl KubeSource {
                         Msg::Node(e) => mirrors.nodes.handle(*e),
                         Msg::Error(e) => {
                             stats.watch_errors.fetch_add(1, Ordering::Relaxed);
+                            let _ = stats.disconnected_since_unix_ms.compare_exchange(
+                                0,
+                                unix_ms().max(1),
+                                Ordering::Relaxed,
+                                Ordering::Relaxed,
+                            );
                             tracing::warn!(error = %e, "Kubernetes watch failed; retrying with backoff");
                             Change::None
                         }
                     };
                     stats.events.fetch_add(1, Ordering::Relaxed);
+                    if !matches!(change, Change::None) {
+                        // Heard from the API again.
+                        stats.disconnected_since_unix_ms.store(0, Ordering::Relaxed);
+                    }
                     match change {
                         Change::None => {}
                         Change::Changed | Change::Listed { relist: false } => coalescer.note(Instant::now()),
