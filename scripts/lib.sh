@@ -30,6 +30,8 @@ ensure_rust() {
 }
 
 # The packages every build and test needs (the AF_XDP path links libxdp/libbpf
-# built by clang; the namespace tests need iproute2, ethtool and nftables).
+# built by clang; the namespace tests need iproute2, ethtool and nftables;
+# bench/compare also needs iptables (iptables-nft, for the kube-proxy
+# iptables-mode ruleset), taskset (util-linux) and python3).
 # m4 and libpcap-dev: libxdp-sys runs xdp-tools' configure, which needs both.
-BUILD_PACKAGES=(build-essential clang llvm libelf-dev zlib1g-dev pkg-config m4 libpcap-dev iproute2 ethtool nftables curl python3 tcpdump iputils-ping)
+BUILD_PACKAGES=(build-essential clang llvm libelf-dev zlib1g-dev pkg-config m4 libpcap-dev iproute2 ethtool nftables iptables curl python3 tcpdump iputils-ping util-linux)

@@ -40,6 +40,9 @@ pub enum Command {
     /// Run the live dataplane: XDP steering and AF_XDP workers on the given
     /// interfaces, tables from the manifests (reloaded when they change).
     Run(crate::run::RunArgs),
+    /// Benchmark tools: an AF_XDP packet generator (`send`), a sink that
+    /// checks translation (`sink`), and the `bench/compare` report.
+    Pktgen(edgeplane_bench::pktgen::PktgenArgs),
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]

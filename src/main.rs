@@ -21,5 +21,6 @@ fn run(args: cli::Cli) -> Result<()> {
         cli::Command::Compile(a) => cli::compile(a),
         cli::Command::Replay(a) => replay::replay(a),
         cli::Command::Run(a) => run::run(a),
+        cli::Command::Pktgen(a) => edgeplane_bench::pktgen::run(a),
     }
 }

@@ -1,4 +1,5 @@
-//! The `edgeplane` binary as a user runs it: `compile` and `replay`.
+//! The `edgeplane` binary as a user runs it: `compile`, `replay` and the
+//! parts of `pktgen` that need no privileges.
 
 mod support;
 
@@ -255,5 +256,103 @@ fn replay_refuses_a_non_ethernet_capture() {
     ]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not Ethernet"));
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn pktgen_send_refuses_a_frame_too_small_before_touching_the_interface() {
+    let out = edgeplane(&[
+        "pktgen",
+        "send",
+        "-i",
+        "no-such-if0",
+        "--src-mac",
+        "02:00:00:00:00:01",
+        "--dst-mac",
+        "02:00:00:00:00:02",
+        "--src-ip",
+        "198.18.32.0",
+        "--dst-ip",
+        "198.18.64.1",
+        "--proto",
+        "syn",
+        "--size",
+        "40",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--size 40 is below the smallest frame"),
+        "{err}"
+    );
+    let out = edgeplane(&[
+        "pktgen",
+        "send",
+        "-i",
+        "x",
+        "--dst-mac",
+        "02:00:00",
+        "--src-ip",
+        "198.18.32.0",
+        "--dst-ip",
+        "198.18.64.1",
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("expected a MAC"));
+}
+
+#[test]
+fn pktgen_report_writes_the_table_and_the_chart() {
+    let dir = tmpdir("report");
+    let results = dir.join("results.jsonl");
+    let line = |path: &str, svcs: u32, ok: u64| {
+        format!(
+            "{{\"path\":\"{path}\",\"services\":{svcs},\"flows\":\"10000\",\"proto\":\"udp\",\"sent\":1000000,\"gen_elapsed_s\":1.0,\"ok\":{ok},\"bad\":0,\"cpu_busy_s\":2.0,\"cpu_ours_s\":1.0}}\n"
+        )
+    };
+    let text = [
+        line("direct", 0, 1_000_000),
+        line("nftables", 1, 400_000),
+        line("edgeplane-native", 1, 950_000),
+    ]
+    .concat();
+    std::fs::write(&results, text).unwrap();
+    let out_dir = dir.join("out");
+    let out = edgeplane(&[
+        "pktgen",
+        "report",
+        "--results",
+        results.to_str().unwrap(),
+        "--out-dir",
+        out_dir.to_str().unwrap(),
+        "--command",
+        "sudo bench/compare",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let md = std::fs::read_to_string(out_dir.join("results.md")).unwrap();
+    assert!(
+        md.contains("| edgeplane-native | 1 | 10000 | udp |"),
+        "{md}"
+    );
+    assert!(md.contains("MET    pps ≥ 2× nftables"), "{md}");
+    assert!(md.contains("MET    ≥ 90% of direct"), "{md}");
+    let svg = std::fs::read_to_string(out_dir.join("chart.svg")).unwrap();
+    assert!(svg.starts_with("<svg"));
+    // Garbage in: a clear error.
+    std::fs::write(&results, "not json\n").unwrap();
+    let out = edgeplane(&[
+        "pktgen",
+        "report",
+        "--results",
+        results.to_str().unwrap(),
+        "--out-dir",
+        out_dir.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("results line 1"));
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -132,6 +132,46 @@ fn live_traffic_from_kubernetes_source() {
     );
 }
 
+/// `bench/compare --smoke`: every path (direct, the kube-proxy nftables and
+/// iptables rulesets, edgeplane native and generic) forwards generated
+/// frames for 1 Service, and the sink finds every frame it checks
+/// translated correctly (the script exits non-zero otherwise). Keeps the
+/// benchmark harness working; the figures of a smoke run mean nothing.
+#[test]
+fn bench_compare_smoke() {
+    let _one_at_a_time = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !may_run("bench/compare --smoke") {
+        return;
+    }
+    let out_dir = std::env::temp_dir().join(format!("ep-compare-smoke-{}", std::process::id()));
+    let out = Command::new("bash")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/bench/compare"))
+        .args(["--smoke", "--bin", env!("CARGO_BIN_EXE_edgeplane"), "--out"])
+        .arg(&out_dir)
+        .output()
+        .expect("running bench/compare");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    println!("{stdout}");
+    let md = std::fs::read_to_string(out_dir.join("results.md")).unwrap_or_default();
+    let svg = std::fs::read_to_string(out_dir.join("chart.svg")).unwrap_or_default();
+    let _ = std::fs::remove_dir_all(&out_dir);
+    assert!(
+        out.status.success() && stdout.contains("all cases forwarded"),
+        "bench/compare --smoke failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for path in [
+        "| direct |",
+        "| nftables |",
+        "| iptables |",
+        "| edgeplane-native |",
+        "| edgeplane-generic |",
+    ] {
+        assert!(md.contains(path), "no {path} row in results.md:\n{md}");
+    }
+    assert!(svg.starts_with("<svg"), "chart.svg missing or empty");
+}
+
 /// Runs a hardening script under tests/netns/ (they share their topology in
 /// `tests/netns/lib.sh`) with the binary and `args`,
 /// printing its output and failing unless it ends with "`name`: all passed".

@@ -1,5 +1,9 @@
-//! Shared setup for the benches: large synthetic tables and frame templates.
-//! Not used on any packet path.
+//! Shared setup for the benches (large synthetic tables and frame
+//! templates; not used on any packet path), and `edgeplane pktgen`: the
+//! AF_XDP packet generator, the sink and the comparison report
+//! ([`pktgen`]).
+
+pub mod pktgen;
 
 use std::net::{IpAddr, Ipv4Addr};
 
