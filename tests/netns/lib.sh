@@ -313,3 +313,41 @@ max_gap() {
         $1 >= a && $1 <= b { if (p != "") { g = $1 - p; if (g > m) m = g } p = $1 }
         END { printf "%d\n", m * 1000 }'
 }
+
+# new_conns_spread N SECONDS TARGET... : N fresh TCP connections (connect,
+# one line echoed, close) spread evenly over SECONDS, round-robin over the
+# targets, each within 3 s; prints one line "legit ok K of N, connect ms
+# median M max X" and the failures.
+new_conns_spread() {
+    local n=$1 secs=$2; shift 2
+    ip netns exec "$NS_C" timeout $((secs + 60)) "$PY" - "$n" "$secs" "$@" <<'P'
+import socket, sys, time
+n, secs = int(sys.argv[1]), float(sys.argv[2])
+targets = [(h, int(p)) for h, p in (t.split(":") for t in sys.argv[3:])]
+ok, errs, ms = 0, [], []
+t0 = time.monotonic()
+for i in range(n):
+    time.sleep(max(0.0, t0 + i * secs / n - time.monotonic()))
+    h, p = targets[i % len(targets)]
+    a = time.monotonic()
+    try:
+        with socket.create_connection((h, p), timeout=3) as s:
+            s.settimeout(3)
+            s.sendall(b"legit %d\n" % i)
+            if s.makefile("rb").readline() == b"legit %d\n" % i:
+                ok += 1
+                ms.append((time.monotonic() - a) * 1000)
+            else:
+                errs.append("bad-echo")
+    except OSError as e:
+        errs.append(type(e).__name__)
+ms.sort()
+print("legit ok %d of %d, connect+echo ms median %.1f max %.1f %s" % (
+    ok, n, ms[len(ms) // 2] if ms else -1, ms[-1] if ms else -1, ",".join(errs)))
+P
+}
+
+# echoes_between FROM TO: how many connections had an echo in [FROM, TO].
+echoes_between() {
+    awk -v a="$1" -v b="$2" '$1 >= a && $1 <= b { c[$2] = 1 } END { n = 0; for (k in c) n++; print n }' "$WORK/echo-times"
+}
