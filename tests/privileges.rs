@@ -130,7 +130,7 @@ fn run_refuses_without_capabilities_naming_them() {
         &state,
     );
     let err = String::from_utf8_lossy(&out.stderr);
-    println!("as nobody: {}", err.trim());
+    println!("as nobody (exit {:?}): {}", out.status.code(), err.trim());
     assert!(!out.status.success(), "ran as nobody:\n{}", text(&out));
     for cap in ["CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_BPF"] {
         assert!(err.contains(cap), "{cap} not named:\n{}", text(&out));
