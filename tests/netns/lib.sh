@@ -17,11 +17,12 @@
 : "${TAG:?set TAG before sourcing lib.sh}"
 [ "$(id -u)" = 0 ] || { echo "$TAG needs root" >&2; exit 2; }
 PY=$(command -v /usr/bin/python3 || command -v python3)
-S=$$
+S=$$-$((RANDOM % 10000))
 NS_C=ep$TAG-c-$S NS_N=ep$TAG-n-$S NS_B=ep$TAG-b-$S
 WORK=$(mktemp -d "/tmp/ep-$TAG.XXXXXX")
 EP_PID=""
 BG_PIDS=""
+CREATED_NS=""
 FAILS=0
 # Backend addresses the namespaces get (a manifest may use a subset).
 BACKENDS=${BACKENDS:-"198.18.2.2 198.18.2.3"}
@@ -30,7 +31,8 @@ lib_cleanup() {
     set +e
     for p in $BG_PIDS; do kill -9 "$p" 2>/dev/null; done
     [ -n "$EP_PID" ] && kill -TERM "$EP_PID" 2>/dev/null && wait "$EP_PID" 2>/dev/null
-    for ns in $NS_C $NS_N $NS_B ${EXTRA_NS:-}; do
+    # Only the namespaces this run created (never another run's).
+    for ns in $CREATED_NS; do
         for p in $(ip netns pids "$ns" 2>/dev/null); do kill -9 "$p" 2>/dev/null; done
         ip netns del "$ns" 2>/dev/null
     done
@@ -50,7 +52,11 @@ veth_up() { # ns ifname
 }
 
 topology() {
-    for ns in $NS_C $NS_N $NS_B; do ip netns add "$ns"; ip -n "$ns" link set lo up; done
+    for ns in $NS_C $NS_N $NS_B; do
+        ip netns add "$ns"
+        CREATED_NS="$CREATED_NS $ns"
+        ip -n "$ns" link set lo up
+    done
     ip link add c0 netns "$NS_C" numtxqueues 2 numrxqueues 2 type veth peer name n0 netns "$NS_N" numtxqueues 2 numrxqueues 2
     ip link add b0 netns "$NS_B" numtxqueues 2 numrxqueues 2 type veth peer name n1 netns "$NS_N" numtxqueues 2 numrxqueues 2
     veth_up "$NS_C" c0; veth_up "$NS_N" n0; veth_up "$NS_N" n1; veth_up "$NS_B" b0
