@@ -312,12 +312,13 @@ summarize_client() {
     MIN_EX=$(awk '$1 == "conn" {print $4}' "$out" | sort -n | head -1)
 }
 
-# max_gap FROM TO: the longest time (ms) between two consecutive echoes
-# (any connection) in [FROM, TO] of WORK/echo-times.
+# max_gap FROM TO: the longest time (ms) without an echo (any connection)
+# in [FROM, TO] of WORK/echo-times (the window's ends count as echoes).
 max_gap() {
     sort -n "$WORK/echo-times" | awk -v a="$1" -v b="$2" '
-        $1 >= a && $1 <= b { if (p != "") { g = $1 - p; if (g > m) m = g } p = $1 }
-        END { printf "%d\n", m * 1000 }'
+        BEGIN { p = a }
+        $1 >= a && $1 <= b { g = $1 - p; if (g > m) m = g; p = $1 }
+        END { g = b - p; if (g > m) m = g; printf "%d\n", m * 1000 }'
 }
 
 # new_conns_spread N SECONDS TARGET... : N fresh TCP connections (connect,
