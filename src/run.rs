@@ -21,6 +21,7 @@ use clap::{Args, ValueEnum};
 use edgeplane_dataplane::afxdp::{
     check_snat_ports, Dataplane, DataplaneConfig, WorkerSnapshot, XdpMode,
 };
+use edgeplane_dataplane::conntrack::ConntrackStats;
 use edgeplane_dataplane::engine::Stats;
 use edgeplane_dataplane::region::{RegionError, RegionReader};
 use edgeplane_dataplane::DropReason;
@@ -157,7 +158,7 @@ fn parse_cpus(s: &str) -> Result<Vec<usize>> {
     Ok(out)
 }
 
-fn summary(snaps: &[WorkerSnapshot], conntrack: usize) -> (Stats, String) {
+fn summary(snaps: &[WorkerSnapshot], conntrack: usize, ct: ConntrackStats) -> (Stats, String) {
     let mut s = Stats::default();
     let (mut kr, mut ku, mut kp, mut kf, mut full, mut wake) = (0, 0, 0, 0, 0, 0);
     let (mut kdrop, mut kfull, mut kempty) = (0, 0, 0);
@@ -174,12 +175,16 @@ fn summary(snaps: &[WorkerSnapshot], conntrack: usize) -> (Stats, String) {
         wake += w.counters.wakeups;
     }
     let line = format!(
-        "rx {} tx {} reject {} pass {} drop {} | to kernel: unresolved {ku} no-route {kr} pass {kp} failed {kf} | tx_ring_full {full} wakeups {wake} | socket rx_dropped {kdrop} rx_ring_full {kfull} fill_empty {kempty} | conntrack {conntrack}",
+        "rx {} tx {} reject {} pass {} drop {} | to kernel: unresolved {ku} no-route {kr} pass {kp} failed {kf} | tx_ring_full {full} wakeups {wake} | socket rx_dropped {kdrop} rx_ring_full {kfull} fill_empty {kempty} | conntrack {conntrack} insert_failures {} evictions {} reclaimed {} swept {}",
         s.rx_packets,
         s.tx,
         s.reject,
         s.pass,
         s.drop,
+        ct.insert_failures,
+        ct.evictions,
+        ct.reclaimed,
+        ct.swept,
     );
     (s, line)
 }
@@ -506,17 +511,19 @@ fn serve(
         }
         if io.stats_interval > 0 && last_stats.elapsed() >= Duration::from_secs(io.stats_interval) {
             last_stats = Instant::now();
-            tracing::info!("{}", summary(&dp.snapshots(), dp.flows().conntrack.len()).1);
+            let ct = &dp.flows().conntrack;
+            tracing::info!("{}", summary(&dp.snapshots(), ct.len(), ct.stats()).1);
         }
     }
     let conntrack = dp.flows().conntrack.len();
+    let ct_stats = dp.flows().conntrack.stats();
     drop(ops_server);
     let snaps = dp.shutdown_keep_program()?;
     // The workers have stopped: these counters are final.
     let xdp = dp.xdp_counters().unwrap_or_default();
     drop(dp);
     // The final report, as stderr lines that tests and operators can grep.
-    let (s, line) = summary(&snaps, conntrack);
+    let (s, line) = summary(&snaps, conntrack, ct_stats);
     eprintln!("stats: {line}");
     for w in &snaps {
         let l = w.ledger;
