@@ -254,7 +254,8 @@ fn operations_metrics_health_and_logs() {
         let v: serde_json::Value = serde_json::from_str(line).expect(line);
         match v["fields"]["message"].as_str() {
             Some("edgeplane running") => running = Some(v["fields"].clone()),
-            Some("tables published") => published.push(v["fields"].clone()),
+            // The dataplane logs what each adopted generation changed.
+            Some("tables adopted") => published.push(v["fields"].clone()),
             _ => {}
         }
     }
