@@ -161,6 +161,7 @@ pub fn write_stats(dir: &Path, dp: &Dataplane, reader: &RegionReader) -> Result<
             "new_flows": total.new_flows,
             "ct_insert_failed": total.ct_insert_failed,
             "backend_gone": total.backend_gone,
+            "snat_port_evictions": total.snat_port_evictions,
         },
         "drops": drops,
         "conntrack": { "flows": dp.flows().conntrack.len() },

@@ -159,9 +159,20 @@ fn write_pcap(path: &Path, frames: &[Vec<u8>], link: DataLink) {
 fn replay_writes_outputs_and_one_verdict_line_per_frame() {
     let dir = tmpdir("replay");
     let c = "198.18.0.100";
+    // The first flow's SNAT port: its preferred one in 40000-40999 (one
+    // worker), with the default hash seed.
+    let key = edgeplane_dataplane::conntrack::FlowKey {
+        src: c.parse().unwrap(),
+        dst: "198.18.200.10".parse().unwrap(),
+        sport: 1111,
+        dport: 80,
+        proto: 6,
+    };
+    let seed = edgeplane_dataplane::NodeConfig::default().hash_seed;
+    let port = edgeplane_dataplane::engine::preferred_snat_port(seed, &key, 40000, 1000);
     let frames = vec![
         Pkt::tcp(c, 1111, "198.18.200.10", 80, SYN).bytes(), // tx
-        Pkt::tcp("198.18.2.2", 8080, "198.18.1.1", 40000, SYN | ACK).bytes(), // tx (reply)
+        Pkt::tcp("198.18.2.2", 8080, "198.18.1.1", port, SYN | ACK).bytes(), // tx (reply)
         Pkt::tcp(c, 1112, "198.18.200.11", 80, SYN).bytes(), // reject
         Pkt::tcp(c, 1113, "198.18.1.1", 22, SYN).bytes(),    // pass
         Pkt::tcp(c, 1114, "198.18.100.11", 80, SYN).bytes(), // drop no_local_endpoints

@@ -355,24 +355,45 @@ fn a_syn_flood_does_not_evict_established_flows() {
     assert!(e.flow_state().conntrack.len() <= 64);
 }
 
+/// Opens a TCP flow (SYN, the backend's SYN-ACK, ACK): confirmed. Returns
+/// its SNAT port.
+fn handshake(e: &mut Engine, t: &Tables, now: u64, c: &str, sport: u16, vip: &str) -> u16 {
+    let (d, out) = send(e, t, now, &Pkt::tcp(c, sport, vip, 80, SYN));
+    assert!(matches!(d.verdict, Verdict::Tx { .. }), "{d:?}");
+    let (b, bport) = d.backend.unwrap();
+    let (snat, port) = snat_of(&out);
+    let synack = Pkt::tcp(&b.to_string(), bport, &snat.to_string(), port, SYN | ACK);
+    assert!(matches!(
+        send(e, t, now, &synack).0.verdict,
+        Verdict::Tx { .. }
+    ));
+    let ack = Pkt::tcp(c, sport, vip, 80, ACK);
+    assert!(matches!(
+        send(e, t, now, &ack).0.verdict,
+        Verdict::Tx { .. }
+    ));
+    port
+}
+
 #[test]
 fn snat_port_exhaustion_drops_new_flows_and_never_reuses_a_live_port() {
     let mut t = golden_tables();
     t.node.snat_ports = (40000, 40003);
     let mut e = Engine::standalone(1024);
-    let mut ports = Vec::new();
-    // `draining` has a single backend, so every flow competes for its 4 ports.
+    // `draining` has a single backend, so every flow competes for its 4
+    // ports. Four confirmed (handshake complete) flows take all of them.
+    let mut by_client = Vec::new();
     for i in 0..4 {
-        let (d, out) = send(
+        by_client.push(handshake(
             &mut e,
             &t,
             SEC,
-            &Pkt::tcp(&client(i), 5000, "198.18.200.16", 80, SYN),
-        );
-        assert!(matches!(d.verdict, Verdict::Tx { .. }), "{d:?}");
-        ports.push(snat_of(&out).1);
+            &client(i),
+            5000,
+            "198.18.200.16",
+        ));
     }
-    let by_client = ports.clone();
+    let mut ports = by_client.clone();
     ports.sort();
     assert_eq!(ports, vec![40000, 40001, 40002, 40003]);
     let (d, _) = send(
@@ -383,6 +404,7 @@ fn snat_port_exhaustion_drops_new_flows_and_never_reuses_a_live_port() {
     );
     assert_eq!(d.verdict, Verdict::Drop(DropReason::SnatPortsExhausted));
     assert_eq!(e.stats().dropped(DropReason::SnatPortsExhausted), 1);
+    assert_eq!(e.stats().snat_port_evictions, 0);
     // Live flows keep their ports.
     for (i, port) in by_client.iter().enumerate() {
         let (_, out) = send(
@@ -393,14 +415,141 @@ fn snat_port_exhaustion_drops_new_flows_and_never_reuses_a_live_port() {
         );
         assert_eq!(snat_of(&out).1, *port);
     }
-    // Once they expire (SYN_SENT: 120 s), the ports come back.
+    // Once a flow is over (reset: CLOSE, evictable), its port comes back.
     let (d, _) = send(
         &mut e,
         &t,
-        200 * SEC,
+        3 * SEC,
+        &Pkt::tcp(&client(0), 5000, "198.18.200.16", 80, RST | ACK),
+    );
+    assert!(matches!(d.verdict, Verdict::Tx { .. }), "{d:?}");
+    let (d, out) = send(
+        &mut e,
+        &t,
+        3 * SEC,
         &Pkt::tcp(&client(9), 5000, "198.18.200.16", 80, SYN),
     );
     assert!(matches!(d.verdict, Verdict::Tx { .. }), "{d:?}");
+    assert_eq!(snat_of(&out).1, by_client[0]);
+}
+
+#[test]
+fn a_segment_picked_up_without_a_free_snat_port_is_reset() {
+    let mut t = golden_tables();
+    t.node.snat_ports = (40000, 40003);
+    let mut e = Engine::standalone(1024);
+    for i in 0..4 {
+        handshake(&mut e, &t, SEC, &client(i), 5000, "198.18.200.16");
+    }
+    // A mid-stream segment of an unknown flow: no port to pick it up on
+    // (picked-up segments never take a port from another flow).
+    let stray = Pkt::tcp(&client(9), 5000, "198.18.200.16", 80, ACK).seq_ack(777, 888);
+    let (d, out) = send(&mut e, &t, SEC, &stray);
+    assert!(matches!(d.verdict, Verdict::Reject { .. }), "{d:?}");
+    let p = edgeplane_packet::parse(&out).unwrap();
+    assert_eq!((p.dst.to_string(), p.dport, p.sport), (client(9), 5000, 80));
+    assert_ne!(p.tcp_flags & RST, 0, "a RST");
+    let tcp = &out[14 + 20..];
+    assert_eq!(
+        u32::from_be_bytes(tcp[4..8].try_into().unwrap()),
+        888,
+        "seq = the segment's ack"
+    );
+    assert_eq!(e.stats().snat_port_evictions, 0);
+}
+
+#[test]
+fn half_open_flows_give_up_their_snat_ports_to_new_ones() {
+    let mut t = golden_tables();
+    t.node.snat_ports = (40000, 40003);
+    let mut e = Engine::standalone(1024);
+    // Four half-open flows (a SYN each, never answered) hold the 4 ports.
+    let mut held = Vec::new();
+    for i in 0..4 {
+        let (d, out) = send(
+            &mut e,
+            &t,
+            SEC,
+            &Pkt::tcp(&client(i), 5000, "198.18.200.16", 80, SYN),
+        );
+        assert!(matches!(d.verdict, Verdict::Tx { .. }), "{d:?}");
+        held.push(snat_of(&out).1);
+    }
+    // A fifth takes a port from one of them instead of being dropped.
+    let (d, out) = send(
+        &mut e,
+        &t,
+        SEC,
+        &Pkt::tcp(&client(9), 5000, "198.18.200.16", 80, SYN),
+    );
+    assert!(matches!(d.verdict, Verdict::Tx { .. }), "{d:?}");
+    let port = snat_of(&out).1;
+    assert!(held.contains(&port));
+    assert_eq!(e.stats().snat_port_evictions, 1);
+    assert_eq!(e.stats().dropped(DropReason::SnatPortsExhausted), 0);
+    assert_eq!(e.flow_state().conntrack.stats().evictions, 1);
+    // The fifth flow is now the port's only holder: its replies translate.
+    let synack = Pkt::tcp("198.18.7.2", 8080, "198.18.1.1", port, SYN | ACK);
+    let (d, out) = send(&mut e, &t, SEC, &synack);
+    assert!(matches!(d.verdict, Verdict::Tx { .. }), "{d:?}");
+    let p = edgeplane_packet::parse(&out).unwrap();
+    assert_eq!((p.dst.to_string(), p.dport), (client(9), 5000));
+}
+
+#[test]
+fn a_half_open_flow_evicted_under_a_flood_is_picked_up_on_its_own_port() {
+    let t = golden_tables();
+    // A tiny table: the flood's half-open flows evict each other and the
+    // legitimate one before its handshake completes.
+    let mut e = Engine::standalone(64);
+    let vip = "198.18.200.19";
+    let legit = Pkt::tcp("198.18.0.77", 41000, vip, 80, SYN);
+    let (d, out) = send(&mut e, &t, SEC, &legit);
+    assert!(matches!(d.verdict, Verdict::Tx { .. }), "{d:?}");
+    let backend = d.backend.unwrap();
+    let (snat, port) = snat_of(&out);
+    for i in 0..5_000usize {
+        let src = format!("198.19.{}.{}", i / 250 % 250, 1 + i % 250);
+        send(
+            &mut e,
+            &t,
+            SEC + i as u64,
+            &Pkt::tcp(&src, 1024 + i as u16, vip, 80, SYN),
+        );
+    }
+    // The legitimate flow's entry is gone: its SYN-ACK finds nothing and,
+    // addressed to the node's IP (the SNAT address), goes to the kernel.
+    let synack = Pkt::tcp(
+        &backend.0.to_string(),
+        backend.1,
+        &snat.to_string(),
+        port,
+        SYN | ACK,
+    );
+    let (d, _) = send(&mut e, &t, 2 * SEC, &synack);
+    assert_eq!(d.verdict, Verdict::Pass);
+    // The client's retransmitted SYN and its ACK go out on the same port to
+    // the same backend, so the backend's half-open connection completes.
+    for flags in [SYN, ACK] {
+        let (d, out) = send(
+            &mut e,
+            &t,
+            3 * SEC,
+            &Pkt::tcp("198.18.0.77", 41000, vip, 80, flags).seq_ack(1, 1),
+        );
+        assert!(matches!(d.verdict, Verdict::Tx { .. }), "{flags:#x}: {d:?}");
+        assert_eq!(d.backend, Some(backend));
+        assert_eq!(snat_of(&out), (snat, port), "{flags:#x}");
+        // Lose the state again before the next segment.
+        let key = edgeplane_dataplane::conntrack::FlowKey {
+            src: "198.18.0.77".parse().unwrap(),
+            dst: vip.parse().unwrap(),
+            sport: 41000,
+            dport: 80,
+            proto: 6,
+        };
+        assert!(e.flow_state().conntrack.remove_key(&key, 3 * SEC));
+    }
 }
 
 #[test]

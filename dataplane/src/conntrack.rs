@@ -570,6 +570,13 @@ impl Hit {
         Meta::unpack(self.w[W_META]).state
     }
 
+    /// May be evicted for a new flow (unconfirmed, or a TCP flow that is
+    /// over), as the record was when read.
+    #[inline]
+    pub fn evictable(&self) -> bool {
+        Meta::unpack(self.w[W_META]).evictable()
+    }
+
     /// The backend: `flow().xlat.dst` and `.dport`.
     #[inline]
     pub fn backend(&self) -> (IpAddr, u16) {
@@ -1903,6 +1910,28 @@ impl Conntrack {
         self.free_locked(slot, &snap);
         self.push(slot);
         self.counters.removed.fetch_add(1, Ordering::Relaxed);
+        true
+    }
+
+    /// Evicts the flow of `hit` for a new one, if it is still exactly as read
+    /// (same sequence number) and evictable; counted under `evictions`.
+    /// Returns whether it was freed. Used by SNAT port allocation: a port held
+    /// by a half-open flow is taken back as the flow's table slot would be.
+    pub fn evict(&self, hit: &Hit) -> bool {
+        let slot = hit.slot as usize;
+        if slot >= self.records.len() || !hit.evictable() {
+            return false;
+        }
+        let snap = Snap {
+            seq: hit.seq,
+            exp: hit.exp,
+            w: hit.w,
+        };
+        if !self.try_free(slot, &snap) {
+            return false;
+        }
+        self.push(slot);
+        self.counters.evictions.fetch_add(1, Ordering::Relaxed);
         true
     }
 

@@ -4,7 +4,7 @@
 //! [`Engine::process`] decides the fate of one frame. It reads no clock (the
 //! caller passes `now`), owns no socket and spawns no thread; its only state is
 //! the flow state it shares with the other workers (conntrack, affinity, both
-//! `&self`, lock-free) and its own per-worker counters and SNAT port cursor.
+//! `&self`, lock-free) and its own per-worker counters.
 //!
 //! Each stage below is a small function with an early return; the numbered
 //! comments in [`Engine::decide`] are the pipeline as documented in
@@ -103,6 +103,10 @@ pub struct Stats {
     pub ct_insert_failed: u64,
     /// Flows whose backend disappeared (UDP re-balanced, TCP reset).
     pub backend_gone: u64,
+    /// SNAT ports taken from an evictable (half-open or finished) flow
+    /// because every port tried was held (also counted in conntrack's
+    /// evictions).
+    pub snat_port_evictions: u64,
 }
 
 impl Default for Stats {
@@ -118,6 +122,7 @@ impl Default for Stats {
             new_flows: 0,
             ct_insert_failed: 0,
             backend_gone: 0,
+            snat_port_evictions: 0,
         }
     }
 }
@@ -137,6 +142,7 @@ impl Stats {
         self.new_flows += o.new_flows;
         self.ct_insert_failed += o.ct_insert_failed;
         self.backend_gone += o.backend_gone;
+        self.snat_port_evictions += o.snat_port_evictions;
     }
 
     /// The count for one drop reason.
@@ -220,14 +226,41 @@ pub struct Engine {
     stats: Stats,
     /// Per-frontend / per-backend counters (see `traffic.rs`).
     traffic: TrafficStats,
-    /// Next SNAT port offset to try (rotates through this worker's share).
-    port_cursor: u32,
     /// Scratch for frames the engine originates (ICMP errors); generated
     /// answers are built here and copied over the input frame.
     scratch: Box<[u8; 2048]>,
 }
 
 const NS: u64 = 1_000_000_000;
+
+/// Salt that keeps the SNAT port choice independent of the Maglev slot
+/// (both hash the same tuple).
+const SNAT_SALT: u64 = 0x736e_6174_706f_7274; // "snatport"
+
+/// The SNAT port a new flow tries first: its original tuple (client address
+/// and port, frontend address and port, protocol), hashed with the node's
+/// hash seed into the worker's share `first .. first + count`.
+///
+/// Deterministic, like a SYN cookie: a flow whose state was lost — evicted
+/// while half-open under a SYN flood, or a dataplane restarted without its
+/// conntrack — gets the same port again when its next segment is picked up,
+/// so the backend still recognises the connection. A port held by another
+/// live flow makes the allocation move on to the next one, so a flow's port
+/// is its preferred one unless that one was taken when it started.
+pub fn preferred_snat_port(seed: u64, orig: &FlowKey, first: u16, count: u32) -> u16 {
+    if count == 0 {
+        return first;
+    }
+    let h = flow_hash(
+        seed ^ SNAT_SALT,
+        orig.src,
+        orig.dst,
+        orig.sport,
+        orig.dport,
+        orig.proto,
+    );
+    (first as u32 + ((h >> 17) % count as u64) as u32) as u16
+}
 
 impl Engine {
     pub fn new(cfg: EngineConfig, state: Arc<FlowState>) -> Self {
@@ -236,7 +269,6 @@ impl Engine {
             state,
             stats: Stats::default(),
             traffic: TrafficStats::default(),
-            port_cursor: 0,
             scratch: Box::new([0; 2048]),
         }
     }
@@ -409,10 +441,9 @@ impl Engine {
             }
         }
         // Stage 3: new-flow candidates: the backend is now known, and with it
-        // the reply key of the SNAT port the port cursor will offer first
-        // (one port per new flow, in order). Prefetch that key's buckets.
+        // the reply key of the flow's preferred SNAT port (the first one
+        // `alloc_port` tries). Prefetch that key's buckets.
         let (first, count) = self.snat_share(t);
-        let mut cursor = self.port_cursor;
         for pr in pre.iter() {
             let (Ok(p), Some((f, slot))) = (&pr.parsed, pr.maglev) else {
                 continue;
@@ -425,13 +456,19 @@ impl Engine {
             ) else {
                 continue;
             };
-            let port = first as u32 + cursor % count;
-            cursor = cursor.wrapping_add(1) % count;
+            let orig = FlowKey {
+                src: p.src,
+                dst: p.dst,
+                sport: p.sport,
+                dport: p.dport,
+                proto: p.proto,
+            };
+            let port = preferred_snat_port(t.node.hash_seed, &orig, first, count);
             let reply = FlowKey {
                 src: b.ip,
                 dst: snat,
                 sport: b.port,
-                dport: port as u16,
+                dport: port,
                 proto: p.proto,
             };
             // A free port's key is a miss: both buckets are read.
@@ -695,17 +732,16 @@ impl Engine {
         if !ranges.is_empty() && !ranges.iter().any(|c| c.contains(p.src)) {
             return with(Verdict::Drop(DropReason::SourceRangeDenied));
         }
-        // 4b. TCP must open with a SYN. A RST for an unknown flow is noise.
-        //     Other segments: with SNAT the backend could never accept them
-        //     (new source port), so reset the client now; without SNAT,
-        //     Maglev picks the same backend again, so pick the flow up.
-        if p.proto == Proto::Tcp as u8 && !is_syn(p.tcp_flags) {
-            if p.tcp_flags & TCP_RST != 0 {
-                return with(Verdict::Drop(DropReason::TcpNoSyn));
-            }
-            if f.snat {
-                return with(self.answer_rst(buf, len, p));
-            }
+        // 4b. TCP opens with a SYN. A RST for an unknown flow is noise. Any
+        //     other segment is picked up mid-stream (nf_conntrack's
+        //     `tcp_loose`): Maglev picks the same backend again and, with
+        //     SNAT, the flow's preferred port is the one it had (step 7), so
+        //     a flow whose state was lost — evicted while half-open under a
+        //     SYN flood, say — carries on. If the backend does not know the
+        //     connection it answers with a RST, which goes back to the client.
+        let pickup = p.proto == Proto::Tcp as u8 && !is_syn(p.tcp_flags);
+        if pickup && p.tcp_flags & TCP_RST != 0 {
+            return with(Verdict::Drop(DropReason::TcpNoSyn));
         }
         // 5. No backend for new flows: REJECT or DROP, as kube-proxy.
         if f.n_new == 0 {
@@ -754,16 +790,22 @@ impl Engine {
                 .affinity
                 .set(p.src, f.affinity_group, b.ip, b.port, now);
         }
-        // 7. Source NAT: a port from this worker's share whose reply key is free.
-        //    Hairpin (the client is the chosen endpoint) is always SNATed, as
-        //    kube-proxy masquerades it: without, the endpoint would answer
-        //    itself from its own address, never through us.
+        // 7. Source NAT: a port from this worker's share whose reply key is
+        //    free, starting at the flow's preferred port. Hairpin (the client
+        //    is the chosen endpoint) is always SNATed, as kube-proxy
+        //    masquerades it: without, the endpoint would answer itself from
+        //    its own address, never through us.
         let snat = f.snat || p.src == b.ip;
         let (src, sport) = match (snat, t.snat_addr(p.dst.is_ipv6())) {
-            (true, Some(snat)) => match self.alloc_port(now, t, snat, b.ip, b.port, p.proto) {
-                Some(port) => (snat, port),
-                None => return with(Verdict::Drop(DropReason::SnatPortsExhausted)),
-            },
+            (true, Some(snat)) => {
+                match self.alloc_port(now, t, snat, (b.ip, b.port), &orig, !pickup) {
+                    Some(port) => (snat, port),
+                    // A picked-up segment without a port: reset the client, as
+                    // no backend could make sense of it.
+                    None if pickup => return with(self.answer_rst(buf, len, p)),
+                    None => return with(Verdict::Drop(DropReason::SnatPortsExhausted)),
+                }
+            }
             _ => (p.src, p.sport),
         };
         let xlat = FlowKey {
@@ -804,36 +846,54 @@ impl Engine {
         }
     }
 
-    /// Picks a SNAT port whose reply key (backend → snat:port) is unused.
+    /// Picks a SNAT port whose reply key (backend → snat:port) is unused:
+    /// the flow's preferred port ([`preferred_snat_port`]) or the next free
+    /// one after it, up to `snat_probe` tries. When every port tried is held
+    /// and `may_evict`, the first one held by an evictable flow (half-open,
+    /// or a TCP flow that is over) is taken from it, as its table slot would
+    /// be: a SYN flood's half-open flows must not starve legitimate ones of
+    /// ports. A live confirmed flow's port is never taken.
     fn alloc_port(
         &mut self,
         now: u64,
         t: &Tables,
         snat: IpAddr,
-        bip: IpAddr,
-        bport: u16,
-        proto: u8,
+        (bip, bport): (IpAddr, u16),
+        orig: &FlowKey,
+        may_evict: bool,
     ) -> Option<u16> {
         let (first, count) = self.snat_share(t);
         if count == 0 {
             return None;
         }
+        let ct = &self.state.conntrack;
+        let start = (preferred_snat_port(t.node.hash_seed, orig, first, count) - first) as u32;
         let tries = count.min(self.cfg.snat_probe.max(1));
-        for _ in 0..tries {
-            let port = first as u32 + self.port_cursor % count;
-            self.port_cursor = self.port_cursor.wrapping_add(1) % count;
+        let mut victim = None;
+        for i in 0..tries {
+            let port = (first as u32 + (start + i) % count) as u16;
             let reply = FlowKey {
                 src: bip,
                 dst: snat,
                 sport: bport,
-                dport: port as u16,
-                proto,
+                dport: port,
+                proto: orig.proto,
             };
-            if !self.state.conntrack.contains_reply_key(&reply, now) {
-                return Some(port as u16);
+            match ct.lookup(&reply, now) {
+                None => return Some(port),
+                Some(hit) if may_evict && victim.is_none() && hit.evictable() => {
+                    victim = Some((hit, port));
+                }
+                Some(_) => {}
             }
         }
-        None
+        let (hit, port) = victim?;
+        if ct.evict(&hit) {
+            self.stats.snat_port_evictions += 1;
+            Some(port)
+        } else {
+            None
+        }
     }
 
     fn icmp_packet(

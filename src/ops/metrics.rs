@@ -63,6 +63,7 @@ pub const METRICS: &[(&str, &str, &str)] = &[
     ("edgeplane_conntrack_insert_failures_total", "counter", "Conntrack inserts refused because the table was full."),
     ("edgeplane_conntrack_evictions_total", "counter", "Unconfirmed flows evicted to make room for new ones."),
     ("edgeplane_conntrack_expired_total", "counter", "Expired flows freed (sweeps and reclaims)."),
+    ("edgeplane_snat_port_evictions_total", "counter", "SNAT ports taken back from half-open (or finished) flows because every port tried was held; also counted in conntrack evictions."),
     ("edgeplane_snat_ports_in_use", "gauge", "SNAT ports held by live flows, by worker (each worker owns a share of --snat-ports)."),
     ("edgeplane_snat_ports_capacity", "gauge", "Size of each worker's share of the SNAT port range."),
     ("edgeplane_services", "gauge", "Service ports in the current tables."),
@@ -243,6 +244,7 @@ fn families(g: &Inner, healthy: bool) -> Vec<Family> {
         gauge("edgeplane_worker_tables_generation"),
     );
     let mut new_flows = 0u64;
+    let mut snat_evictions = 0u64;
     for w in &g.workers {
         let s = &w.snap;
         let wl = || -> Labels {
@@ -266,6 +268,7 @@ fn families(g: &Inner, healthy: bool) -> Vec<Family> {
             *a += b;
         }
         new_flows += e.new_flows;
+        snat_evictions += e.snat_port_evictions;
         let c = &s.counters;
         for p in 0..nports.min(c.rx.len()) {
             let l = vec![("interface", ifname(p)), ("queue", s.queue.to_string())];
@@ -327,6 +330,8 @@ fn families(g: &Inner, healthy: bool) -> Vec<Family> {
         counter("edgeplane_conntrack_evictions"),
         counter("edgeplane_conntrack_expired"),
     );
+    let mut spe = counter("edgeplane_snat_port_evictions");
+    spe.add(vec![], snat_evictions as f64);
     let (mut sp, mut sc, mut baf) = (
         gauge("edgeplane_snat_ports_in_use"),
         gauge("edgeplane_snat_ports_capacity"),
@@ -389,7 +394,7 @@ fn families(g: &Inner, healthy: bool) -> Vec<Family> {
             baf.add(vec![("service", svc), ("backend", b)], n as f64);
         }
     }
-    out.extend([ce, cc, cn, cf, cv, cx, sp, sc, baf]);
+    out.extend([ce, cc, cn, cf, cv, cx, spe, sp, sc, baf]);
 
     // --- tables and control loop ------------------------------------------
     let (mut ns, mut nf, mut nb) = (
