@@ -112,7 +112,7 @@ fn live_traffic_from_kubernetes_source() {
     let api = bin.with_file_name("testapi");
     assert!(
         api.exists(),
-        "{} is missing: build it with `cargo build --release -p edgeplane-testapi --bin testapi` (scripts/test does)",
+        "{} is missing: build it next to the edgeplane binary, with the same profile (`cargo build --profile ci -p edgeplane-testapi --bin testapi`; scripts/test does)",
         api.display()
     );
     let out = Command::new("bash")
