@@ -434,6 +434,71 @@ fn snat_port_exhaustion_drops_new_flows_and_never_reuses_a_live_port() {
 }
 
 #[test]
+fn under_pressure_a_flow_takes_its_preferred_port_back_from_a_half_open_holder() {
+    use edgeplane_dataplane::conntrack::FlowKey;
+    use edgeplane_dataplane::engine::preferred_snat_port;
+    let t = golden_tables();
+    let (first, count) = (40000u16, 1000u32); // the golden world's one share
+    let seed = t.node.hash_seed;
+    let vip = "198.18.200.16"; // `draining`: one backend, 198.18.7.2:8080
+    let key = |src: &str, sport: u16| FlowKey {
+        src: src.parse().unwrap(),
+        dst: vip.parse().unwrap(),
+        sport,
+        dport: 80,
+        proto: 6,
+    };
+    let legit = ("198.18.0.77", 41000u16);
+    let want = preferred_snat_port(seed, &key(legit.0, legit.1), first, count);
+    // A flood tuple whose preferred port is the same.
+    let rival = (1024u16..)
+        .find(|&p| preferred_snat_port(seed, &key("198.19.9.9", p), first, count) == want)
+        .unwrap();
+    let mut e = Engine::standalone(64);
+    // The legitimate SYN gets its preferred port.
+    let (d, out) = send(&mut e, &t, SEC, &Pkt::tcp(legit.0, legit.1, vip, 80, SYN));
+    assert!(matches!(d.verdict, Verdict::Tx { .. }), "{d:?}");
+    assert_eq!(snat_of(&out).1, want);
+    // A flood fills the table (pressure) and evicts the legitimate entry.
+    for i in 0..2_000usize {
+        let src = format!("198.19.{}.{}", i / 250 % 250, 1 + i % 250);
+        send(
+            &mut e,
+            &t,
+            SEC + i as u64,
+            &Pkt::tcp(&src, 1024 + i as u16, vip, 80, SYN),
+        );
+    }
+    let lost = key(legit.0, legit.1);
+    e.flow_state().conntrack.remove_key(&lost, 2 * SEC);
+    // The rival takes the free port (it is its preferred one as well).
+    let (d, out) = send(
+        &mut e,
+        &t,
+        2 * SEC,
+        &Pkt::tcp("198.19.9.9", rival, vip, 80, SYN),
+    );
+    assert!(matches!(d.verdict, Verdict::Tx { .. }), "{d:?}");
+    assert_eq!(snat_of(&out).1, want);
+    assert!(
+        e.flow_state().conntrack.len() >= 56,
+        "the table is under pressure"
+    );
+    // The legitimate client's ACK is picked up on its own port, taken back
+    // from the half-open rival, so the backend sees the connection it knows.
+    let before = e.stats().snat_port_evictions;
+    let (d, out) = send(
+        &mut e,
+        &t,
+        2 * SEC,
+        &Pkt::tcp(legit.0, legit.1, vip, 80, ACK),
+    );
+    assert!(matches!(d.verdict, Verdict::Tx { .. }), "{d:?}");
+    assert_eq!(snat_of(&out).1, want);
+    assert_eq!(e.stats().snat_port_evictions, before + 1);
+}
+
+#[test]
 fn a_segment_picked_up_without_a_free_snat_port_is_reset() {
     let mut t = golden_tables();
     t.node.snat_ports = (40000, 40003);

@@ -237,6 +237,14 @@ const NS: u64 = 1_000_000_000;
 /// (both hash the same tuple).
 const SNAT_SALT: u64 = 0x736e_6174_706f_7274; // "snatport"
 
+/// Conntrack is at least ⅞ full: half-open flows are being evicted for new
+/// ones, so a flow's state may be lost before its handshake completes.
+#[inline]
+fn under_pressure(ct: &Conntrack) -> bool {
+    let cap = ct.capacity();
+    ct.len() >= cap - cap / 8
+}
+
 /// The SNAT port a new flow tries first: its original tuple (client address
 /// and port, frontend address and port, protocol), hashed with the node's
 /// hash seed into the worker's share `first .. first + count`.
@@ -848,11 +856,15 @@ impl Engine {
 
     /// Picks a SNAT port whose reply key (backend → snat:port) is unused:
     /// the flow's preferred port ([`preferred_snat_port`]) or the next free
-    /// one after it, up to `snat_probe` tries. When every port tried is held
-    /// and `may_evict`, the first one held by an evictable flow (half-open,
-    /// or a TCP flow that is over) is taken from it, as its table slot would
-    /// be: a SYN flood's half-open flows must not starve legitimate ones of
-    /// ports. A live confirmed flow's port is never taken.
+    /// one after it, up to `snat_probe` tries. A live confirmed flow's port
+    /// is never taken. Half-open (or finished) flows give theirs up:
+    /// - under conntrack pressure (⅞ full, as under a SYN flood), the holder
+    ///   of the flow's *preferred* port is evicted for it, so that a flow
+    ///   lands on the same port every time it is (re)created: the SYN, its
+    ///   retransmission, and the pickup of its ACK after its half-open entry
+    ///   was evicted all reach the backend on one port;
+    /// - otherwise, when every port tried is held and `may_evict` (a SYN, not
+    ///   a picked-up segment), the first evictable holder among them.
     fn alloc_port(
         &mut self,
         now: u64,
@@ -879,12 +891,19 @@ impl Engine {
                 dport: port,
                 proto: orig.proto,
             };
-            match ct.lookup(&reply, now) {
-                None => return Some(port),
-                Some(hit) if may_evict && victim.is_none() && hit.evictable() => {
-                    victim = Some((hit, port));
+            let Some(hit) = ct.lookup(&reply, now) else {
+                return Some(port);
+            };
+            if !hit.evictable() {
+                continue;
+            }
+            if i == 0 && under_pressure(ct) {
+                if ct.evict(&hit) {
+                    self.stats.snat_port_evictions += 1;
+                    return Some(port);
                 }
-                Some(_) => {}
+            } else if may_evict && victim.is_none() {
+                victim = Some((hit, port));
             }
         }
         let (hit, port) = victim?;

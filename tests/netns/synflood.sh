@@ -19,13 +19,17 @@
 #     after the flood and, in native mode, during it (generic XDP shares the
 #     kernel's receive path with the flood: on 2 vCPUs connections on the
 #     flooded queue may stall for the whole flood; the count is printed),
-#   - the legitimate connections during the flood mostly succeed (native: at
-#     least 12/20, measured 15-17; generic: at least 5/20, measured 9-16; the
-#     count is printed), and 10/10 after it. Not
-#     all: every frontend here SNATs, and a half-open flow lives only about
-#     table size / new-flow rate (4096 / 60k-130k/s, 30-80 ms) before a
-#     flood SYN evicts it; a handshake slower than that loses its entry and
-#     its ACK is answered with a RST (see docs/reliability.md, "SYN flood").
+#   - the legitimate connections during the flood succeed (native: at
+#     least 15/20, measured 17-20; generic: at least 10/20, measured 17-18;
+#     the count is printed), none of them is reset (at most 2 allowed), and
+#     10/10 after it. Every frontend here SNATs, and a half-open flow lives
+#     only about table size / new-flow rate (4096 / 60k-130k/s, 30-80 ms)
+#     before a flood SYN evicts it; its ACK is then picked up on the same
+#     SNAT port (the port is a hash of the flow's tuple, taken back from a
+#     half-open holder under pressure), so the handshake completes. What
+#     still fails is a SYN lost, with its retransmission, in the flooded
+#     queue beyond the dataplane's rate (a timeout, not a reset; see
+#     docs/reliability.md, "SYN flood").
 # Printed: the generator's rate, the dataplane's counters (drop reasons,
 # conntrack insert_failures / evictions), the legit connect times.
 #
@@ -104,12 +108,17 @@ for mode in $MODES; do
     [ "$AFTER" = 100 ]
     check "connections-carry-data-after-flood ($mode)" $? "($AFTER/100 after it; fewest exchanges on one connection: ${MIN_EX:-?}; echo stall during the flood $(max_gap "$t0" "$t1") ms)"
     legit_ok=$(sed -n 's/^legit ok \([0-9]*\) of.*/\1/p' <<<"$legit")
-    # Native: measured 15-17/20; generic (the kernel's receive path shares
-    # the flooded CPUs, handshakes slower, more half-open entries evicted):
-    # 9-16/20. The thresholds guard against a regression, the figure is printed.
-    if [ "$mode" = native ]; then min_legit=12; else min_legit=5; fi
+    # Native: measured 17-20/20; generic (the kernel's receive path shares
+    # the flooded CPUs): 17-18/20. The thresholds guard against a regression
+    # with a margin for slower machines; the figure is printed. Before SNAT
+    # ports were a function of the flow, 3-5 of 20 were reset (an evicted
+    # half-open entry's ACK got a new port, so the backend refused it).
+    if [ "$mode" = native ]; then min_legit=15; else min_legit=10; fi
     [ "${legit_ok:-0}" -ge "$min_legit" ]
     check "legit-connections-during-flood ($mode)" $? "($legit; at least $min_legit required)"
+    resets=$(grep -o ConnectionResetError <<<"$legit" | wc -l)
+    [ "$resets" -le 2 ]
+    check "legit-connections-not-reset ($mode)" $? "($resets reset; at most 2 allowed)"
     [[ "$after" == "new ok 10 of 10"* ]]
     check "new-connections-after-flood ($mode)" $? "($after)"
     final=$(grep '^stats:' "$LOG")
