@@ -339,7 +339,7 @@ slice term-1 term who 9090 TCP "$OTHER" "$X:terminating" >"$Y/term.yaml"
 T_CHANGE=$(mono)
 kc apply -f "$Y/term.yaml" >/dev/null
 converge terminating 15; rc=$?
-mono >"$WORK/TERM_MARKED"
+mono >"$WORK/TERM_MARKED.tmp"; mv "$WORK/TERM_MARKED.tmp" "$WORK/TERM_MARKED"  # whole, never half-written
 check "terminating-converges" $rc "($CONV_MS ms; $CONV_OUT)"
 new=$(ip netns exec "$NS_C" timeout 60 "$PY" - <<'P'
 import socket, collections
@@ -404,6 +404,7 @@ echo "      API server stopped for $OUTAGE s"
 gen() { "$BIN" inspect services --tables "$STATE" --output json | "$PY" -c 'import json, sys; print(json.load(sys.stdin)["generation"])'; }
 metric() { node_get http://127.0.0.1:10249/metrics | awk -v m="$1" '$1 == m {print $2}'; }
 G_DOWN=$(gen)
+R_DOWN=$(relists)
 E_DOWN=$(metric edgeplane_kube_watch_errors_total)
 T_DOWN=$(mono)
 line=$(api_signal SIGHUP); echo "      api: $line"
@@ -422,7 +423,8 @@ T_UP=$(mono)
 T_CHANGE=$(mono)
 kc apply -f "$Y/c4.yaml" >/dev/null
 converge after-outage 60; rc=$?
-check "after-outage-converges" $rc "($CONV_MS ms after the API server's return; $CONV_OUT)"
+R_UP=$(relists)
+check "after-outage-converges" $rc "($CONV_MS ms after the API server's return; relists $((${R_UP%.*} - ${R_DOWN%.*})); $CONV_OUT)"
 new=$(new_conns 5 198.18.200.13:80 198.18.1.1:30082)
 [[ "$new" == "new ok 5 of 5 "* ]]; check "after-outage-changed-service-forwards" $? "($new)"
 h_after=$(node_get http://127.0.0.1:10256/healthz)
