@@ -5,6 +5,9 @@ that they do (tests/netns/kube-faults.sh).
   kube-expect.py expect API.json
       prints the expected frontends, one per line, sorted:
       "FRONTEND KIND SERVICE BACKEND=new|old ..."
+  kube-expect.py selftest
+      checks on a built-in sample that the comparison finds a flipped
+      ready flag, a removed endpoint, a changed port, a wrong backend...
   kube-expect.py compare API.json SERVICES.json BACKENDS.json
       exit 0 and "N frontends, M backends match" when `edgeplane inspect
       services --output json` and `inspect backends --output json` hold
@@ -135,7 +138,54 @@ def show(key, v):
     return "%s %s %s %s" % (key, v[0], v[1], " ".join(v[2]) or "(no backends)")
 
 
+def selftest():
+    """The comparison can fail: a consistent sample matches, and each
+    perturbation of it (API side or tables side) is found."""
+    import copy
+    api = {"items": [
+        {"kind": "Service", "metadata": {"name": "web", "namespace": "default"},
+         "spec": {"type": "NodePort", "clusterIP": "198.18.200.10", "clusterIPs": ["198.18.200.10"],
+                  "ports": [{"name": "echo", "port": 80, "protocol": "TCP", "nodePort": 30080}]}},
+        {"kind": "EndpointSlice", "addressType": "IPv4",
+         "metadata": {"name": "web-1", "namespace": "default", "labels": {"kubernetes.io/service-name": "web"}},
+         "ports": [{"name": "echo", "port": 8080, "protocol": "TCP"}],
+         "endpoints": [{"addresses": ["198.18.2.2"], "conditions": {"ready": True}},
+                       {"addresses": ["198.18.2.3"], "conditions": {"ready": False, "serving": True, "terminating": True}}]},
+    ]}
+    bs = [{"address": "198.18.2.2:8080", "new_flows": True}, {"address": "198.18.2.3:8080", "new_flows": False}]
+    fes = [("198.18.200.10:80/TCP", "ClusterIP"), ("198.18.1.1:30080/TCP", "NodePort")]
+    services = {"generation": 1, "services": [{"service": "default/web:echo", "frontends": [
+        {"frontend": f, "kind": k, "backends": 2, "new_flow_backends": 1} for f, k in fes]}]}
+    backends = {"generation": 1, "frontends": [
+        {"frontend": f, "service": "default/web:echo", "backends": bs} for f, _ in fes]}
+    assert expected(api) == actual(services, backends), "the sample must match"
+
+    def api_perturbed(f):
+        a = copy.deepcopy(api)
+        f(a)
+        return expected(a)
+    cases = {
+        "endpoint ready flipped": api_perturbed(lambda a: a["items"][1]["endpoints"][1]["conditions"].update(ready=True)),
+        "endpoint removed": api_perturbed(lambda a: a["items"][1]["endpoints"].pop()),
+        "port changed": api_perturbed(lambda a: a["items"][0]["spec"]["ports"][0].update(port=81)),
+        "nodePort removed": api_perturbed(lambda a: a["items"][0]["spec"].update(type="ClusterIP")),
+        "slice of another Service": api_perturbed(
+            lambda a: a["items"][1]["metadata"]["labels"].update({"kubernetes.io/service-name": "other"})),
+        "slice port renamed": api_perturbed(lambda a: a["items"][1]["ports"][0].update(name="http")),
+    }
+    act = actual(services, backends)
+    for name, exp in cases.items():
+        assert exp != act, "not found: " + name
+    b2 = copy.deepcopy(backends)
+    b2["frontends"][0]["backends"][1]["address"] = "198.18.2.4:8080"
+    assert expected(api) != actual(services, b2), "not found: a wrong backend address"
+    print("kube-expect selftest: the sample matches, %d perturbations found" % (len(cases) + 1))
+    return 0
+
+
 def main():
+    if sys.argv[1:] == ["selftest"]:
+        return selftest()
     if len(sys.argv) == 3 and sys.argv[1] == "expect":
         exp = expected(json.load(open(sys.argv[2])))
         for k in sorted(exp):

@@ -37,7 +37,9 @@
 #   (--output json, read from the table region) hold exactly the frontends
 #   (IP, port, protocol, Service) and backends (address, takes new flows)
 #   that `kubectl get services,endpointslices -o json` implies, compared
-#   by tests/netns/kube-expect.py; the state before the change must differ.
+#   by tests/netns/kube-expect.py (whose `selftest` runs first: it must
+#   find every perturbation of a sample); the state before the change must
+#   differ.
 #   At the end: every probe answered (TCP and UDP), 40/40 long-lived
 #   connections intact (0 reset) and exchanging after the last fault.
 # Printed: per fault the convergence time and relist count; the outage's
@@ -172,6 +174,7 @@ api_signal() {
 }
 
 set +e
+out=$("$PY" "$HERE/kube-expect.py" selftest 2>&1); check "kube-expect-selftest" $? "($out)"
 kc apply -f "$Y/base.yaml" >/dev/null; check "kubectl-apply" $?
 
 STATE=$WORK/state
