@@ -17,7 +17,8 @@
 //! - Discovery (`/api`, `/apis`, `/version`, `/openapi/v3`) as kubectl needs.
 //! - Test hooks: [`TestApi::drop_watches`], [`TestApi::expire_history`],
 //!   [`TestApi::stall_watches`], [`TestApi::stop`]/[`TestApi::restart`]
-//!   (same port, same store, every connection cut).
+//!   (same port, same store, every connection cut). The `testapi` binary
+//!   drives the same hooks with signals (see `src/bin/testapi.rs`).
 
 use std::io;
 use std::net::SocketAddr;

@@ -1,5 +1,5 @@
 # Shared parts of the hardening netns scripts (linkflap.sh, synflood.sh,
-# bench/soak): the client ns -> node ns -> backend ns topology of
+# kube-faults.sh, bench/soak): the client ns -> node ns -> backend ns topology of
 # restart.sh, line echo servers, the long-lived connection client and
 # `edgeplane run` start-up. Source it after setting BIN and TAG (a short
 # name for namespaces/temp dirs); only 198.18.0.0/15 is used, and
