@@ -230,6 +230,64 @@ fn tcp_flow_to_a_removed_backend_is_reset_and_a_new_syn_is_rebalanced() {
 }
 
 #[test]
+fn a_removed_backends_late_answer_becomes_a_rst_to_the_client() {
+    let t1 = golden_tables();
+    let mut e = Engine::standalone(1024);
+    let (d1, out) = send(
+        &mut e,
+        &t1,
+        SEC,
+        &Pkt::tcp(C4, 6100, "198.18.200.19", 80, SYN),
+    );
+    let (gone, bport) = d1.backend.unwrap();
+    let (snat, sport) = snat_of(&out);
+    let t2 = compile_fixture(&edit(&spread_line(&gone.to_string()), ""), 2);
+    // The first segment after the change is the removed backend's answer:
+    // the client is waiting for it and would hang if it were only dropped.
+    let late = Pkt::tcp(
+        &gone.to_string(),
+        bport,
+        &snat.to_string(),
+        sport,
+        ACK | PSH,
+    )
+    .seq_ack(9000, 2001)
+    .payload(b"late");
+    let (d2, out) = send(&mut e, &t2, 2 * SEC, &late);
+    assert!(
+        matches!(
+            d2.verdict,
+            Verdict::Tx {
+                egress: edgeplane_dataplane::engine::Egress::Route,
+                ..
+            }
+        ),
+        "{d2:?}"
+    );
+    verify_checksums(&out);
+    let rst = edgeplane_packet::parse(&out).unwrap();
+    assert_eq!(
+        (rst.src, rst.dst, rst.sport, rst.dport),
+        (ip("198.18.200.19"), ip(C4), 80, 6100),
+        "from the Service to the client"
+    );
+    assert_eq!(rst.tcp_flags, RST);
+    let tcp = &out[usize::from(rst.l4_off)..];
+    assert_eq!(
+        u32::from_be_bytes(tcp[4..8].try_into().unwrap()),
+        9000,
+        "the segment's seq"
+    );
+    assert_eq!(e.stats().backend_gone, 1);
+    // The flow is gone: a late RST from the backend is not answered.
+    let late_rst = Pkt::tcp(&gone.to_string(), bport, &snat.to_string(), sport, RST);
+    assert!(!matches!(
+        send(&mut e, &t2, 2 * SEC, &late_rst).0.verdict,
+        Verdict::Tx { .. }
+    ));
+}
+
+#[test]
 fn a_terminating_backend_keeps_its_flows_but_gets_no_new_ones() {
     let t1 = golden_tables();
     let mut e = Engine::standalone(8192);

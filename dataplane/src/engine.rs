@@ -698,7 +698,11 @@ impl Engine {
     /// stale-UDP blackhole fix) and an original-direction packet is balanced
     /// anew. TCP: a SYN starts over; any other segment is answered with a RST
     /// so the client learns at once that its connection is over (a new
-    /// backend would have no socket for it and the old one is gone).
+    /// backend would have no socket for it and the old one is gone). When the
+    /// first segment after the change comes from the removed backend, it is
+    /// turned into that RST to the client (with the segment's sequence
+    /// number, which is what the client expects next): a client waiting for
+    /// an answer would otherwise hang until its own timeout.
     fn backend_gone(
         &mut self,
         buf: &mut [u8],
@@ -707,6 +711,15 @@ impl Engine {
         hit: &Hit,
     ) -> Option<Decision> {
         if hit.dir == Dir::Reply {
+            if p.proto == Proto::Tcp as u8 && p.tcp_flags & TCP_RST == 0 {
+                if let Some(v) = self.reset_client(buf, len, p, hit) {
+                    return Some(Decision {
+                        verdict: v,
+                        frontend: Some(hit.frontend()),
+                        backend: Some(hit.backend()),
+                    });
+                }
+            }
             return Some(Decision::new(Verdict::Drop(DropReason::BackendGone)));
         }
         if p.proto != Proto::Tcp as u8 || is_syn(p.tcp_flags) {
@@ -1039,6 +1052,38 @@ impl Engine {
     }
 
     /// Replaces the frame with a TCP RST to its sender.
+    /// Replaces the removed backend's segment `p` with a RST from the
+    /// Service to the flow's client (see `backend_gone`), routed like a
+    /// translated reply. `None` if it cannot be built.
+    fn reset_client(
+        &mut self,
+        buf: &mut [u8],
+        len: usize,
+        p: &Parsed,
+        hit: &Hit,
+    ) -> Option<Verdict> {
+        let off = usize::from(p.l4_off);
+        let seq = buf.get(off + 4..off + 8)?;
+        let flow = hit.flow();
+        let to = packet::tcp::RstTo {
+            src: flow.orig.dst,
+            dst: flow.orig.src,
+            sport: flow.orig.dport,
+            dport: flow.orig.sport,
+            seq: u32::from_be_bytes([seq[0], seq[1], seq[2], seq[3]]),
+        };
+        let cap = buf.len().min(self.scratch.len());
+        let n = packet::tcp::build_rst_to(&buf[..len], p, to, &mut self.scratch[..cap])?;
+        if n > buf.len() {
+            return None;
+        }
+        buf[..n].copy_from_slice(&self.scratch[..n]);
+        Some(Verdict::Tx {
+            len: n,
+            egress: Egress::Route,
+        })
+    }
+
     fn answer_rst(&mut self, buf: &mut [u8], len: usize, p: &Parsed) -> Verdict {
         let cap = buf.len().min(self.scratch.len());
         match packet::tcp::build_rst(&buf[..len], p, &mut self.scratch[..cap]) {

@@ -231,6 +231,48 @@ pub fn build_rst(orig: &[u8], p: &Parsed, out: &mut [u8]) -> Option<usize> {
     Some(end)
 }
 
+/// The tuple and sequence number of a RST sent on behalf of a peer
+/// ([`build_rst_to`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RstTo {
+    pub src: core::net::IpAddr,
+    pub dst: core::net::IpAddr,
+    pub sport: u16,
+    pub dport: u16,
+    pub seq: u32,
+}
+
+/// Builds into `out` a RST (no ACK) from `to.src:to.sport` to
+/// `to.dst:to.dport` with sequence number `to.seq`, on `orig`'s Ethernet
+/// header (addresses swapped, VLAN tags kept; a routed frame gets its
+/// addresses from the next hop anyway). Unlike [`build_rst`], which answers
+/// a segment, this speaks for the segment's sender to a third party: the
+/// engine uses it to tell a client at once that its connection is over when
+/// the removed backend's next segment arrives (with that segment's `seq`,
+/// which is what the client expects next).
+///
+/// Returns the frame length, or `None` if `p` is not a TCP segment, if the
+/// addresses are not of one family, or if `out` is too small. Never panics,
+/// never allocates.
+pub fn build_rst_to(orig: &[u8], p: &Parsed, to: RstTo, out: &mut [u8]) -> Option<usize> {
+    if p.proto != 6 || to.src.is_ipv4() != to.dst.is_ipv4() {
+        return None;
+    }
+    let l3 = emit::l2_reply(orig, p, out)?;
+    let l4 = emit::ip_header(out, l3, to.src, to.dst, 6, HEADER_LEN, true)?;
+    let end = l4.checked_add(HEADER_LEN)?;
+    let seg_out = out.get_mut(l4..end)?;
+    seg_out.fill(0);
+    let mut r = Packet::new_unchecked(seg_out);
+    r.set_src_port(to.sport);
+    r.set_dst_port(to.dport);
+    r.set_seq_number(to.seq);
+    r.set_header_len(HEADER_LEN);
+    r.set_flags(flags::RST);
+    r.fill_checksum(emit::pseudo_header(to.src, to.dst, 6, HEADER_LEN)?);
+    Some(end)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

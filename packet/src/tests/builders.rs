@@ -1,8 +1,9 @@
-//! `build_rst`, `build_port_unreachable` and `echo_reply_in_place`.
+//! `build_rst`, `build_rst_to`, `build_port_unreachable` and
+//! `echo_reply_in_place`.
 
 use super::{ip, verify_checksums};
 use crate::icmp::{build_port_unreachable, echo_reply_in_place};
-use crate::tcp::build_rst;
+use crate::tcp::{build_rst, build_rst_to, RstTo};
 use crate::testing::{FrameBuilder, TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN};
 use crate::{parse, IcmpKind};
 
@@ -187,4 +188,77 @@ fn echo_reply_in_place_v4_v6() {
         assert!(!echo_reply_in_place(&mut f, &q));
         assert_eq!(f, before);
     }
+}
+
+#[test]
+fn rst_to_speaks_for_the_sender_to_a_third_party() {
+    for (backend, node, vip, client) in [
+        ("198.18.2.2", "198.18.1.1", "198.18.200.10", "198.18.0.100"),
+        (
+            "2001:db8:2::2",
+            "2001:db8:1::1",
+            "2001:db8:200::10",
+            "2001:db8::100",
+        ),
+    ] {
+        // A backend's data segment to the node's SNAT port...
+        let orig = FrameBuilder::new()
+            .vlan(7)
+            .ip(ip(backend), ip(node))
+            .tcp(8080, 40123, TCP_ACK | TCP_PSH, 7777, 1234)
+            .payload(b"late answer")
+            .build();
+        let p = parse(&orig).unwrap();
+        let to = RstTo {
+            src: ip(vip),
+            dst: ip(client),
+            sport: 80,
+            dport: 5000,
+            seq: 7777,
+        };
+        let mut out = [0u8; 128];
+        let n = build_rst_to(&orig, &p, to, &mut out).unwrap();
+        // ...becomes the Service's RST to the client, with the segment's seq.
+        let rst = &out[..n];
+        verify_checksums(rst);
+        let r = parse(rst).unwrap();
+        assert_eq!(
+            (r.src, r.dst, r.sport, r.dport),
+            (ip(vip), ip(client), 80, 5000)
+        );
+        assert_eq!(seq_ack_flags(rst), (7777, 0, TCP_RST));
+        assert_eq!(r.vlans, 1, "VLAN tag kept");
+        assert_eq!(
+            usize::from(r.l3_end) - usize::from(r.l4_off),
+            20,
+            "no payload"
+        );
+        // Mixed families, not TCP, too small: refused.
+        let mixed = RstTo {
+            dst: ip("2001:db8::1"),
+            ..to
+        };
+        let mixed = if r.src.is_ipv4() {
+            mixed
+        } else {
+            RstTo {
+                dst: ip("198.18.0.1"),
+                ..to
+            }
+        };
+        assert_eq!(build_rst_to(&orig, &p, mixed, &mut [0; 128]), None);
+        assert_eq!(build_rst_to(&orig, &p, to, &mut [0; 40]), None);
+    }
+    let udp = super::v4_udp();
+    let to = RstTo {
+        src: ip("198.18.200.10"),
+        dst: ip("198.18.0.100"),
+        sport: 80,
+        dport: 5000,
+        seq: 1,
+    };
+    assert_eq!(
+        build_rst_to(&udp, &parse(&udp).unwrap(), to, &mut [0; 128]),
+        None
+    );
 }
