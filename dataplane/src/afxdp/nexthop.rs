@@ -19,7 +19,10 @@
 //! multipath routes (the first next hop is used), and routes through
 //! interfaces edgeplane does not serve (such frames go to the kernel).
 
-use std::collections::HashMap;
+// hashbrown (foldhash): the neighbour map is read for every routed frame;
+// SipHash (std's default, DoS-resistant) buys nothing for keys only the
+// kernel writes.
+use hashbrown::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
