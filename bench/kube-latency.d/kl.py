@@ -208,10 +208,7 @@ def cmd_respond(a):
     the changed Services); each answers a datagram with "ADDR ROLE PAYLOAD"."""
     check_sizes(a.services, a.changes)
     backends = probed_backends(a.services, a.changes)
-    want = len(backends) + 64
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < want:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (max(want, hard), max(want, hard)))
+    raise_nofile(len(backends) + 64)
     sel = selectors.DefaultSelector()
     for addr, port, role in backends:
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -512,8 +509,16 @@ def summary_rows(results):
     return [(label, [x for x in v if x is not None]) for label, v in rows]
 
 
+def raise_nofile(want):
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(want, hard), max(want, hard)))
+
+
 def cmd_drive(a):
     check_sizes(a.services, a.changes)
+    # One socket per probe, kept 0.5 s: 500 open at the default interval.
+    raise_nofile(int(0.5 / a.interval) + 256)
     os.makedirs(a.work, exist_ok=True)
     a.kubectl_env = dict(os.environ, KUBECONFIG=a.kubeconfig, HOME=a.work, TZ="UTC")
     kubectl = ["kubectl", "--kubeconfig", a.kubeconfig, "--cache-dir", os.path.join(a.work, "kcache"), "-v=6"]
