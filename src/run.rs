@@ -450,9 +450,17 @@ fn serve(
         match reader.try_adopt() {
             Ok(Some(t)) => {
                 let generation = t.generation;
-                let d = crate::ops::logging::diff(Some(&dp.tables()), &t);
+                let old = dp.tables();
                 let t0 = Instant::now();
-                match dp.publish(t) {
+                let published = dp.publish(t);
+                let took = t0.elapsed();
+                // The log line's diff hashes every frontend and backend of
+                // both generations (about 100 ms at 10,000 Services x 10
+                // endpoints on a loaded core): only after the hand-over, so
+                // it never delays forwarding on the new tables.
+                let d = crate::ops::logging::diff(Some(&old), &dp.tables());
+                drop(old);
+                match published {
                     Ok(r) => tracing::info!(
                         generation,
                         frontends = d.frontends,
@@ -464,7 +472,8 @@ fn serve(
                         backends_removed = d.backends_removed,
                         xdp_keys_added = r.added,
                         xdp_keys_removed = r.removed,
-                        publish_us = t0.elapsed().as_micros() as u64,
+                        publish_us = took.as_micros() as u64,
+                        diff_us = (t0.elapsed() - took).as_micros() as u64,
                         "tables adopted"
                     ),
                     Err(e) => {
@@ -477,7 +486,7 @@ fn serve(
                 }
                 st.adopt_tables(dp.tables());
                 if ops.feeds_sync {
-                    st.synced(generation, t0.elapsed());
+                    st.synced(generation, took);
                 }
                 reader.settle();
             }
