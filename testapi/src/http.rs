@@ -544,6 +544,12 @@ fn watch(ctx: Arc<Ctx>, t: &Target, q: &Query) -> Result<Response<Body>, ApiErro
             let line = tokio::select! {
                 ev = live.recv() => match ev {
                     Ok(e) => {
+                        // A write made after `stop` returned must never reach
+                        // a client: `select!` may pick this branch over the
+                        // shutdown one when both are ready.
+                        if *shutdown.borrow() {
+                            return;
+                        }
                         if e.rv <= rv {
                             continue;
                         }
