@@ -10,6 +10,7 @@
 //! - [`report`] renders what was compiled, as text or JSON.
 
 pub mod compile;
+pub mod control_path;
 pub mod kube;
 pub mod maglev;
 pub mod manifests;

@@ -111,6 +111,25 @@ impl<K: Metadata<Ty = ObjectMeta> + Clone> Mirror<K> {
         }
     }
 
+    /// An object added or modified (a watch `Apply`).
+    pub fn apply(&mut self, o: K) -> Change {
+        self.handle(Event::Apply(o))
+    }
+
+    /// An object deleted (a watch `Delete`).
+    pub fn delete(&mut self, o: K) -> Change {
+        self.handle(Event::Delete(o))
+    }
+
+    /// A complete (re)list: `Init`, every object, `InitDone`.
+    pub fn relist(&mut self, objects: impl IntoIterator<Item = K>) -> Change {
+        self.handle(Event::Init);
+        for o in objects {
+            self.handle(Event::InitApply(o));
+        }
+        self.handle(Event::InitDone)
+    }
+
     /// Whether a first list has completed.
     pub fn synced(&self) -> bool {
         self.lists > 0
