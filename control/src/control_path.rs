@@ -68,7 +68,11 @@ impl ControlPath {
             .compiler
             .compile_with_stats(objects, self.writer.generation() + 1);
         if c.warnings != self.seen_warnings {
-            for w in c.warnings.iter().filter(|w| !self.seen_warnings.contains(w)) {
+            for w in c
+                .warnings
+                .iter()
+                .filter(|w| !self.seen_warnings.contains(w))
+            {
                 tracing::warn!("{w}");
             }
             self.seen_warnings.clone_from(&c.warnings);

@@ -182,6 +182,24 @@ impl Map {
         Some(v)
     }
 
+    /// Copies `len` bytes at `off` into `buf` (resized to `len`); false
+    /// when out of bounds.
+    fn read_into(&self, off: usize, len: usize, buf: &mut Vec<u8>) -> bool {
+        if off.checked_add(len).is_none_or(|e| e > self.len()) {
+            return false;
+        }
+        buf.clear();
+        buf.reserve(len);
+        // SAFETY: in bounds (checked); `buf` is a distinct allocation with
+        // room for `len` bytes, all written before `set_len`. A concurrent
+        // writer makes the copy garbage, which the CRC refuses.
+        unsafe {
+            std::ptr::copy_nonoverlapping(self.ptr().add(off), buf.as_mut_ptr(), len);
+            buf.set_len(len);
+        }
+        true
+    }
+
     /// The bytes at `off..off + len` as a mutable slice (bounds-checked by
     /// assert, writer only).
     ///

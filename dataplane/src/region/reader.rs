@@ -11,10 +11,9 @@ use super::format::{self, Layout};
 use super::{io_err, monotonic_ms, pid_alive, region_path, Map, RegionError, HEARTBEAT_TIMEOUT_MS};
 use crate::tables::{MaglevArena, Tables};
 
-/// Copies slot `slot`'s body and validates it as generation `gen`
-/// (lengths, CRC, every index and offset). Does not check that the slot
-/// still holds `gen` afterwards: callers do (seqlock) or hold a pin.
-pub(crate) fn read_slot(map: &Map, l: &Layout, slot: usize, gen: u64) -> Result<Tables, String> {
+/// Copies slot `slot`'s body (its descriptor's `len` bytes) and checks its
+/// CRC.
+pub(crate) fn read_body(map: &Map, l: &Layout, slot: usize) -> Result<Vec<u8>, String> {
     let d = Layout::desc_off(slot);
     let len = map.u64_at(d + format::D_LEN).load(Ordering::Acquire) as usize;
     let crc = map.u64_at(d + format::D_CRC).load(Ordering::Acquire) as u32;
@@ -28,7 +27,19 @@ pub(crate) fn read_slot(map: &Map, l: &Layout, slot: usize, gen: u64) -> Result<
     if got != crc {
         return Err(format!("CRC {got:08x}, descriptor says {crc:08x}"));
     }
-    format::decode_body(&body, gen, l.arena_size)
+    Ok(body)
+}
+
+/// Copies slot `slot`'s body and the segments it lists and validates them
+/// as generation `gen` (lengths, CRCs, every index and offset). Does not
+/// check that the slot still holds `gen` afterwards: callers do (seqlock)
+/// or hold a pin.
+pub(crate) fn read_slot(map: &Map, l: &Layout, slot: usize, gen: u64) -> Result<Tables, String> {
+    let body = read_body(map, l, slot)?;
+    let base = l.arena_off();
+    format::decode_generation(&body, gen, l.arena_size, |off, len, buf| {
+        map.read_into(base + off, len, buf)
+    })
 }
 
 /// A reader's own quiescent-state slots in the header (one per worker).
