@@ -113,7 +113,8 @@ fn main() {
     let mut path = ControlPath::open(&dir, WriterOptions::default(), k8s::options(), true)
         .expect("region and compiler");
     let snap = slot.clone().expect("published");
-    let (r, st) = path.compile_publish(&snap).expect("first publication");
+    let (c, r) = path.compile_publish(&snap);
+    let (r, st) = (r.expect("first publication"), c.stats);
     drop(snap);
     println!(
         "cold start ({n} Services × {e} endpoints, {} cores): list → first flip wall {:.1} ms, thread CPU {:.1} ms, process CPU (all threads) {:.1} ms; {} Maglev tables built, {} blocks written, generation {}",
@@ -157,10 +158,11 @@ fn main() {
         let snap = slot.clone().expect("published");
         let (w1, c1) = (Instant::now(), thread_cpu());
         // Control: compile and publish, up to the flip.
-        let (r, st) = path.compile_publish(&snap).expect("publish");
+        let (out, r) = path.compile_publish(&snap);
         let (w2, c2) = (Instant::now(), thread_cpu());
+        let (r, st) = (r.expect("publish"), out.stats);
+        assert!(out.incremental, "the journal was followed");
         drop(snap);
-        path.after_flip();
         after_c.push(thread_cpu() - c2);
         src_w.push(w1 - w);
         src_c.push(c1 - c);
@@ -179,7 +181,7 @@ fn main() {
     line("  source (mirror + snapshot), wall", src_w);
     line("  control (compile + publish), thread CPU", ctl_c);
     line("  control (compile + publish), wall", ctl_w);
-    line("after the flip (drops), thread CPU", after_c);
+    line("after the flip (snapshot dropped), thread CPU", after_c);
     line("reader adoption (dataplane side), thread CPU", adopt_c);
 
     // Full resyncs: a relist of everything, new resourceVersions.
@@ -209,18 +211,19 @@ fn main() {
         mirrors.endpoint_slices.relist(slices);
         assert!(mirrors.publish_into(&mut slot, &mut index));
         let snap = slot.clone().expect("published");
-        let (r, st) = path.compile_publish(&snap).expect("publish");
+        let (cc, r) = path.compile_publish(&snap);
         rs_w.push(w.elapsed());
         rs_c.push(thread_cpu() - c);
         rs_p.push(process_cpu() - p);
+        let (r, st) = (r.expect("publish"), cc.stats);
         drop(snap);
-        path.after_flip();
         if round == 0 {
             println!(
-                "full_resync_10k: {resyncs} relists of {} objects, {changed_pct}% of slices changed: first one derived {} Services, built {} Maglev tables, wrote {} blocks",
+                "full_resync_10k: {resyncs} relists of {} objects, {changed_pct}% of slices changed: first one derived {} Services, built {} Maglev tables, wrote {} segments and {} Maglev blocks",
                 2 * n,
                 st.services_derived,
                 st.maglev_built,
+                r.segments_written,
                 r.blocks_written
             );
         }

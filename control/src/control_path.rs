@@ -6,9 +6,8 @@
 use std::path::Path;
 
 use edgeplane_dataplane::region::{PublishReport, RegionError, RegionWriter, WriterOptions};
-use edgeplane_dataplane::Tables;
 
-use crate::compile::{CompileError, CompileOptions, CompileStats, Compiled, Compiler};
+use crate::compile::{CompileError, CompileOptions, Compiler, SegmentsCompiled};
 use crate::manifests::ObjectSet;
 
 /// Why the path could not start.
@@ -25,12 +24,12 @@ pub enum ControlPathError {
 pub struct ControlPath {
     compiler: Compiler,
     writer: RegionWriter,
-    /// The previous compile's warnings (a warning is logged when it first
+    /// Warnings already logged (a warning is logged when it first
     /// appears, not on every compile).
-    seen_warnings: Vec<String>,
-    /// The last generation compiled, dropped after the flip
-    /// ([`after_flip`](Self::after_flip)) rather than before it.
-    retired: Option<Compiled>,
+    seen_warnings: hashbrown::HashSet<String>,
+    /// The compiled generation has not been published yet (the region was
+    /// busy): [`publish_pending`](Self::publish_pending) retries.
+    pending: bool,
 }
 
 impl ControlPath {
@@ -48,8 +47,8 @@ impl ControlPath {
         Ok(ControlPath {
             compiler,
             writer,
-            seen_warnings: Vec::new(),
-            retired: None,
+            seen_warnings: Default::default(),
+            pending: false,
         })
     }
 
@@ -57,53 +56,47 @@ impl ControlPath {
         &self.writer
     }
 
-    pub fn compiler_mut(&mut self) -> &mut Compiler {
-        &mut self.compiler
+    pub fn compiler(&self) -> &Compiler {
+        &self.compiler
     }
 
-    /// Compiles `objects` as the next generation, logging warnings that
-    /// were not there last time.
-    pub fn compile(&mut self, objects: &ObjectSet) -> (Compiled, CompileStats) {
-        let (c, st) = self
-            .compiler
-            .compile_with_stats(objects, self.writer.generation() + 1);
-        if c.warnings != self.seen_warnings {
-            for w in c
-                .warnings
-                .iter()
-                .filter(|w| !self.seen_warnings.contains(w))
-            {
-                tracing::warn!("{w}");
-            }
-            self.seen_warnings.clone_from(&c.warnings);
-        }
-        (c, st)
+    /// Whether a compiled generation waits to be published.
+    pub fn pending(&self) -> bool {
+        self.pending
     }
 
-    /// Publishes `tables` (the region numbers the generation).
-    pub fn publish(&mut self, tables: &Tables) -> Result<PublishReport, RegionError> {
-        self.writer.publish(tables)
-    }
-
-    /// Compiles `objects` and publishes the result, up to the flip. On a
-    /// publication error the compiled tables are returned for a retry.
+    /// Compiles `objects` (following their journal when it continues the
+    /// last one: only the changed objects are visited) and publishes the
+    /// generation, up to the flip: only the segments of Services that
+    /// changed are written. Warnings are logged when first seen. On a
+    /// publication error the generation stays pending.
     pub fn compile_publish(
         &mut self,
         objects: &ObjectSet,
-    ) -> Result<(PublishReport, CompileStats), (RegionError, Box<Tables>)> {
-        let (c, st) = self.compile(objects);
-        match self.writer.publish(&c.tables) {
-            Ok(r) => {
-                self.retired = Some(c);
-                Ok((r, st))
-            }
-            Err(e) => Err((e, Box::new(c.tables))),
+    ) -> (SegmentsCompiled, Result<PublishReport, RegionError>) {
+        let c = self
+            .compiler
+            .compile_segments(objects, self.writer.generation() + 1);
+        if !c.incremental {
+            // A full compile lists every warning: forget the ones gone.
+            self.seen_warnings.retain(|w| c.warnings.contains(w));
         }
+        for w in &c.warnings {
+            if !self.seen_warnings.contains(w) {
+                tracing::warn!("{w}");
+                self.seen_warnings.insert(w.clone());
+            }
+        }
+        self.pending = true;
+        let r = self.publish_pending();
+        (c, r)
     }
 
-    /// Frees what the last publication replaced (call after the flip, off
-    /// the latency path).
-    pub fn after_flip(&mut self) {
-        self.retired = None;
+    /// Publishes the last compiled generation.
+    pub fn publish_pending(&mut self) -> Result<PublishReport, RegionError> {
+        let (node, segments) = self.compiler.segments();
+        let r = self.writer.publish_segments(node, segments)?;
+        self.pending = false;
+        Ok(r)
     }
 }

@@ -17,6 +17,8 @@ pub mod manifests;
 pub mod report;
 pub mod validate;
 
-pub use compile::{compile, CompileError, CompileOptions, CompileStats, Compiled, Compiler};
-pub use manifests::{load_path, load_str, Diagnostic, ObjectSet};
+pub use compile::{
+    compile, CompileError, CompileOptions, CompileStats, Compiled, Compiler, SegmentsCompiled,
+};
+pub use manifests::{load_path, load_str, Diagnostic, Journal, ObjectSet};
 pub use report::{render_json, render_table, Report};

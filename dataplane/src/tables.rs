@@ -252,6 +252,19 @@ pub struct Segment {
 }
 
 impl Segment {
+    /// All of `t` as one segment (its indices are already relative to it;
+    /// Maglev tables must be in [`Tables::maglev`], as a
+    /// [`TablesBuilder`] makes them).
+    pub fn from_tables(t: Tables) -> Segment {
+        Segment {
+            services: t.services,
+            frontends: t.frontends,
+            backends: t.backends,
+            source_ranges: t.source_ranges,
+            maglev: t.maglev,
+        }
+    }
+
     /// The segment of `t` holding its services `range` and their frontends
     /// (a copy; Maglev tables read from wherever `t` holds them).
     fn of(t: &Tables, range: std::ops::Range<usize>, frontends: &[u32]) -> Segment {
