@@ -1453,7 +1453,7 @@ impl Compiler {
                         .map(|p| format!("EndpointSlice {cns}/{cname}: {p}"))
                         .collect();
                     warnings.extend(w.iter().cloned());
-                    let used = (!fatal && usage == SliceUse::Use).then(|| ((cns, svc), c));
+                    let used = (!fatal && usage == SliceUse::Use).then_some(((cns, svc), c));
                     if let Some((key, _)) = &used {
                         let g = self.groups.entry(key.clone()).or_default();
                         g.push(i);

@@ -17,9 +17,8 @@ use crate::tables::{Backend, Frontend, MaglevTable, NodeConfig, Segment, Tables}
 pub struct WriterOptions {
     pub slots: usize,
     pub readers: usize,
-    /// Bytes per slot (frontends 64 B, backends 32 B, source ranges 20 B
-    /// each, plus the metadata JSON). 10,000 Services × 10 endpoints need
-    /// about 5 MiB.
+    /// Bytes per slot: 64 + 16 per Service + the node settings (JSON).
+    /// 10,000 Services need 160 KiB; the default holds about 2 million.
     pub slot_size: usize,
     /// Bytes of Maglev arena (sparse: only pages in use take memory).
     pub arena_size: usize,
@@ -609,11 +608,9 @@ impl RegionWriter {
         //    a generation they are part of).
         if !dropped.is_empty() {
             let mut gone: hashbrown::HashSet<u32> = dropped.into_iter().collect();
-            if gone.len() > 0 {
-                for c in &list {
-                    if gone.remove(&c.idx) && gone.is_empty() {
-                        break;
-                    }
+            for c in &list {
+                if gone.remove(&c.idx) && gone.is_empty() {
+                    break;
                 }
             }
             for i in gone {
