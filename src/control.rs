@@ -247,6 +247,7 @@ impl Control {
             Ok(r) => {
                 tracing::info!(
                     generation = r.generation,
+                    frontends = r.frontends,
                     segments_written = r.segments_written,
                     segments_kept = r.segments_kept,
                     maglev_blocks_written = r.blocks_written,
@@ -304,7 +305,7 @@ impl Control {
                 }
                 self.queued_at.get_or_insert_with(Instant::now);
                 self.args.tables.load_objects(true).map(Arc::new).map_err(|e| {
-                    anyhow::anyhow!("manifests changed but do not load; keeping generation {generation}: {e:#}")
+                    anyhow::anyhow!("manifests changed but do not compile; keeping generation {generation}: {e:#}")
                 })
             }
             Source::Kube { rx, .. } => {

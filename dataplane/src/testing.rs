@@ -198,6 +198,7 @@ pub fn region_fuzz_input(t: &Tables) -> Vec<u8> {
             off: arena.len() as u32,
             len: bytes.len() as u32,
             crc: crc32c::crc32c(&bytes),
+            serial: 0,
         });
         arena.extend_from_slice(&bytes);
         for (v, n) in totals.iter_mut().zip([
@@ -234,16 +235,20 @@ pub fn region_fuzz_one(data: &[u8]) -> Option<u64> {
     let rest = &data[4..];
     let (body, arena) = rest.split_at(len.min(rest.len()));
     let generation = if body.len() >= 8 { get_u64(body, 0) } else { 0 };
-    let mut t = decode_generation(body, generation, arena.len(), |off, len, buf| {
-        match off.checked_add(len).and_then(|end| arena.get(off..end)) {
+    let mut t = decode_generation(
+        body,
+        generation,
+        arena.len(),
+        |off, len, buf| match off.checked_add(len).and_then(|end| arena.get(off..end)) {
             Some(b) => {
                 buf.clear();
                 buf.extend_from_slice(b);
                 true
             }
             None => false,
-        }
-    })
+        },
+        None,
+    )
     .ok()?;
     t.maglev_arena = Some(MaglevArena::from_vec(arena.to_vec()));
     let mut engine = Engine::standalone(256);

@@ -342,6 +342,11 @@ pub struct SegRef {
     pub len: u32,
     /// CRC-32C of the block's `len` bytes.
     pub crc: u32,
+    /// The writer's number for the block (1, 2, ...; never two blocks with
+    /// the same offset and number until 2^32 blocks were written): with the
+    /// offset, length and CRC, what a reader may key its cache of decoded
+    /// segments by. 0: do not cache.
+    pub serial: u32,
 }
 
 /// The node's settings as stored in a slot body (JSON).
@@ -381,7 +386,7 @@ pub fn encode_body_into(
         put_u32(e, 0, r.off);
         put_u32(e, 4, r.len);
         put_u32(e, 8, r.crc);
-        put_u32(e, 12, 0);
+        put_u32(e, 12, r.serial);
     }
     b[node_off..].copy_from_slice(node);
 }
@@ -494,6 +499,7 @@ pub fn decode_body(b: &[u8], generation: u64) -> Result<Body, String> {
                 off: get_u32(e, 0),
                 len: get_u32(e, 4),
                 crc: get_u32(e, 8),
+                serial: get_u32(e, 12),
             }
         })
         .collect();
@@ -510,6 +516,10 @@ pub fn decode_body(b: &[u8], generation: u64) -> Result<Body, String> {
     })
 }
 
+/// Decoded segments a reader keeps between adoptions, keyed by
+/// (offset, length, CRC, serial) of their blocks (see [`SegRef::serial`]).
+pub type SegmentCache = std::collections::HashMap<(u32, u32, u32, u32), std::sync::Arc<Tables>>;
+
 /// Decodes the generation `generation` from its slot body `body`, reading
 /// each segment with `read(off, len, buf)` (copy `len` arena bytes at `off`
 /// into `buf`; false when out of bounds). Every index and offset is checked
@@ -517,11 +527,16 @@ pub fn decode_body(b: &[u8], generation: u64) -> Result<Body, String> {
 /// source ranges and Maglev block (within `arena_size` bytes), no duplicate
 /// frontend. The tables have no arena attached yet (`maglev_width` of each
 /// frontend says where its table is).
+///
+/// With a `cache`, a segment decoded (and validated) by an earlier call
+/// under the same key is not read again; afterwards the cache holds this
+/// generation's segments only.
 pub fn decode_generation(
     body: &[u8],
     generation: u64,
     arena_size: usize,
     mut read: impl FnMut(usize, usize, &mut Vec<u8>) -> bool,
+    mut cache: Option<&mut SegmentCache>,
 ) -> Result<Tables, String> {
     let b = decode_body(body, generation)?;
     let [n_svc, n_fe, n_be, n_sr] = b.totals.map(|v| v as usize);
@@ -537,28 +552,46 @@ pub fn decode_generation(
     t.backends.reserve(cap(n_be, BACKEND_SIZE));
     t.source_ranges.reserve(cap(n_sr, CIDR_SIZE));
     t.frontend_index.reserve(cap(n_fe, FRONTEND_SIZE));
+    let mut next = SegmentCache::new();
     let mut buf = Vec::new();
     for (i, r) in b.segments.iter().enumerate() {
-        if r.len as usize > arena_size || r.off as usize > arena_size - r.len as usize {
-            return Err(format!(
-                "segment {i}: {}+{} past the arena ({arena_size} bytes)",
-                r.off, r.len
-            ));
+        let key = (r.off, r.len, r.crc, r.serial);
+        let cached = match (&cache, r.serial) {
+            (Some(c), s) if s != 0 => c.get(&key).cloned(),
+            _ => None,
+        };
+        let seg = match cached {
+            Some(seg) => seg,
+            None => {
+                if r.len as usize > arena_size || r.off as usize > arena_size - r.len as usize {
+                    return Err(format!(
+                        "segment {i}: {}+{} past the arena ({arena_size} bytes)",
+                        r.off, r.len
+                    ));
+                }
+                if r.len > MAX_SEGMENT_LEN {
+                    return Err(format!("segment {i}: {} bytes", r.len));
+                }
+                if !read(r.off as usize, r.len as usize, &mut buf) {
+                    return Err(format!("segment {i}: unreadable"));
+                }
+                let got = crc32c::crc32c(&buf);
+                if got != r.crc {
+                    return Err(format!(
+                        "segment {i}: CRC {got:08x}, the segment table says {:08x}",
+                        r.crc
+                    ));
+                }
+                let mut one = Tables::default();
+                decode_segment_into(&buf, &mut one, arena_size)
+                    .map_err(|e| format!("segment {i}: {e}"))?;
+                std::sync::Arc::new(one)
+            }
+        };
+        append_segment(&mut t, &seg).map_err(|e| format!("segment {i}: {e}"))?;
+        if cache.is_some() && r.serial != 0 {
+            next.insert(key, seg);
         }
-        if r.len > MAX_SEGMENT_LEN {
-            return Err(format!("segment {i}: {} bytes", r.len));
-        }
-        if !read(r.off as usize, r.len as usize, &mut buf) {
-            return Err(format!("segment {i}: unreadable"));
-        }
-        let got = crc32c::crc32c(&buf);
-        if got != r.crc {
-            return Err(format!(
-                "segment {i}: CRC {got:08x}, the segment table says {:08x}",
-                r.crc
-            ));
-        }
-        decode_segment_into(&buf, &mut t, arena_size).map_err(|e| format!("segment {i}: {e}"))?;
     }
     let got = [
         t.services.len(),
@@ -572,7 +605,41 @@ pub fn decode_generation(
             b.totals
         ));
     }
+    if let Some(c) = cache.as_mut() {
+        **c = next;
+    }
     Ok(t)
+}
+
+/// Appends a decoded segment (indices relative to it, as
+/// [`decode_segment_into`] makes them into empty tables) to `t`, rebasing
+/// its indices; refuses a frontend key `t` already has.
+fn append_segment(t: &mut Tables, s: &Tables) -> Result<(), String> {
+    let (sb, bb, rb) = (t.services.len(), t.backends.len(), t.source_ranges.len());
+    if sb + s.services.len() > u32::MAX as usize
+        || bb + s.backends.len() > u32::MAX as usize
+        || rb + s.source_ranges.len() > u32::MAX as usize
+        || t.frontends.len() + s.frontends.len() > u32::MAX as usize
+    {
+        return Err("more than 2^32 records".into());
+    }
+    t.services.extend_from_slice(&s.services);
+    t.backends.extend_from_slice(&s.backends);
+    t.source_ranges.extend_from_slice(&s.source_ranges);
+    for (i, f) in s.frontends.iter().enumerate() {
+        let mut f = f.clone();
+        f.service += sb as u32;
+        f.affinity_group += sb as u32;
+        f.backend_off += bb as u32;
+        f.source_range_off += rb as u32;
+        let idx = t.frontends.len() as u32;
+        if t.frontend_index.insert(f.key, idx).is_some() {
+            return Err(format!("frontend {i}: duplicate key {:?}", f.key));
+        }
+        t.frontend_ips.insert(f.key.ip, ());
+        t.frontends.push(f);
+    }
+    Ok(())
 }
 
 /// Decodes and checks one segment block, appending its Service ports,

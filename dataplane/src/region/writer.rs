@@ -52,6 +52,8 @@ pub struct PublishReport {
     pub blocks_written: usize,
     /// Maglev tables of written segments found in the arena already.
     pub blocks_reused: usize,
+    /// Frontends in the generation.
+    pub frontends: usize,
     /// Bytes of the slot body.
     pub body_bytes: usize,
     /// Bytes written into the arena (segments and Maglev blocks).
@@ -134,6 +136,8 @@ pub struct RegionWriter {
     retired: Vec<u32>,
     /// The node settings last encoded.
     node_cache: Option<(crate::tables::NodeConfig, Vec<u8>)>,
+    /// The serial number of the next segment block written (never 0).
+    next_serial: u32,
     /// Free arena ranges: offset → length (coalesced).
     free: BTreeMap<u32, u32>,
     /// Arena bytes known to be allocated in the file (`posix_fallocate`d),
@@ -273,6 +277,7 @@ impl RegionWriter {
             totals: [0; 4],
             retired: Vec::new(),
             node_cache: None,
+            next_serial: 1,
             free: BTreeMap::new(),
             committed: 0,
             generation: 0,
@@ -344,6 +349,7 @@ impl RegionWriter {
                                 self.blocks[i as usize].refs += 1;
                             }
                         }
+                        self.next_serial = self.next_serial.max(at.serial.wrapping_add(1)).max(1);
                         let i = self.segs.len() as u32;
                         seg_by_off.insert(at.off, i);
                         self.by_crc.insert((at.crc, at.len), i);
@@ -574,6 +580,7 @@ impl RegionWriter {
             });
         }
         rep.body_bytes = len;
+        rep.frontends = totals[1] as usize;
         // SAFETY: the slot is the writer's alone from its invalidation to
         // the descriptor's generation store below: no reader is protected
         // on it (`pick_slot`), and unprotected copies (`inspect`) are
@@ -703,7 +710,9 @@ impl RegionWriter {
             off,
             len: bytes.len() as u32,
             crc,
+            serial: self.next_serial,
         };
+        self.next_serial = self.next_serial.wrapping_add(1).max(1);
         let b = SegBlock {
             at,
             born: gen,
