@@ -759,3 +759,41 @@ fn shared_segments_cost_only_what_changed() {
     assert!(w.arena_used() < used, "{} < {used}", w.arena_used());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn cached_adoption_equals_a_fresh_read_across_writer_restarts() {
+    let dir = tmpdir("cache");
+    let mut w = RegionWriter::open(&dir, small_opts()).unwrap();
+    let mut r = RegionReader::open(&dir).unwrap();
+    // Contents recur (every Service toggles between two endpoint sets, one
+    // changes for good now and then), so blocks recovered by a restarted
+    // writer are found again by content, some after they were freed.
+    let port = |k: usize| {
+        move |i: usize| {
+            if i == k % 7 {
+                3000 + k as u16
+            } else {
+                1000 + i as u16 + 100 * ((k + i) % 2) as u16
+            }
+        }
+    };
+    for k in 0..90 {
+        if k % 11 == 10 {
+            // The writer restarts (as after kill -9): recovery.
+            std::mem::forget(w);
+            w = RegionWriter::open(&dir, small_opts()).unwrap();
+        }
+        let t = synth(7 + k % 3, 251, |i| 2 + (i + k) % 2, port(k), |_| 0);
+        w.publish(&t).unwrap();
+        let got = r.try_adopt().unwrap().expect("a new generation");
+        r.settle();
+        let fresh = RegionReader::open_read_only(&dir)
+            .unwrap()
+            .snapshot()
+            .unwrap()
+            .tables;
+        assert_eq!(normal(&got), normal(&t), "step {k}");
+        assert_eq!(normal(&fresh), normal(&t), "step {k}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

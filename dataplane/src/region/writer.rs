@@ -670,10 +670,11 @@ impl RegionWriter {
         let crc = crc32c::crc32c(&bytes);
         if let Some(&i) = self.by_crc.get(&(crc, bytes.len() as u32)) {
             let at = self.segs[i as usize].at;
-            let same = self
-                .map
-                .read(self.layout.arena_off() + at.off as usize, at.len as usize)
-                .is_some_and(|v| v == bytes);
+            let same = self.segs[i as usize].live
+                && self
+                    .map
+                    .read(self.layout.arena_off() + at.off as usize, at.len as usize)
+                    .is_some_and(|v| v == bytes);
             if same {
                 // Adopt the new `Arc` as this block's key (and take it back
                 // from retirement: a recovered block).
@@ -793,7 +794,13 @@ impl RegionWriter {
         for i in free {
             let b = &mut self.segs[i as usize];
             b.live = false;
+            let key = (b.at.crc, b.at.len);
             let (off, len) = (b.at.off, aligned(b.at.len));
+            // A recovered block is findable by content while retired.
+            if self.by_crc.get(&key) == Some(&i) {
+                self.by_crc.remove(&key);
+            }
+            let b = &mut self.segs[i as usize];
             for m in std::mem::take(&mut b.maglev) {
                 self.unref(m);
             }
