@@ -1378,6 +1378,8 @@ impl Compiler {
                 JournalStep::Service(i, s) => {
                     let mut c = s.clone();
                     let problems = validate::sanitize_service(&mut c);
+                    // Unusable before and still (step 1 checked it is the same).
+                    let fatal = problems.iter().any(|p| p.is_fatal());
                     let (ns, name) = svc_id(&c);
                     self.next_version += 1;
                     self.services.meta[i].rv = InlineRv::of(&s.metadata);
@@ -1394,11 +1396,13 @@ impl Compiler {
                     self.services.items[i] = Some(SvcEntry {
                         raw: s.clone(),
                         version: self.next_version,
-                        sanitized: Some(c),
+                        sanitized: (!fatal).then_some(c),
                         warnings: w,
                         derived,
                     });
-                    dirty.insert((ns, name));
+                    if !fatal {
+                        dirty.insert((ns, name));
+                    }
                 }
                 JournalStep::Slice(ns, name, obj) => {
                     let found = self.slices.index.get(&ObjRef { ns, name, dup: 0 }).copied();
