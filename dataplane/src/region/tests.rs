@@ -13,7 +13,7 @@ use proptest::prelude::*;
 use super::format::{self, Layout};
 use super::*;
 use crate::tables::{
-    Backend, EmptyAction, FrontendKey, FrontendKind, FrontendSpec, ServiceInfo, Tables,
+    Backend, EmptyAction, FrontendKey, FrontendKind, FrontendSpec, Segment, ServiceInfo, Tables,
     TablesBuilder,
 };
 use crate::testing::{fuzz_tables, node_config};
@@ -796,4 +796,58 @@ fn cached_adoption_equals_a_fresh_read_across_writer_restarts() {
         assert_eq!(normal(&fresh), normal(&t), "step {k}");
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// Random sequences of segment lists — a Service set to one of a few
+    /// contents (as the pool's shared `Arc` or a fresh copy), removed,
+    /// added back, the same list again, the writer restarted — always
+    /// publish exactly the list: the adopting reader (with its cache) and
+    /// a fresh read-only copy both equal `Tables::from_segments`.
+    #[test]
+    fn random_segment_lists_publish_exactly(
+        ops in proptest::collection::vec((0u8..5, 0usize..10, 0usize..3), 1..50)
+    ) {
+        let dir = tmpdir("seglists");
+        let pool: Vec<Vec<Arc<Segment>>> = (0..3)
+            .map(|v| {
+                synth(10, 251, |i| 1 + (i + v) % 3, |i| 1000 + (i * 3 + v) as u16, |_| v)
+                    .to_segments()
+            })
+            .collect();
+        let node = node_config();
+        let mut list: Vec<Option<Arc<Segment>>> = (0..10).map(|i| Some(pool[0][i].clone())).collect();
+        let mut w = RegionWriter::open(&dir, small_opts()).unwrap();
+        let mut r = RegionReader::open(&dir).unwrap();
+        for (op, i, v) in ops {
+            match op {
+                0 => list[i] = Some(pool[v][i].clone()),
+                1 => list[i] = Some(Arc::new((*pool[v][i]).clone())),
+                2 => list[i] = None,
+                3 => {}
+                _ => {
+                    drop(r);
+                    std::mem::forget(w);
+                    w = RegionWriter::open(&dir, small_opts()).unwrap();
+                    // A new reader protects everything until it adopts.
+                    r = RegionReader::open(&dir).unwrap();
+                    let _ = r.try_adopt().unwrap();
+                    r.settle();
+                }
+            }
+            let segs: Vec<Arc<Segment>> = list.iter().flatten().cloned().collect();
+            w.publish_segments(&node, &segs).unwrap();
+            let want = normal(&Tables::from_segments(node.clone(), 0, &segs));
+            let got = r.try_adopt().unwrap().expect("a new generation");
+            r.settle();
+            prop_assert_eq!(normal(&got), want.clone());
+            let fresh = RegionReader::open_read_only(&dir).unwrap().snapshot().unwrap().tables;
+            prop_assert_eq!(normal(&fresh), want);
+        }
+        drop(r);
+        drop(w);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
