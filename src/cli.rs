@@ -140,6 +140,17 @@ impl TableArgs {
         generation: u64,
         strict: bool,
     ) -> Result<Compiled> {
+        let objects = self.load_objects(strict)?;
+        let compiled = compiler.compile(&objects, generation);
+        for w in &compiled.warnings {
+            eprintln!("warning: {w}");
+        }
+        Ok(compiled)
+    }
+
+    /// Reads the manifests (see [`load_with`](Self::load_with) for
+    /// `strict`), printing diagnostics to stderr; does not compile.
+    pub fn load_objects(&self, strict: bool) -> Result<edgeplane_control::ObjectSet> {
         let Some(path) = &self.manifests else {
             bail!("--manifests is required");
         };
@@ -162,11 +173,7 @@ impl TableArgs {
         for d in &diagnostics {
             eprintln!("warning: {d}");
         }
-        let compiled = compiler.compile(&objects, generation);
-        for w in &compiled.warnings {
-            eprintln!("warning: {w}");
-        }
-        Ok(compiled)
+        Ok(objects)
     }
 }
 

@@ -12,11 +12,10 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
-use edgeplane_control::compile::{Compiled, Compiler};
+use edgeplane_control::control_path::ControlPath;
 use edgeplane_control::kube::{KubeConfig, KubeSource};
 use edgeplane_control::manifests::ObjectSet;
-use edgeplane_dataplane::region::{RegionWriter, WriterOptions};
-use edgeplane_dataplane::Tables;
+use edgeplane_dataplane::region::{PublishReport, RegionError, WriterOptions};
 
 use crate::cli::TableArgs;
 use crate::ops::logging::RateLimit;
@@ -147,47 +146,27 @@ fn start_kube(a: &SourceArgs, stop: &AtomicBool) -> Result<(Source, Arc<ObjectSe
     }
 }
 
-/// Compiles an API snapshot. Every watch event recompiles everything, so a
-/// warning is logged when it first appears, not on every compile (`seen`
-/// holds the previous compile's warnings).
-fn compile_snapshot(
-    compiler: &mut Compiler,
-    objects: &ObjectSet,
-    generation: u64,
-    seen: &mut Vec<String>,
-) -> Result<Compiled> {
-    let c = compiler.compile(objects, generation);
-    let now: Vec<String> = c.warnings.iter().map(|w| w.to_string()).collect();
-    for w in now.iter().filter(|w| !seen.contains(w)) {
-        tracing::warn!("{w}");
-    }
-    *seen = now;
-    Ok(c)
-}
-
-/// The control loop's state: a source and the region writer.
+/// The control loop's state: a source and the control path (one long-lived
+/// compiler and the region writer, `edgeplane_control::control_path`).
 pub struct Control {
     args: SourceArgs,
     source: Source,
-    writer: RegionWriter,
-    /// Compiled but not yet published (the region was busy).
-    pending: Option<Tables>,
-    /// One compiler for the whole run: each reload or API change recompiles
-    /// only what changed (API objects: by resourceVersion).
-    compiler: Compiler,
+    /// Each reload or API change recompiles only what changed (API
+    /// objects: by the source's journal and resourceVersions) and publishes
+    /// only the segments of the Services that changed.
+    path: ControlPath,
     /// Operations state to feed (queued changes, publications, the
     /// Kubernetes source's counters), when this process serves it.
     ops: Option<Arc<OpsState>>,
     /// When the change being compiled/published was first seen.
     queued_at: Option<Instant>,
-    seen_warnings: Vec<String>,
     errors: RateLimit,
 }
 
 impl std::fmt::Debug for Control {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Control")
-            .field("generation", &self.writer.generation())
+            .field("generation", &self.generation())
             .finish()
     }
 }
@@ -202,32 +181,28 @@ impl Control {
         stop: &AtomicBool,
         ops: Option<Arc<OpsState>>,
     ) -> Result<Self> {
-        let writer = RegionWriter::open(dir, WriterOptions::default())
+        let kube = args.kubeconfig.is_some() || args.in_cluster;
+        let path = ControlPath::open(dir, WriterOptions::default(), args.tables.options(), kube)
             .with_context(|| format!("opening the table region in {}", dir.display()))?;
         tracing::info!(
-            path = %writer.path().display(),
-            generation = writer.generation(),
+            path = %path.writer().path().display(),
+            generation = path.writer().generation(),
             "table region open"
         );
-        let kube = args.kubeconfig.is_some() || args.in_cluster;
-        let mut seen_warnings = Vec::new();
-        let mut compiler = Compiler::new(args.tables.options()).context("compiling")?;
-        compiler.trust_resource_version(kube);
-        let (source, compiled) = if kube {
+        let (source, objects) = if kube {
             let (src, snap) = start_kube(args, stop)?;
-            let c = compile_snapshot(&mut compiler, &snap, 1, &mut seen_warnings)?;
-            (src, c)
+            (src, snap)
         } else {
-            let Some(path) = &args.tables.manifests else {
+            let Some(mpath) = &args.tables.manifests else {
                 bail!("give --manifests PATH, --kubeconfig FILE or --in-cluster");
             };
-            let seen = fingerprint(path);
+            let seen = fingerprint(mpath);
             (
                 Source::Manifests {
                     seen,
                     last_check: Instant::now(),
                 },
-                args.tables.load_into(&mut compiler, 1, true)?,
+                Arc::new(args.tables.load_objects(true)?),
             )
         };
         if let (Some(ops), Source::Kube { stats, .. }) = (&ops, &source) {
@@ -236,38 +211,51 @@ impl Control {
         let mut c = Control {
             args: args.clone(),
             source,
-            writer,
-            pending: None,
-            compiler,
+            path,
             ops,
             queued_at: Some(Instant::now()),
-            seen_warnings,
             errors: RateLimit::new(Duration::from_secs(30)),
         };
-        c.publish(compiled.tables, Instant::now())?;
+        c.compile_publish(&objects, Instant::now())?;
         Ok(c)
     }
 
     /// The last generation published.
     pub fn generation(&self) -> u64 {
-        self.writer.generation()
+        self.path.writer().generation()
     }
 
-    fn publish(&mut self, tables: Tables, changed: Instant) -> Result<()> {
-        let n = tables.frontends.len();
-        match self.writer.publish(&tables) {
+    /// Compiles `objects` and publishes the generation; a publication that
+    /// fails stays pending (retried at the next poll).
+    fn compile_publish(&mut self, objects: &ObjectSet, changed: Instant) -> Result<()> {
+        let (c, r) = self.path.compile_publish(objects);
+        tracing::debug!(
+            incremental = c.incremental,
+            services_derived = c.stats.services_derived,
+            maglev_built = c.stats.maglev_built,
+            "compiled"
+        );
+        self.published(r, changed)
+    }
+
+    fn published(
+        &mut self,
+        r: std::result::Result<PublishReport, RegionError>,
+        changed: Instant,
+    ) -> Result<()> {
+        match r {
             Ok(r) => {
                 tracing::info!(
                     generation = r.generation,
-                    frontends = n,
+                    frontends = r.frontends,
+                    segments_written = r.segments_written,
+                    segments_kept = r.segments_kept,
                     maglev_blocks_written = r.blocks_written,
-                    maglev_blocks_kept = r.blocks_reused,
                     slot_bytes = r.body_bytes,
                     waited_us = r.waited.as_micros() as u64,
                     publish_us = changed.elapsed().as_micros() as u64,
                     "tables published"
                 );
-                self.pending = None;
                 if let Some(ops) = &self.ops {
                     let took = self.queued_at.take().unwrap_or(changed).elapsed();
                     ops.synced(r.generation, took);
@@ -278,7 +266,6 @@ impl Control {
                 if let Some(ops) = &self.ops {
                     ops.sync_failed();
                 }
-                self.pending = Some(tables);
                 Err(e).context("publishing into the table region (will retry)")
             }
         }
@@ -287,14 +274,16 @@ impl Control {
     /// One step: publish what is pending, or look for a change and publish
     /// it. Errors are logged; the last good generation stays active.
     pub fn poll(&mut self) {
-        if let Some(t) = self.pending.take() {
-            if let Err(e) = self.publish(t, Instant::now()) {
+        if self.path.pending() {
+            let r = self.path.publish_pending();
+            if let Err(e) = self.published(r, Instant::now()) {
                 tracing::error!("{e:#}");
             }
             return;
         }
-        let generation = self.writer.generation();
-        let next = match &mut self.source {
+        let generation = self.generation();
+        let t0 = Instant::now();
+        let next: Result<Arc<ObjectSet>> = match &mut self.source {
             Source::Manifests { seen, last_check } => {
                 if last_check.elapsed() < Duration::from_millis(self.args.reload_ms) {
                     return;
@@ -315,7 +304,7 @@ impl Control {
                     ops.queued_update();
                 }
                 self.queued_at.get_or_insert_with(Instant::now);
-                self.args.tables.load_into(&mut self.compiler, generation + 1, true).map_err(|e| {
+                self.args.tables.load_objects(true).map(Arc::new).map_err(|e| {
                     anyhow::anyhow!("manifests changed but do not compile; keeping generation {generation}: {e:#}")
                 })
             }
@@ -327,27 +316,18 @@ impl Control {
                     ops.queued_update();
                 }
                 self.queued_at.get_or_insert_with(Instant::now);
-                // Compile, then drop the snapshot at once so the source can
-                // update it in place next time.
                 let snap = rx.borrow_and_update().clone();
                 let Some(s) = snap else { return };
-                compile_snapshot(
-                    &mut self.compiler,
-                    &s,
-                    generation + 1,
-                    &mut self.seen_warnings,
-                )
-                .map_err(|e| {
-                    anyhow::anyhow!(
-                        "API objects do not compile; keeping generation {generation}: {e:#}"
-                    )
-                })
+                Ok(s)
             }
         };
-        let t0 = Instant::now();
         match next {
-            Ok(c) => {
-                if let Err(e) = self.publish(c.tables, t0) {
+            Ok(objects) => {
+                let r = self.compile_publish(&objects, t0);
+                // Drop the snapshot at once so the source can update it in
+                // place next time.
+                drop(objects);
+                if let Err(e) = r {
                     tracing::error!("{e:#}");
                 }
             }

@@ -1,19 +1,18 @@
-//! Publication into the table region (control side), 10,000 Services × 10
-//! endpoints (a TCP and a UDP port each: 20,000 frontends, 10,000 Maglev
-//! tables of M = 16381), region file on tmpfs (/dev/shm, as /run is).
+//! Publication into the table region alone (the writer's part of issue 4's
+//! control path; the whole path, from the changed EndpointSlice through the
+//! compiler to the flip, is `benches/control_path.rs`), 10,000 Services ×
+//! 10 endpoints (a TCP and a UDP port each: 20,000 frontends, 10,000 Maglev
+//! tables of M = 16381) as 10,000 segments, region file on tmpfs
+//! (/dev/shm, as /run is).
 //!
-//! * `control/publish_one_slice`: one EndpointSlice changes (one Service
-//!   gets another endpoint set): its Maglev table is rebuilt
-//!   (`control::maglev::build`) and the generation published, up to the
-//!   flip. The rest of the tables are precomputed: the full compile of
-//!   10,000 Services is not included (incremental compile is measured by
-//!   the compile benches).
-//! * `control/full_resync_10k`: every Service's table changes (a new hash
-//!   seed): all 10,000 Maglev blocks and the slot are rewritten. Maglev
-//!   tables precomputed (content unchanged, identities new), so this is the
-//!   publication cost alone.
+//! * `region/publish_one_segment`: one Service's segment is replaced (its
+//!   first backend's port changes, its Maglev table is rebuilt with
+//!   `control::maglev::build` — included), the generation published, up to
+//!   the flip: one segment and one Maglev block written.
+//! * `region/publish_all_10k`: every segment is new (new `Arc`s and a new
+//!   hash seed): all 10,000 segments and Maglev blocks encoded and written.
 //!
-//! Targets: one-slice p99 ≤ 10 ms, full resync ≤ 1 s, region ≤ 256 MiB.
+//! Region memory must stay ≤ 256 MiB.
 //! Besides criterion's estimates, a plain loop prints the one-slice p50/p99
 //! and the region's memory (`st_blocks` of the file) to stderr.
 
@@ -24,7 +23,8 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use edgeplane_dataplane::region::{RegionReader, RegionWriter, WriterOptions};
-use edgeplane_dataplane::Tables;
+use edgeplane_dataplane::{NodeConfig, Segment};
+use std::sync::Arc;
 
 const SERVICES: usize = 10_000;
 const M: u32 = 16381;
@@ -38,24 +38,26 @@ fn dir() -> PathBuf {
     base.join(format!("edgeplane-bench-region-{}", std::process::id()))
 }
 
-/// Service `i` (frontends 2i and 2i+1) gets endpoint set number `k`: its
-/// first backend's port changes and its Maglev table is rebuilt.
-fn change_service(t: &mut Tables, i: usize, k: u32) {
+/// Segment `i` (Service `i`: frontends 0 and 1 of the segment) gets
+/// endpoint set number `k`: its first backend's port changes and its Maglev
+/// table is rebuilt.
+fn change_service(segs: &mut [Arc<Segment>], seed: u64, i: usize, k: u32) {
     let port = 10_000 + (k % 50_000) as u16;
-    for f in [2 * i, 2 * i + 1] {
-        let off = t.frontends[f].backend_off as usize;
-        t.backends[off].port = port;
+    let mut s = (*segs[i]).clone();
+    for f in 0..2 {
+        let off = s.frontends[f].backend_off as usize;
+        s.backends[off].port = port;
     }
-    let f = t.frontends[2 * i].clone();
-    let ident: Vec<(IpAddr, u16, u32)> = t
-        .new_backends(&f)
+    let f = s.frontends[0].clone();
+    let off = f.backend_off as usize;
+    let ident: Vec<(IpAddr, u16, u32)> = s.backends[off..off + f.n_new as usize]
         .iter()
         .map(|b| (b.ip, b.port, b.weight))
         .collect();
-    let table = edgeplane_control::maglev::build(&ident, M, t.node.hash_seed);
-    // Frontends 2i and 2i+1 share this table (same backend run); no other
-    // Service has these backends.
-    t.maglev[f.maglev_off as usize] = edgeplane_dataplane::tables::MaglevTable::new(table);
+    let table = edgeplane_control::maglev::build(&ident, M, seed);
+    // Frontends 0 and 1 share this table (same backend run).
+    s.maglev[f.maglev_off as usize] = edgeplane_dataplane::tables::MaglevTable::new(table);
+    segs[i] = Arc::new(s);
 }
 
 /// CPU time of this thread (excludes time waiting for a CPU on a loaded
@@ -91,35 +93,42 @@ fn mib(b: u64) -> f64 {
 
 fn region(c: &mut Criterion) {
     let t0 = Instant::now();
-    let mut t = edgeplane_bench::tables(SERVICES, 10, M);
+    let t = edgeplane_bench::tables(SERVICES, 10, M);
+    let mut segs = t.to_segments();
+    let mut node = t.node.clone();
+    let seed = node.hash_seed;
     eprintln!(
-        "region: built {} frontends, {} Maglev entries in {:?}",
+        "region: built {} frontends, {} Maglev entries, {} segments in {:?}",
         t.frontends.len(),
         t.maglev.iter().map(|m| m.len()).sum::<usize>(),
+        segs.len(),
         t0.elapsed()
     );
+    drop(t);
     let d = dir();
     let _ = std::fs::remove_dir_all(&d);
     let mut w = RegionWriter::open(&d, WriterOptions::default()).expect("region");
     let t1 = Instant::now();
-    let r = w.publish(&t).expect("first publication");
+    let r = w.publish_segments(&node, &segs).expect("first publication");
     eprintln!(
-        "region: first publication {:?} ({} blocks, slot {} bytes); arena in use {:.1} MiB; file resident {:.1} MiB",
+        "region: first publication {:?} ({} segments, {} Maglev blocks, slot {} bytes); arena in use {:.1} MiB (Maglev {:.1} MiB); file resident {:.1} MiB",
         t1.elapsed(),
+        r.segments_written,
         r.blocks_written,
         r.body_bytes,
         mib(w.arena_used() as u64),
+        mib(w.maglev_bytes() as u64),
         mib(w.resident_bytes())
     );
 
-    // One-slice publications, each timed: p50 / p99 / max.
+    // One-segment publications, each timed: p50 / p99 / max.
     let mut k = 0u32;
-    let mut one = |t: &mut Tables, w: &mut RegionWriter| {
+    let mut one = |segs: &mut Vec<Arc<Segment>>, w: &mut RegionWriter, node: &NodeConfig| {
         k += 1;
         let i = (k as usize * 7919) % SERVICES;
-        change_service(t, i, k);
-        let r = w.publish(t).expect("publish");
-        debug_assert_eq!(r.blocks_written, 1);
+        change_service(segs, seed, i, k);
+        let r = w.publish_segments(node, segs).expect("publish");
+        debug_assert_eq!((r.segments_written, r.blocks_written), (1, 1));
         r
     };
     // A reader that adopts each generation, as the dataplane does (its
@@ -130,7 +139,7 @@ fn region(c: &mut Criterion) {
     let (mut wall, mut cpu, mut adopt) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..300 {
         let (s, c) = (Instant::now(), thread_cpu());
-        one(&mut t, &mut w);
+        one(&mut segs, &mut w, &node);
         cpu.push(thread_cpu() - c);
         wall.push(s.elapsed());
         let c = thread_cpu();
@@ -142,10 +151,8 @@ fn region(c: &mut Criterion) {
         reader.settle();
         adopt.push(thread_cpu() - c);
     }
-    drop(held);
-    drop(reader);
     eprintln!(
-        "region: publish_one_slice over 300: wall p50 {:?} p99 {:?}; thread CPU p50 {:?} p99 {:?}; reader adoption (CPU) p50 {:?} p99 {:?}; file resident {:.1} MiB",
+        "region: publish_one_segment over 300: wall p50 {:?} p99 {:?}; thread CPU p50 {:?} p99 {:?}; reader adoption (CPU) p50 {:?} p99 {:?}; file resident {:.1} MiB",
         pct(&mut wall, 50),
         pct(&mut wall, 99),
         pct(&mut cpu, 50),
@@ -155,37 +162,59 @@ fn region(c: &mut Criterion) {
         mib(w.resident_bytes())
     );
 
-    let mut g = c.benchmark_group("control");
+    let mut g = c.benchmark_group("region");
     g.sample_size(50);
-    g.bench_function("publish_one_slice", |b| {
-        b.iter(|| black_box(one(&mut t, &mut w)))
+    g.bench_function("publish_one_segment", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let t = Instant::now();
+                black_box(one(&mut segs, &mut w, &node));
+                total += t.elapsed();
+                // Keep a reader moving (untimed: the dataplane's part), so
+                // slots are reused as in production.
+                held = reader.try_adopt().expect("adopt");
+                reader.settle();
+            }
+            total
+        })
     });
     g.sample_size(10);
     g.measurement_time(Duration::from_secs(10));
-    let seed = t.node.hash_seed;
     let mut n = 0u64;
     let mut full_cpu = Vec::new();
-    g.bench_function("full_resync_10k", |b| {
-        b.iter(|| {
-            n += 1;
-            t.node.hash_seed = seed.wrapping_add(n);
-            let c = thread_cpu();
-            let r = w.publish(&t).expect("publish");
-            full_cpu.push(thread_cpu() - c);
-            assert_eq!(r.blocks_written, SERVICES);
-            black_box(r)
+    g.bench_function("publish_all_10k", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                n += 1;
+                node.hash_seed = seed.wrapping_add(n);
+                for s in segs.iter_mut() {
+                    *s = Arc::new((**s).clone());
+                }
+                let (t, c) = (Instant::now(), thread_cpu());
+                let r = w.publish_segments(&node, &segs).expect("publish");
+                full_cpu.push(thread_cpu() - c);
+                total += t.elapsed();
+                assert_eq!((r.segments_written, r.blocks_written), (SERVICES, SERVICES));
+                held = reader.try_adopt().expect("adopt");
+                reader.settle();
+            }
+            total
         })
     });
     if !full_cpu.is_empty() {
         eprintln!(
-            "region: full_resync_10k thread CPU p50 {:?} max {:?}",
+            "region: publish_all_10k thread CPU p50 {:?} max {:?}",
             pct(&mut full_cpu, 50),
             pct(&mut full_cpu, 100)
         );
     }
     g.finish();
+    drop(held);
+    drop(reader);
     eprintln!(
-        "region: after full resyncs: arena in use {:.1} MiB; file resident {:.1} MiB (slots {} × {} MiB max, arena {} MiB max, sparse)",
+        "region: after full rewrites: arena in use {:.1} MiB; file resident {:.1} MiB (slots {} × {} MiB max, arena {} MiB max, sparse)",
         mib(w.arena_used() as u64),
         mib(w.resident_bytes()),
         w.layout().n_slots,

@@ -123,6 +123,7 @@ pub fn objects(n: usize, e: usize) -> ObjectSet {
             .map(|i| slice_for(i, e, None, (n + 1 + i) as u64))
             .collect(),
         nodes: Vec::new(),
+        journal: Default::default(),
     }
 }
 

@@ -37,12 +37,12 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 use edgeplane_dataplane::tables::{
     Backend, Cidr, EmptyAction, FrontendKey, FrontendKind, FrontendSpec, MaglevTable, NodeConfig,
-    ServiceInfo, Tables, TablesBuilder,
+    Segment, ServiceInfo, Tables, TablesBuilder,
 };
 use edgeplane_packet::Proto;
 
 use crate::maglev;
-use crate::manifests::ObjectSet;
+use crate::manifests::{ObjKind, ObjectSet};
 use crate::report::{FrontendFacts, FrontendNote, FrontendReport, Report};
 use crate::validate::{self, parse_cidr, parse_protocol, SliceUse};
 
@@ -439,6 +439,72 @@ impl Equivalent<ObjKey> for ObjRef<'_> {
     }
 }
 
+/// Equality of everything but `metadata.resourceVersion`.
+trait ContentEq {
+    fn content_eq(&self, other: &Self) -> bool;
+}
+
+fn meta_eq_but_rv(a: &ObjectMeta, b: &ObjectMeta) -> bool {
+    // Destructured: a field added to ObjectMeta must be considered here.
+    let ObjectMeta {
+        annotations,
+        creation_timestamp,
+        deletion_grace_period_seconds,
+        deletion_timestamp,
+        finalizers,
+        generate_name,
+        generation,
+        labels,
+        managed_fields,
+        name,
+        namespace,
+        owner_references,
+        resource_version: _,
+        self_link,
+        uid,
+    } = a;
+    *name == b.name
+        && *namespace == b.namespace
+        && *labels == b.labels
+        && *annotations == b.annotations
+        && *generation == b.generation
+        && *uid == b.uid
+        && *creation_timestamp == b.creation_timestamp
+        && *deletion_grace_period_seconds == b.deletion_grace_period_seconds
+        && *deletion_timestamp == b.deletion_timestamp
+        && *finalizers == b.finalizers
+        && *generate_name == b.generate_name
+        && *managed_fields == b.managed_fields
+        && *owner_references == b.owner_references
+        && *self_link == b.self_link
+}
+
+impl ContentEq for Service {
+    fn content_eq(&self, o: &Self) -> bool {
+        let Service {
+            metadata,
+            spec,
+            status,
+        } = self;
+        *spec == o.spec && *status == o.status && meta_eq_but_rv(metadata, &o.metadata)
+    }
+}
+
+impl ContentEq for EndpointSlice {
+    fn content_eq(&self, o: &Self) -> bool {
+        let EndpointSlice {
+            metadata,
+            address_type,
+            endpoints,
+            ports,
+        } = self;
+        *address_type == o.address_type
+            && *ports == o.ports
+            && *endpoints == o.endpoints
+            && meta_eq_but_rv(metadata, &o.metadata)
+    }
+}
+
 /// Cached objects of one kind: a slab (stable indices within a compile)
 /// indexed by [`ObjKey`], with the little that every compile checks for
 /// every object kept dense beside it ([`SlotMeta`]), so that an unchanged
@@ -529,18 +595,25 @@ impl<E> Slab<E> {
     }
 
     /// Whether slot `i` (not new) holds `obj` unchanged: the same inline
-    /// resourceVersion when `trust_rv`, else equal contents.
-    fn unchanged<K>(&self, i: usize, obj: &K, raw: impl Fn(&E) -> &K, trust_rv: bool) -> bool
+    /// resourceVersion when `trust_rv`, else equal contents apart from the
+    /// resourceVersion (nothing compiled depends on it: an object delivered
+    /// again by a relist with a new one is not compiled again; its new
+    /// resourceVersion is remembered).
+    fn unchanged<K>(&mut self, i: usize, obj: &K, raw: impl Fn(&E) -> &K, trust_rv: bool) -> bool
     where
-        K: Metadata<Ty = ObjectMeta> + PartialEq,
+        K: Metadata<Ty = ObjectMeta> + ContentEq,
     {
-        if trust_rv {
-            let rv = InlineRv::of(obj.metadata());
-            if rv.is_some() && rv == self.meta[i].rv {
-                return true;
-            }
+        let rv = InlineRv::of(obj.metadata());
+        if trust_rv && rv.is_some() && rv == self.meta[i].rv {
+            return true;
         }
-        self.items[i].as_ref().is_some_and(|e| raw(e) == obj)
+        let same = self.items[i]
+            .as_ref()
+            .is_some_and(|e| raw(e).content_eq(obj));
+        if same {
+            self.meta[i].rv = rv;
+        }
+        same
     }
 
     /// Drops the entries not seen in compile `epoch`.
@@ -607,6 +680,11 @@ struct Derived {
     facts_version: u64,
     skipped: Option<(String, String)>,
     steps: Vec<Step>,
+    /// What the Service contributes to a generation when no other Service
+    /// takes one of its frontends: its segment.
+    segment: Arc<Segment>,
+    /// The distinct frontend keys of that segment.
+    keys: Vec<FrontendKey>,
 }
 
 #[derive(Debug)]
@@ -678,6 +756,23 @@ pub struct Compiler {
     order: Option<Vec<usize>>,
     /// Sizes of the last generation (to reserve the next one's vectors).
     sizes: (usize, usize, usize),
+    /// The journal position (lineage, seq) of the objects last compiled,
+    /// when the next compile may follow the journal.
+    seen: Option<(u64, u64)>,
+    /// Usable slices by Service (namespace, name): slab indices in name
+    /// order, as of the last compile.
+    groups: HashMap<(String, String), Vec<usize>>,
+    /// The last generation as segments, one per Service in compile order.
+    segments: Vec<Arc<Segment>>,
+    /// Position in `segments` by Service slab index (`usize::MAX`: none).
+    seg_pos: Vec<usize>,
+    /// How many Services claim each frontend key.
+    claims: HashMap<FrontendKey, u32>,
+    /// Service slab index by (namespace, name) as sanitized (the key slices
+    /// name their Service by).
+    svc_by_key: HashMap<(String, String), usize>,
+    /// The node settings of the last generation.
+    node: NodeConfig,
 }
 
 impl std::fmt::Debug for Compiler {
@@ -729,6 +824,13 @@ impl Compiler {
             trust_resource_version: false,
             order: None,
             sizes: (0, 0, 0),
+            seen: None,
+            groups: HashMap::new(),
+            segments: Vec::new(),
+            seg_pos: Vec::new(),
+            claims: HashMap::new(),
+            svc_by_key: HashMap::new(),
+            node: NodeConfig::default(),
         })
     }
 
@@ -1008,15 +1110,25 @@ impl Compiler {
         let services_ro: &Slab<SvcEntry> = services;
         // The frontend each added frontend came from, by frontend index.
         let mut owners: Vec<&Front> = Vec::with_capacity(self.sizes.1);
-        for d in order
-            .iter()
-            .filter_map(|&i| services_ro.get(i).derived.as_deref())
-        {
+        let mut segments: Vec<Arc<Segment>> = Vec::with_capacity(order.len());
+        let mut seg_pos = vec![usize::MAX; services_ro.items.len()];
+        let mut claims: HashMap<FrontendKey, u32> = HashMap::with_capacity(self.sizes.1);
+        for &si in &order {
+            let Some(d) = services_ro.get(si).derived.as_deref() else {
+                continue;
+            };
             if let Some(s) = &d.skipped {
                 skipped.push(s.clone());
             }
             let mut service_idx = 0;
             let mut warned_m = false;
+            // Frontends of this Service start here; keys taken below this
+            // index are another Service's.
+            let first_frontend = owners.len();
+            let mut taken: HashSet<FrontendKey> = HashSet::new();
+            for k in &d.keys {
+                *claims.entry(*k).or_insert(0) += 1;
+            }
             for st in &d.steps {
                 match st {
                     Step::Warn(w) => warnings.push(w.clone()),
@@ -1029,10 +1141,13 @@ impl Compiler {
                         if let Some(mg) = &f.maglev {
                             mg.last_used.store(epoch, Ordering::Relaxed);
                         }
-                        if let Some(owner) = builder
+                        if let Some((at, owner)) = builder
                             .frontend_index_of(&key)
-                            .and_then(|i| owners.get(i as usize))
+                            .and_then(|i| owners.get(i as usize).map(|o| (i as usize, o)))
                         {
+                            if at < first_frontend {
+                                taken.insert(key);
+                            }
                             warnings.push(format!(
                                 "Service {}: {} frontend {}/{:?} is already taken by Service {} ({}); ignored",
                                 f.display,
@@ -1079,8 +1194,18 @@ impl Compiler {
                     }
                 }
             }
+            seg_pos[si] = segments.len();
+            segments.push(if taken.is_empty() {
+                d.segment.clone()
+            } else {
+                Arc::new(build_segment(&d.steps, m, &taken).0)
+            });
         }
         drop(owners);
+        self.groups = by_service
+            .iter()
+            .map(|(&(ns, name), v)| ((ns.to_string(), name.to_string()), v.clone()))
+            .collect();
         drop(by_service);
         let tables = builder.finish();
         self.sizes = (
@@ -1088,6 +1213,25 @@ impl Compiler {
             tables.frontends.len(),
             tables.backends.len(),
         );
+        self.svc_by_key = order
+            .iter()
+            .filter_map(|&i| {
+                let m = &services_ro.get(i).sanitized.as_ref()?.metadata;
+                Some((
+                    (
+                        m.namespace.clone().unwrap_or_default(),
+                        m.name.clone().unwrap_or_default(),
+                    ),
+                    i,
+                ))
+            })
+            .collect();
+        self.segments = segments;
+        self.seg_pos = seg_pos;
+        self.claims = claims;
+        self.node = tables.node.clone();
+        self.seen = (order_valid && objects.journal.lineage != 0)
+            .then_some((objects.journal.lineage, objects.journal.seq));
         if order_valid {
             self.order = Some(order);
         }
@@ -1114,6 +1258,367 @@ impl Compiler {
     }
 }
 
+/// What [`Compiler::compile_segments`] did.
+#[derive(Debug, Clone, Default)]
+pub struct SegmentsCompiled {
+    pub stats: CompileStats,
+    /// True when the objects' journal was followed (only the changed
+    /// objects visited); false when every object was compiled again.
+    pub incremental: bool,
+    /// Warnings about the objects and Services compiled again (all
+    /// warnings, after a full compile).
+    pub warnings: Vec<String>,
+}
+
+/// One object to sanitize again, from the journal.
+enum JournalStep<'a> {
+    Service(usize, &'a Service),
+    Slice(&'a str, &'a str, Option<&'a EndpointSlice>),
+}
+
+impl Compiler {
+    /// Compiles `objects` into generation `generation` as segments, one per
+    /// Service ([`segments`](Self::segments)): the form the region writer
+    /// publishes without looking at unchanged Services. When `objects`
+    /// carries a journal (the Kubernetes source's snapshots) that continues
+    /// the one of the previous compile, only the journaled objects are
+    /// visited and only the Services they touch derived again: the cost is
+    /// proportional to the change, not to the number of Services. Otherwise
+    /// (manifests, a relist, a Node change, a Service added, removed or
+    /// made (un)usable, a frontend two Services claim) it is a full
+    /// [`compile_with_stats`](Self::compile_with_stats).
+    ///
+    /// Promise: [`Tables::from_segments`] of the result equals what
+    /// [`compile`] returns for the same objects (`control/tests/incremental.rs`).
+    pub fn compile_segments(&mut self, objects: &ObjectSet, generation: u64) -> SegmentsCompiled {
+        if let Some(r) = self.follow_journal(objects) {
+            return r;
+        }
+        let (c, stats) = self.compile_with_stats(objects, generation);
+        SegmentsCompiled {
+            stats,
+            incremental: false,
+            warnings: c.warnings,
+        }
+    }
+
+    /// The last compiled generation: the node settings and one segment per
+    /// Service in order (`Tables::from_segments` makes it a [`Tables`]).
+    pub fn segments(&self) -> (&NodeConfig, &[Arc<Segment>]) {
+        (&self.node, &self.segments)
+    }
+
+    /// The journal path of [`compile_segments`](Self::compile_segments);
+    /// `None` when it does not apply (then nothing was changed).
+    fn follow_journal(&mut self, objects: &ObjectSet) -> Option<SegmentsCompiled> {
+        let (lineage, seq) = self.seen?;
+        let j = &objects.journal;
+        if j.lineage != lineage || self.order.is_none() {
+            return None;
+        }
+        // The last entry of each key says where the object is now.
+        let mut last: HashMap<(ObjKind, &str, &str), Option<usize>> = HashMap::new();
+        for e in j.since(seq)? {
+            if e.kind == ObjKind::Node {
+                return None;
+            }
+            last.insert((e.kind, &e.namespace, &e.name), e.pos);
+        }
+        let trust = self.trust_resource_version;
+        // 1. Check: every changed object is where the journal says, no
+        //    Service appears, disappears or changes usability.
+        let mut steps: Vec<JournalStep<'_>> = Vec::with_capacity(last.len());
+        for (&(kind, ns, name), &pos) in &last {
+            match kind {
+                ObjKind::Service => {
+                    let s = objects.services.get(pos?)?;
+                    if s.metadata.namespace.as_deref().unwrap_or("") != ns
+                        || s.metadata.name.as_deref().unwrap_or("") != name
+                    {
+                        return None;
+                    }
+                    let &i = self.services.index.get(&ObjRef { ns, name, dup: 0 })?;
+                    if self.services.unchanged(i, s, |e| &e.raw, trust) {
+                        continue;
+                    }
+                    let mut c = s.clone();
+                    let fatal = validate::sanitize_service(&mut c)
+                        .iter()
+                        .any(|p| p.is_fatal());
+                    if self.services.get(i).sanitized.is_some() == fatal {
+                        return None;
+                    }
+                    steps.push(JournalStep::Service(i, s));
+                }
+                ObjKind::EndpointSlice => {
+                    let s = match pos {
+                        Some(p) => {
+                            let s = objects.endpoint_slices.get(p)?;
+                            if s.metadata.namespace.as_deref().unwrap_or("") != ns
+                                || s.metadata.name.as_deref().unwrap_or("") != name
+                            {
+                                return None;
+                            }
+                            Some(s)
+                        }
+                        None => None,
+                    };
+                    steps.push(JournalStep::Slice(ns, name, s));
+                }
+                ObjKind::Node => return None,
+            }
+        }
+        // 2. Apply: sanitize what changed, regroup slices, note the Services
+        //    to derive again.
+        let epoch = self.epoch;
+        let mut warnings = Vec::new();
+        let mut dirty: HashSet<(String, String)> = HashSet::new();
+        for st in steps {
+            match st {
+                JournalStep::Service(i, s) => {
+                    let mut c = s.clone();
+                    let problems = validate::sanitize_service(&mut c);
+                    // Unusable before and still (step 1 checked it is the same).
+                    let fatal = problems.iter().any(|p| p.is_fatal());
+                    let (ns, name) = svc_id(&c);
+                    self.next_version += 1;
+                    self.services.meta[i].rv = InlineRv::of(&s.metadata);
+                    self.services.meta[i].warns = !problems.is_empty();
+                    self.services.meta[i].epoch = epoch;
+                    let w: Vec<String> = problems
+                        .iter()
+                        .map(|p| format!("Service {ns}/{name}: {p}"))
+                        .collect();
+                    warnings.extend(w.iter().cloned());
+                    let derived = self.services.items[i]
+                        .as_mut()
+                        .and_then(|e| e.derived.take());
+                    self.services.items[i] = Some(SvcEntry {
+                        raw: s.clone(),
+                        version: self.next_version,
+                        sanitized: (!fatal).then_some(c),
+                        warnings: w,
+                        derived,
+                    });
+                    if !fatal {
+                        dirty.insert((ns, name));
+                    }
+                }
+                JournalStep::Slice(ns, name, obj) => {
+                    let found = self.slices.index.get(&ObjRef { ns, name, dup: 0 }).copied();
+                    if let (Some(i), Some(o)) = (found, obj) {
+                        if self.slices.unchanged(i, o, |e| &e.raw, trust) {
+                            continue;
+                        }
+                    }
+                    // Out of its old group.
+                    if let Some(i) = found {
+                        if let Some((key, _)) = &self.slices.get(i).used {
+                            if let Some(g) = self.groups.get_mut(key) {
+                                g.retain(|&x| x != i);
+                            }
+                            dirty.insert(key.clone());
+                        }
+                    }
+                    let Some(o) = obj else {
+                        if let Some(i) = found {
+                            self.slices.items[i] = None;
+                            self.slices.meta[i] = SlotMeta::default();
+                            self.slices.free.push(i);
+                            self.slices.index.remove(&ObjRef { ns, name, dup: 0 });
+                        }
+                        continue;
+                    };
+                    let i = match found {
+                        Some(i) => i,
+                        None => {
+                            let (i, _) = self.slices.slot(ns, name, epoch);
+                            i
+                        }
+                    };
+                    let mut c = o.clone();
+                    let (usage, problems) = validate::sanitize_endpoint_slice(&mut c);
+                    let cns = c.metadata.namespace.clone().unwrap_or_default();
+                    let cname = c.metadata.name.clone().unwrap_or_default();
+                    let fatal = problems.iter().any(|p| p.is_fatal());
+                    let svc = c
+                        .metadata
+                        .labels
+                        .as_ref()
+                        .and_then(|l| l.get(validate::LABEL_SERVICE_NAME))
+                        .cloned()
+                        .unwrap_or_default();
+                    self.next_version += 1;
+                    self.slices.meta[i].rv = InlineRv::of(&o.metadata);
+                    self.slices.meta[i].warns = !problems.is_empty();
+                    self.slices.meta[i].epoch = epoch;
+                    let w: Vec<String> = problems
+                        .iter()
+                        .map(|p| format!("EndpointSlice {cns}/{cname}: {p}"))
+                        .collect();
+                    warnings.extend(w.iter().cloned());
+                    let used = (!fatal && usage == SliceUse::Use).then_some(((cns, svc), c));
+                    if let Some((key, _)) = &used {
+                        let g = self.groups.entry(key.clone()).or_default();
+                        g.push(i);
+                        dirty.insert(key.clone());
+                    }
+                    self.slices.items[i] = Some(SliceEntry {
+                        raw: o.clone(),
+                        version: self.next_version,
+                        used,
+                        warnings: w,
+                    });
+                    // Name order within the group (input order among equal
+                    // names cannot arise: one object per name).
+                    if let Some((key, _)) =
+                        &self.slices.items[i].as_ref().and_then(|e| e.used.as_ref())
+                    {
+                        let slices = &self.slices;
+                        if let Some(g) = self.groups.get_mut(key) {
+                            g.sort_by(|&a, &b| {
+                                let n = |x: usize| {
+                                    slices
+                                        .get(x)
+                                        .used
+                                        .as_ref()
+                                        .and_then(|(_, s)| s.metadata.name.as_deref())
+                                };
+                                n(a).cmp(&n(b))
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        // 3. Derive the dirty Services again.
+        let facts_version = self.facts.as_ref().map(|(_, v)| *v)?;
+        let facts = self.facts.as_ref().map(|(f, _)| f.clone())?;
+        let empty: Vec<usize> = Vec::new();
+        let mut stats = CompileStats::default();
+        let mut todo: Vec<(usize, Draft)> = Vec::new();
+        for key in &dirty {
+            let Some(&i) = self.svc_by_key.get(key) else {
+                continue; // slices of a Service we do not have
+            };
+            let e = self.services.get(i);
+            let Some(svc) = e.sanitized.as_ref() else {
+                continue;
+            };
+            let group = self.groups.get(key).unwrap_or(&empty);
+            let slices: Vec<&EndpointSlice> = group
+                .iter()
+                .filter_map(|&j| self.slices.get(j).used.as_ref().map(|(_, s)| s))
+                .collect();
+            let mut draft = derive(svc, &slices, &facts, &self.opts);
+            draft.svc_version = e.version;
+            draft.slice_versions = group.iter().map(|&j| self.slices.get(j).version).collect();
+            todo.push((i, draft));
+        }
+        stats.services_derived = todo.len();
+        stats.services_reused = self.segments.len().saturating_sub(todo.len());
+        let m = self.opts.maglev_m;
+        let mut missing: Vec<&MaglevIdent> = Vec::new();
+        {
+            let mut seen: HashSet<&MaglevIdent> = HashSet::new();
+            for (_, d) in &todo {
+                for st in &d.steps {
+                    if let DraftStep::Front(f) = st {
+                        if !f.ident.is_empty()
+                            && !self.maglev.contains_key(&f.ident)
+                            && seen.insert(&f.ident)
+                        {
+                            missing.push(&f.ident);
+                        }
+                    }
+                }
+            }
+        }
+        let built = build_tables(&missing, m, self.opts.hash_seed, self.threads);
+        stats.maglev_built = built.len();
+        let missing: Vec<MaglevIdent> = missing.into_iter().cloned().collect();
+        for (ident, entry) in missing.into_iter().zip(built) {
+            self.maglev.insert(ident, Arc::new(entry));
+        }
+        let mut contested = false;
+        for (i, d) in todo {
+            let derived = finish(d, facts_version, &self.maglev, m);
+            for st in &derived.steps {
+                match st {
+                    Step::Warn(w) => warnings.push(w.clone()),
+                    Step::Front(f) => {
+                        if let Some(w) = &f.m_warning {
+                            if !warnings.contains(w) {
+                                warnings.push(w.clone());
+                            }
+                        }
+                    }
+                    Step::Port(_) => {}
+                }
+            }
+            let Some(entry) = self.services.items[i].as_mut() else {
+                continue;
+            };
+            let old = entry.derived.replace(Arc::new(derived));
+            let new = entry.derived.as_ref().expect("just set");
+            // Frontend keys another Service also claims: the replay decides
+            // who gets them, so redo the whole generation.
+            if let Some(old) = &old {
+                for k in &old.keys {
+                    if let Some(c) = self.claims.get_mut(k) {
+                        contested |= *c >= 2;
+                        *c -= 1;
+                        if *c == 0 {
+                            self.claims.remove(k);
+                        }
+                    }
+                }
+            }
+            for k in &new.keys {
+                let c = self.claims.entry(*k).or_insert(0);
+                *c += 1;
+                contested |= *c >= 2;
+            }
+            match self.seg_pos.get(i) {
+                Some(&p) if p < self.segments.len() => self.segments[p] = new.segment.clone(),
+                _ => contested = true,
+            }
+            // Maglev tables only the old derivation used leave the cache.
+            if let Some(old) = old {
+                if let Ok(old) = Arc::try_unwrap(old) {
+                    for st in old.steps {
+                        if let Step::Front(f) = st {
+                            if let Some(e) = f.maglev {
+                                if Arc::strong_count(&e) == 2 {
+                                    let n_new = f.spec.n_new.min(f.spec.backends.len());
+                                    let ident: MaglevIdent = f.spec.backends[..n_new]
+                                        .iter()
+                                        .map(|b| (b.ip, b.port, b.weight))
+                                        .collect();
+                                    self.maglev.remove(&ident);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        stats.maglev_cached = self.maglev.len();
+        if contested {
+            // Not the journal's fault: the state is consistent, the
+            // replay is what must run.
+            self.seen = None;
+            return None;
+        }
+        self.seen = Some((lineage, j.seq));
+        Some(SegmentsCompiled {
+            stats,
+            incremental: true,
+            warnings,
+        })
+    }
+}
+
 /// Attaches Maglev tables (from the cache, which holds every table the draft
 /// needs) and builds the frontends' reports.
 fn finish(
@@ -1122,7 +1627,7 @@ fn finish(
     cache: &HashMap<MaglevIdent, Arc<MaglevEntry>>,
     m: u32,
 ) -> Derived {
-    let steps = d
+    let steps: Vec<Step> = d
         .steps
         .into_iter()
         .map(|st| match st {
@@ -1159,13 +1664,55 @@ fn finish(
             }
         })
         .collect();
+    let (segment, keys) = build_segment(&steps, m, &HashSet::new());
     Derived {
         svc_version: d.svc_version,
         slice_versions: d.slice_versions,
         facts_version,
         skipped: d.skipped,
         steps,
+        segment: Arc::new(segment),
+        keys,
     }
+}
+
+/// A Service's segment from its steps, as the replay adds them, leaving out
+/// the frontends whose keys are in `taken` (another Service has them).
+fn build_segment(
+    steps: &[Step],
+    m: u32,
+    taken: &HashSet<FrontendKey>,
+) -> (Segment, Vec<FrontendKey>) {
+    let mut b = TablesBuilder::new(NodeConfig::default(), 0);
+    let mut keys = Vec::new();
+    let mut service_idx = 0;
+    for st in steps {
+        match st {
+            Step::Warn(_) => {}
+            Step::Port(info) => service_idx = b.add_service(info.clone()),
+            Step::Front(f) => {
+                let key = f.spec.key;
+                if taken.contains(&key)
+                    || b.frontend_index_of(&key).is_some()
+                    || f.spec.backends.len() > u16::MAX as usize
+                {
+                    continue;
+                }
+                if b.add_frontend_shared(
+                    &f.spec,
+                    service_idx,
+                    service_idx,
+                    f.maglev.as_ref().map(|e| &e.table),
+                    m,
+                )
+                .is_ok()
+                {
+                    keys.push(key);
+                }
+            }
+        }
+    }
+    (Segment::from_tables(b.finish()), keys)
 }
 
 /// Builds the tables of `idents` on up to `threads` threads (each table is

@@ -10,12 +10,15 @@
 //! - [`report`] renders what was compiled, as text or JSON.
 
 pub mod compile;
+pub mod control_path;
 pub mod kube;
 pub mod maglev;
 pub mod manifests;
 pub mod report;
 pub mod validate;
 
-pub use compile::{compile, CompileError, CompileOptions, CompileStats, Compiled, Compiler};
-pub use manifests::{load_path, load_str, Diagnostic, ObjectSet};
+pub use compile::{
+    compile, CompileError, CompileOptions, CompileStats, Compiled, Compiler, SegmentsCompiled,
+};
+pub use manifests::{load_path, load_str, Diagnostic, Journal, ObjectSet};
 pub use report::{render_json, render_table, Report};

@@ -28,6 +28,92 @@ pub struct ObjectSet {
     pub services: Vec<Service>,
     pub endpoint_slices: Vec<EndpointSlice>,
     pub nodes: Vec<Node>,
+    /// What changed between successive snapshots of one source (the
+    /// Kubernetes source's; empty for manifests). Lets a long-lived
+    /// [`Compiler`](crate::Compiler) visit only the changed objects.
+    pub journal: Journal,
+}
+
+/// The kind of a journaled object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ObjKind {
+    Service,
+    EndpointSlice,
+    Node,
+}
+
+/// One change of an [`ObjectSet`] updated in place.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JournalEntry {
+    /// 1, 2, ... within the lineage.
+    pub seq: u64,
+    pub kind: ObjKind,
+    pub namespace: String,
+    pub name: String,
+    /// Where the object is now in its vector; `None`: deleted. An object
+    /// moved by another's deletion gets an entry too, so the last entry of
+    /// a key says where it is.
+    pub pos: Option<usize>,
+}
+
+/// The changes of an [`ObjectSet`] that a source updates in place: within
+/// one `lineage` (a source's run between two complete lists), the set
+/// after entry `seq` equals the set after entry `seq - 1` with that change
+/// applied. A consumer that has seen the set at sequence `s` of the same
+/// lineage needs only the entries after `s` — if the journal still holds
+/// them (it keeps the latest [`Journal::CAPACITY`]).
+#[derive(Debug, Clone, Default)]
+pub struct Journal {
+    /// 0: no journal (every snapshot stands alone). A complete (re)list
+    /// starts a new lineage.
+    pub lineage: u64,
+    /// The sequence number of the last change (0: none since the list).
+    pub seq: u64,
+    /// The latest changes, oldest first.
+    pub entries: std::collections::VecDeque<JournalEntry>,
+}
+
+impl Journal {
+    /// Entries kept.
+    pub const CAPACITY: usize = 65_536;
+
+    /// Starts a new lineage (after a complete list): no entries.
+    pub fn restart(&mut self) {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        self.lineage = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.seq = 0;
+        self.entries.clear();
+    }
+
+    /// Records a change.
+    pub fn push(&mut self, kind: ObjKind, namespace: &str, name: &str, pos: Option<usize>) {
+        self.seq += 1;
+        if self.entries.len() >= Self::CAPACITY {
+            self.entries.pop_front();
+        }
+        self.entries.push_back(JournalEntry {
+            seq: self.seq,
+            kind,
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+            pos,
+        });
+    }
+
+    /// The entries after sequence `seen`, or `None` when the journal no
+    /// longer reaches back that far (or `seen` is from the future).
+    pub fn since(&self, seen: u64) -> Option<impl Iterator<Item = &JournalEntry>> {
+        if seen > self.seq {
+            return None;
+        }
+        if seen < self.seq {
+            let first = self.entries.front()?.seq;
+            if first > seen + 1 {
+                return None;
+            }
+        }
+        Some(self.entries.iter().filter(move |e| e.seq > seen))
+    }
 }
 
 impl ObjectSet {

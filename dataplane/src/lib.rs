@@ -22,6 +22,6 @@ pub mod traffic;
 pub use drop_reason::DropReason;
 pub use engine::{Egress, Engine, EngineConfig, Stats, Verdict};
 pub use tables::{
-    Backend, Frontend, FrontendKey, FrontendKind, MaglevTable, NodeConfig, ServiceInfo, Tables,
-    TablesBuilder,
+    Backend, Frontend, FrontendKey, FrontendKind, MaglevTable, NodeConfig, Segment, ServiceInfo,
+    Tables, TablesBuilder,
 };

@@ -233,6 +233,85 @@ impl Cidr {
     }
 }
 
+/// One Service's part of a generation, self-contained: its ports
+/// ([`ServiceInfo`]), frontends, backends, source ranges and Maglev tables,
+/// with every index relative to the segment (`service` and
+/// `affinity_group` into `services`, `backend_off` into `backends`,
+/// `source_range_off` into `source_ranges`, `maglev_off` into `maglev`,
+/// `maglev_width` 0). A generation is the node's settings and a list of
+/// segments; the incremental compiler keeps an unchanged Service's segment
+/// (the same `Arc`) across generations, and the region writer reuses its
+/// block without looking inside.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Segment {
+    pub services: Vec<ServiceInfo>,
+    pub frontends: Vec<Frontend>,
+    pub backends: Vec<Backend>,
+    pub source_ranges: Vec<Cidr>,
+    pub maglev: Vec<MaglevTable>,
+}
+
+impl Segment {
+    /// All of `t` as one segment (its indices are already relative to it;
+    /// Maglev tables must be in [`Tables::maglev`], as a
+    /// [`TablesBuilder`] makes them).
+    pub fn from_tables(t: Tables) -> Segment {
+        Segment {
+            services: t.services,
+            frontends: t.frontends,
+            backends: t.backends,
+            source_ranges: t.source_ranges,
+            maglev: t.maglev,
+        }
+    }
+
+    /// The segment of `t` holding its services `range` and their frontends
+    /// (a copy; Maglev tables read from wherever `t` holds them).
+    fn of(t: &Tables, range: std::ops::Range<usize>, frontends: &[u32]) -> Segment {
+        let mut s = Segment {
+            services: t.services[range.clone()].to_vec(),
+            ..Segment::default()
+        };
+        let mut seen: std::collections::HashMap<(u8, u32, u32), u32> = Default::default();
+        for &fi in frontends {
+            let f = &t.frontends[fi as usize];
+            let mut nf = f.clone();
+            nf.service -= range.start as u32;
+            nf.affinity_group = if range.contains(&(f.affinity_group as usize)) {
+                f.affinity_group - range.start as u32
+            } else {
+                nf.service
+            };
+            nf.backend_off = s.backends.len() as u32;
+            s.backends.extend_from_slice(t.all_backends(f));
+            nf.source_range_off = s.source_ranges.len() as u32;
+            s.source_ranges.extend_from_slice(t.source_ranges(f));
+            nf.maglev_width = 0;
+            if f.n_new == 0 || f.maglev_len == 0 {
+                nf.maglev_off = 0;
+                nf.maglev_len = 0;
+            } else {
+                let key = (f.maglev_width, f.maglev_off, f.maglev_len);
+                nf.maglev_off = match seen.get(&key) {
+                    Some(&o) => o,
+                    None => {
+                        let o = s.maglev.len() as u32;
+                        s.maglev.push(if f.maglev_width == 0 {
+                            t.maglev[f.maglev_off as usize].clone()
+                        } else {
+                            MaglevTable::new(t.maglev_entries(f))
+                        });
+                        seen.insert(key, o);
+                        o
+                    }
+                };
+            }
+            s.frontends.push(nf);
+        }
+        s
+    }
+}
+
 /// One immutable generation of the engine's tables.
 #[derive(Debug, Clone, Default)]
 pub struct Tables {
@@ -385,6 +464,75 @@ impl Tables {
             };
         }
         t
+    }
+
+    /// The generation made of `segments` in order (indices rebased; Maglev
+    /// tables shared, not copied).
+    pub fn from_segments(
+        node: NodeConfig,
+        generation: u64,
+        segments: &[std::sync::Arc<Segment>],
+    ) -> Tables {
+        let mut t = Tables {
+            generation,
+            node,
+            ..Tables::default()
+        };
+        for s in segments {
+            let (sb, bb, rb, mb) = (
+                t.services.len() as u32,
+                t.backends.len() as u32,
+                t.source_ranges.len() as u32,
+                t.maglev.len() as u32,
+            );
+            t.services.extend_from_slice(&s.services);
+            t.backends.extend_from_slice(&s.backends);
+            t.source_ranges.extend_from_slice(&s.source_ranges);
+            t.maglev.extend_from_slice(&s.maglev);
+            for f in &s.frontends {
+                let mut f = f.clone();
+                f.service += sb;
+                f.affinity_group += sb;
+                f.backend_off += bb;
+                f.source_range_off += rb;
+                if f.maglev_len != 0 {
+                    f.maglev_off += mb;
+                }
+                t.frontend_index.insert(f.key, t.frontends.len() as u32);
+                t.frontend_ips.insert(f.key.ip, ());
+                t.frontends.push(f);
+            }
+        }
+        t
+    }
+
+    /// `self` split into segments, one per Service (namespace/name): its
+    /// consecutive ports and their frontends. For publishing tables that
+    /// were not compiled as segments (tests, tools); a frontend whose
+    /// affinity group is another Service's keeps its own port as group.
+    pub fn to_segments(&self) -> Vec<std::sync::Arc<Segment>> {
+        let mut by_service: Vec<Vec<u32>> = vec![Vec::new(); self.services.len()];
+        for (i, f) in self.frontends.iter().enumerate() {
+            if let Some(v) = by_service.get_mut(f.service as usize) {
+                v.push(i as u32);
+            }
+        }
+        let mut out = Vec::new();
+        let mut start = 0;
+        while start < self.services.len() {
+            let s0 = &self.services[start];
+            let mut end = start + 1;
+            while end < self.services.len()
+                && self.services[end].namespace == s0.namespace
+                && self.services[end].name == s0.name
+            {
+                end += 1;
+            }
+            let fes: Vec<u32> = by_service[start..end].concat();
+            out.push(std::sync::Arc::new(Segment::of(self, start..end, &fes)));
+            start = end;
+        }
+        out
     }
 
     /// `loadBalancerSourceRanges` of `f`.

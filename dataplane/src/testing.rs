@@ -165,27 +165,54 @@ pub fn fuzz_tables() -> Tables {
 
 /// The input format of the `region` fuzz target, made from `t`: the slot
 /// body's length (u32 LE), the slot body exactly as the region writer
-/// encodes it, then the Maglev arena with `t`'s tables packed at the widths
-/// the writer would choose. The seed corpus is this, for [`fuzz_tables`].
+/// encodes it, then the arena: `t`'s Maglev tables packed at the widths the
+/// writer would choose and one segment block per Service, as the writer
+/// lays them out. The seed corpus is this, for [`fuzz_tables`].
 pub fn region_fuzz_input(t: &Tables) -> Vec<u8> {
-    use crate::region::format::{encode_body, pack, packed_bytes, width_for, BlockRef};
+    use crate::region::format::{
+        body_len, encode_body_into, encode_node, encode_segment, pack, packed_bytes, width_for,
+        BlockRef, SegRef,
+    };
     let mut arena = Vec::new();
-    let mut blocks = Vec::with_capacity(t.frontends.len());
-    for f in &t.frontends {
-        if f.maglev_len == 0 {
-            blocks.push(BlockRef::default());
-            continue;
+    let mut refs = Vec::new();
+    let segs = t.to_segments();
+    let mut totals = [0u32; 4];
+    for s in &segs {
+        let mut blocks = vec![BlockRef::default(); s.maglev.len()];
+        for f in &s.frontends {
+            let k = f.maglev_off as usize;
+            if f.maglev_len == 0 || blocks[k].width != 0 {
+                continue;
+            }
+            let width = width_for(f.n_new as usize);
+            let off = arena.len();
+            arena.resize(off + packed_bytes(f.maglev_len, width), 0);
+            pack(s.maglev[k].entries(), width, &mut arena[off..]);
+            blocks[k] = BlockRef {
+                off: off as u32,
+                width,
+            };
         }
-        let width = width_for(f.n_new as usize);
-        let off = arena.len();
-        arena.resize(off + packed_bytes(f.maglev_len, width), 0);
-        pack(&t.maglev_entries(f), width, &mut arena[off..]);
-        blocks.push(BlockRef {
-            off: off as u32,
-            width,
+        let bytes = encode_segment(s, &blocks);
+        refs.push(SegRef {
+            off: arena.len() as u32,
+            len: bytes.len() as u32,
+            crc: crc32c::crc32c(&bytes),
+            serial: 0,
         });
+        arena.extend_from_slice(&bytes);
+        for (v, n) in totals.iter_mut().zip([
+            s.services.len(),
+            s.frontends.len(),
+            s.backends.len(),
+            s.source_ranges.len(),
+        ]) {
+            *v += n as u32;
+        }
     }
-    let body = encode_body(t, t.generation, &blocks);
+    let node = encode_node(&t.node);
+    let mut body = vec![0u8; body_len(refs.len(), node.len())];
+    encode_body_into(&mut body, t.generation, refs.into_iter(), &node, totals);
     let mut out = (body.len() as u32).to_le_bytes().to_vec();
     out.extend_from_slice(&body);
     out.extend_from_slice(&arena);
@@ -201,14 +228,28 @@ pub fn region_fuzz_input(t: &Tables) -> Vec<u8> {
 /// forwarded, or `None` when the body was refused. Never panics.
 pub fn region_fuzz_one(data: &[u8]) -> Option<u64> {
     use crate::engine::Engine;
-    use crate::region::format::{decode_body, get_u64, Layout};
+    use crate::region::format::{decode_generation, get_u64, Layout};
     use crate::tables::MaglevArena;
     let _ = Layout::from_header(&data[..data.len().min(64)], data.len());
     let len = u32::from_le_bytes(data.get(..4)?.try_into().ok()?) as usize;
     let rest = &data[4..];
     let (body, arena) = rest.split_at(len.min(rest.len()));
     let generation = if body.len() >= 8 { get_u64(body, 0) } else { 0 };
-    let mut t = decode_body(body, generation, arena.len()).ok()?;
+    let mut t = decode_generation(
+        body,
+        generation,
+        arena.len(),
+        |off, len, buf| match off.checked_add(len).and_then(|end| arena.get(off..end)) {
+            Some(b) => {
+                buf.clear();
+                buf.extend_from_slice(b);
+                true
+            }
+            None => false,
+        },
+        None,
+    )
+    .ok()?;
     t.maglev_arena = Some(MaglevArena::from_vec(arena.to_vec()));
     let mut engine = Engine::standalone(256);
     let mut buf = [0u8; 2048];

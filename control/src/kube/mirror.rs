@@ -111,6 +111,25 @@ impl<K: Metadata<Ty = ObjectMeta> + Clone> Mirror<K> {
         }
     }
 
+    /// An object added or modified (a watch `Apply`).
+    pub fn apply(&mut self, o: K) -> Change {
+        self.handle(Event::Apply(o))
+    }
+
+    /// An object deleted (a watch `Delete`).
+    pub fn delete(&mut self, o: K) -> Change {
+        self.handle(Event::Delete(o))
+    }
+
+    /// A complete (re)list: `Init`, every object, `InitDone`.
+    pub fn relist(&mut self, objects: impl IntoIterator<Item = K>) -> Change {
+        self.handle(Event::Init);
+        for o in objects {
+            self.handle(Event::InitApply(o));
+        }
+        self.handle(Event::InitDone)
+    }
+
     /// Whether a first list has completed.
     pub fn synced(&self) -> bool {
         self.lists > 0
@@ -130,9 +149,19 @@ impl<K: Metadata<Ty = ObjectMeta> + Clone> Mirror<K> {
     }
 
     /// Brings `out` (indexed by `index`) up to date with the mirror, copying
-    /// only what changed since the last call, or everything after a list.
-    fn sync_into(&mut self, out: &mut Vec<K>, index: &mut HashMap<Key, usize>, full: bool) {
-        if full || self.relisted {
+    /// only what changed since the last call (and journaling it), or
+    /// everything after a list (then returns true: the journal must start
+    /// a new lineage).
+    fn sync_into(
+        &mut self,
+        out: &mut Vec<K>,
+        index: &mut HashMap<Key, usize>,
+        full: bool,
+        journal: &mut crate::manifests::Journal,
+        kind: crate::manifests::ObjKind,
+    ) -> bool {
+        let rebuilt = full || self.relisted;
+        if rebuilt {
             out.clear();
             index.clear();
             for (k, o) in &self.live {
@@ -142,16 +171,23 @@ impl<K: Metadata<Ty = ObjectMeta> + Clone> Mirror<K> {
         } else {
             for k in &self.dirty {
                 match (self.live.get(k), index.get(k).copied()) {
-                    (Some(o), Some(i)) => out[i] = o.clone(),
+                    (Some(o), Some(i)) => {
+                        out[i] = o.clone();
+                        journal.push(kind, &k.0, &k.1, Some(i));
+                    }
                     (Some(o), None) => {
                         index.insert(k.clone(), out.len());
                         out.push(o.clone());
+                        journal.push(kind, &k.0, &k.1, Some(out.len() - 1));
                     }
                     (None, Some(i)) => {
                         index.remove(k);
                         out.swap_remove(i);
+                        journal.push(kind, &k.0, &k.1, None);
                         if let Some(moved) = out.get(i) {
-                            index.insert(key_of(moved), i);
+                            let mk = key_of(moved);
+                            journal.push(kind, &mk.0, &mk.1, Some(i));
+                            index.insert(mk, i);
                         }
                     }
                     (None, None) => {}
@@ -160,6 +196,7 @@ impl<K: Metadata<Ty = ObjectMeta> + Clone> Mirror<K> {
         }
         self.dirty.clear();
         self.relisted = false;
+        rebuilt
     }
 }
 
@@ -200,13 +237,38 @@ impl Mirrors {
         if !self.synced() {
             return false;
         }
+        use crate::manifests::ObjKind;
         let full = slot.is_none();
         let set = Arc::make_mut(slot.get_or_insert_with(Default::default));
-        self.services
-            .sync_into(&mut set.services, &mut index.services, full);
-        self.endpoint_slices
-            .sync_into(&mut set.endpoint_slices, &mut index.endpoint_slices, full);
-        self.nodes.sync_into(&mut set.nodes, &mut index.nodes, full);
+        // A list replaces a whole vector: the journal starts over (entries
+        // of the other kinds made now are dropped with it: consumers
+        // rescan everything).
+        let mut j = std::mem::take(&mut set.journal);
+        let mut rebuilt = self.services.sync_into(
+            &mut set.services,
+            &mut index.services,
+            full,
+            &mut j,
+            ObjKind::Service,
+        );
+        rebuilt |= self.endpoint_slices.sync_into(
+            &mut set.endpoint_slices,
+            &mut index.endpoint_slices,
+            full,
+            &mut j,
+            ObjKind::EndpointSlice,
+        );
+        rebuilt |= self.nodes.sync_into(
+            &mut set.nodes,
+            &mut index.nodes,
+            full,
+            &mut j,
+            ObjKind::Node,
+        );
+        if rebuilt {
+            j.restart();
+        }
+        set.journal = j;
         true
     }
 
@@ -219,6 +281,7 @@ impl Mirrors {
             services: self.services.objects().cloned().collect(),
             endpoint_slices: self.endpoint_slices.objects().cloned().collect(),
             nodes: self.nodes.objects().cloned().collect(),
+            journal: Default::default(),
         })
     }
 }

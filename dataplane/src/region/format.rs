@@ -1,4 +1,4 @@
-//! The byte layout of the table region (layout version 1). Everything is
+//! The byte layout of the table region (layout version 2). Everything is
 //! little-endian and addressed by offsets from the start of the file, a slot
 //! body or the arena — never by pointers — so any process can map the file
 //! at any address. `docs/architecture.md` ("The table region") describes the
@@ -9,23 +9,33 @@
 //!              slot descriptors (at 256), reader slots (at 1024)
 //! 4096         slot 0 body   (slot_size bytes)
 //! ...          slot n-1 body
-//! arena_off    Maglev arena  (arena_size bytes): packed Maglev tables
+//! arena_off    arena         (arena_size bytes): immutable blocks shared by
+//!              generations: one *segment* per Service (its frontends,
+//!              backends, source ranges and names, with its own CRC) and
+//!              the packed Maglev tables
 //! ```
+//!
+//! A slot body is small: a header, the table of the generation's segments
+//! (arena offset, length, CRC-32C each) and the node's settings. Publishing
+//! a generation in which one Service changed writes one segment (and its
+//! Maglev table, if its backends changed) and the slot's segment table; the
+//! unchanged segments are referenced, not copied, re-encoded or
+//! re-checksummed.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use edgeplane_packet::Proto;
 
 use crate::tables::{
-    Backend, Cidr, EmptyAction, Frontend, FrontendKey, FrontendKind, NodeConfig, ServiceInfo,
-    Tables,
+    Backend, Cidr, EmptyAction, Frontend, FrontendKey, FrontendKind, NodeConfig, Segment,
+    ServiceInfo, Tables,
 };
 
 /// First 8 bytes of the file.
 pub const MAGIC: [u8; 8] = *b"EPTABLES";
 /// Bumped on any change of this layout; a mismatch is refused by readers and
 /// makes the writer recreate the file.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 pub const HEADER_SIZE: usize = 4096;
 
 // Header fields (byte offsets).
@@ -73,8 +83,16 @@ pub const R_GENERATION: usize = 8;
 pub const R_HEARTBEAT: usize = 16;
 pub const R_LIMIT: usize = 24;
 
-// Slot body.
+// Slot body: a 64-byte header, then the segment table (16-byte entries),
+// then the node's settings (JSON).
 pub const BODY_HEADER: usize = 64;
+pub const SEG_ENTRY_SIZE: usize = 16;
+/// Segment block: a 32-byte header, then frontends, backends, source ranges
+/// and the Service ports' names (JSON).
+pub const SEG_HEADER: usize = 32;
+/// Largest segment block a reader accepts (one Service with 65,535
+/// endpoints on many ports fits easily).
+pub const MAX_SEGMENT_LEN: u32 = 64 << 20;
 pub const FRONTEND_SIZE: usize = 64;
 pub const BACKEND_SIZE: usize = 32;
 pub const CIDR_SIZE: usize = 20;
@@ -287,13 +305,6 @@ pub struct BlockRef {
     pub width: u8,
 }
 
-/// The metadata blob: everything not on the packet path, as JSON.
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
-struct Meta {
-    node: NodeConfig,
-    services: Vec<ServiceInfo>,
-}
-
 fn kind_code(k: FrontendKind) -> u8 {
     match k {
         FrontendKind::ClusterIp => 0,
@@ -322,65 +333,89 @@ fn proto_of(c: u8) -> Result<Proto, String> {
     })
 }
 
-/// Encodes a slot body: `t`'s frontends (with the arena blocks in
-/// `blocks`, one per frontend), backends, source ranges and metadata.
-pub fn encode_body(t: &Tables, generation: u64, blocks: &[BlockRef]) -> Vec<u8> {
-    let meta = encode_meta(t);
-    let mut b = vec![0u8; body_len(t, meta.len())];
-    encode_body_into(&mut b, t, generation, blocks, &meta);
-    b
+/// Where a segment block is in the arena, and its CRC-32C.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SegRef {
+    /// Byte offset into the arena.
+    pub off: u32,
+    /// Bytes of the block.
+    pub len: u32,
+    /// CRC-32C of the block's `len` bytes.
+    pub crc: u32,
+    /// The writer's number for the block (1, 2, ...; never two blocks with
+    /// the same offset and number until 2^32 blocks were written): with the
+    /// offset, length and CRC, what a reader may key its cache of decoded
+    /// segments by. 0: do not cache.
+    pub serial: u32,
 }
 
-/// The metadata blob of `t` (JSON).
-pub fn encode_meta(t: &Tables) -> Vec<u8> {
-    #[derive(serde::Serialize)]
-    struct MetaRef<'a> {
-        node: &'a NodeConfig,
-        services: &'a [ServiceInfo],
-    }
-    serde_json::to_vec(&MetaRef {
-        node: &t.node,
-        services: &t.services,
-    })
-    .expect("metadata serializes")
+/// The node's settings as stored in a slot body (JSON).
+pub fn encode_node(node: &NodeConfig) -> Vec<u8> {
+    serde_json::to_vec(node).expect("node settings serialize")
 }
 
-/// The size of `t`'s body with a metadata blob of `meta_len` bytes.
-pub fn body_len(t: &Tables, meta_len: usize) -> usize {
-    BODY_HEADER
-        + t.frontends.len() * FRONTEND_SIZE
-        + t.backends.len() * BACKEND_SIZE
-        + t.source_ranges.len() * CIDR_SIZE
-        + meta_len
+/// The size of a body with `n_segs` segments and a node blob of `node_len`.
+pub fn body_len(n_segs: usize, node_len: usize) -> usize {
+    BODY_HEADER + n_segs * SEG_ENTRY_SIZE + node_len
 }
 
-/// Encodes the body into `b` (exactly [`body_len`] bytes; every byte is
-/// written, padding zeroed).
+/// Encodes a slot body into `b` (exactly [`body_len`] bytes). `totals`:
+/// services, frontends, backends and source ranges over all segments.
 pub fn encode_body_into(
     b: &mut [u8],
-    t: &Tables,
     generation: u64,
-    blocks: &[BlockRef],
-    meta: &[u8],
+    segs: impl ExactSizeIterator<Item = SegRef>,
+    node: &[u8],
+    totals: [u32; 4],
 ) {
-    let fe_off = BODY_HEADER;
-    let be_off = fe_off + t.frontends.len() * FRONTEND_SIZE;
-    let sr_off = be_off + t.backends.len() * BACKEND_SIZE;
-    let meta_off = sr_off + t.source_ranges.len() * CIDR_SIZE;
-    assert_eq!(b.len(), meta_off + meta.len());
+    let n = segs.len();
+    let seg_off = BODY_HEADER;
+    let node_off = seg_off + n * SEG_ENTRY_SIZE;
+    assert_eq!(b.len(), node_off + node.len());
     b[..BODY_HEADER].fill(0);
     put_u64(b, 0, generation);
-    put_u32(b, 8, t.frontends.len() as u32);
-    put_u32(b, 12, fe_off as u32);
-    put_u32(b, 16, t.backends.len() as u32);
-    put_u32(b, 20, be_off as u32);
-    put_u32(b, 24, t.source_ranges.len() as u32);
-    put_u32(b, 28, sr_off as u32);
-    put_u32(b, 32, meta.len() as u32);
-    put_u32(b, 36, meta_off as u32);
-    for (i, (f, blk)) in t.frontends.iter().zip(blocks).enumerate() {
+    put_u32(b, 8, n as u32);
+    put_u32(b, 12, seg_off as u32);
+    put_u32(b, 16, node.len() as u32);
+    put_u32(b, 20, node_off as u32);
+    for (k, v) in totals.iter().enumerate() {
+        put_u32(b, 24 + 4 * k, *v);
+    }
+    for (i, r) in segs.enumerate() {
+        let e = &mut b[seg_off + i * SEG_ENTRY_SIZE..seg_off + (i + 1) * SEG_ENTRY_SIZE];
+        put_u32(e, 0, r.off);
+        put_u32(e, 4, r.len);
+        put_u32(e, 8, r.crc);
+        put_u32(e, 12, r.serial);
+    }
+    b[node_off..].copy_from_slice(node);
+}
+
+/// The bytes of a segment block for `s`, whose Maglev table `i` (the
+/// index in [`Segment::maglev`] its frontends' `maglev_off` holds) is at
+/// `blocks[i]` in the arena.
+pub fn encode_segment(s: &Segment, blocks: &[BlockRef]) -> Vec<u8> {
+    let meta = serde_json::to_vec(&s.services).expect("service names serialize");
+    let fe_off = SEG_HEADER;
+    let be_off = fe_off + s.frontends.len() * FRONTEND_SIZE;
+    let sr_off = be_off + s.backends.len() * BACKEND_SIZE;
+    let meta_off = sr_off + s.source_ranges.len() * CIDR_SIZE;
+    let mut b = vec![0u8; meta_off + meta.len()];
+    put_u32(&mut b, 0, s.services.len() as u32);
+    put_u32(&mut b, 4, s.frontends.len() as u32);
+    put_u32(&mut b, 8, s.backends.len() as u32);
+    put_u32(&mut b, 12, s.source_ranges.len() as u32);
+    put_u32(&mut b, 16, meta.len() as u32);
+    for (i, f) in s.frontends.iter().enumerate() {
+        let blk = if f.n_new == 0 || f.maglev_len == 0 {
+            BlockRef::default()
+        } else {
+            blocks
+                .get(f.maglev_off as usize)
+                .copied()
+                .unwrap_or_default()
+        };
         let r = &mut b[fe_off + i * FRONTEND_SIZE..fe_off + (i + 1) * FRONTEND_SIZE];
-        r.fill(0);
         put_ip(r, 0, f.key.ip);
         r[17] = f.key.proto as u8;
         put_u16(r, 18, f.key.port);
@@ -402,9 +437,8 @@ pub fn encode_body_into(
         put_u32(r, 56, f.source_range_off);
         put_u32(r, 60, f.source_range_len);
     }
-    for (i, be) in t.backends.iter().enumerate() {
+    for (i, be) in s.backends.iter().enumerate() {
         let r = &mut b[be_off + i * BACKEND_SIZE..be_off + (i + 1) * BACKEND_SIZE];
-        r.fill(0);
         put_ip(r, 0, be.ip);
         r[17] = be.ready as u8
             | (be.serving as u8) << 1
@@ -413,38 +447,28 @@ pub fn encode_body_into(
         put_u16(r, 18, be.port);
         put_u32(r, 20, be.weight);
     }
-    for (i, c) in t.source_ranges.iter().enumerate() {
+    for (i, c) in s.source_ranges.iter().enumerate() {
         let r = &mut b[sr_off + i * CIDR_SIZE..sr_off + (i + 1) * CIDR_SIZE];
-        r.fill(0);
         put_ip(r, 0, c.addr);
         r[17] = c.prefix_len;
     }
-    b[meta_off..].copy_from_slice(meta);
+    b[meta_off..].copy_from_slice(&meta);
+    b
 }
 
-/// A section `(count, offset)` of `size`-byte records, bounds-checked.
-fn section(b: &[u8], at: usize, size: usize, what: &str) -> Result<(usize, usize), String> {
-    let n = get_u32(b, at) as usize;
-    let off = get_u32(b, at + 4) as usize;
-    let end = n
-        .checked_mul(size)
-        .and_then(|x| x.checked_add(off))
-        .ok_or_else(|| format!("{what}: size overflows"))?;
-    if off < BODY_HEADER || end > b.len() {
-        return Err(format!(
-            "{what}: {n} records at {off} run past the body ({} bytes)",
-            b.len()
-        ));
-    }
-    Ok((n, off))
+/// A decoded slot body: the generation's settings and segment table.
+#[derive(Debug, Clone)]
+pub struct Body {
+    pub node: NodeConfig,
+    pub segments: Vec<SegRef>,
+    /// Services, frontends, backends and source ranges over all segments
+    /// (as the writer says: checked against the segments when decoded).
+    pub totals: [u32; 4],
 }
 
-/// Decodes and validates a slot body. Every index and offset is checked
-/// here, once: frontend → service, backend run, source ranges and Maglev
-/// block (within `arena_size` bytes). The returned tables have no arena:
-/// the caller attaches one (`maglev_width` of each frontend says where its
-/// table is). Errors name the first problem found.
-pub fn decode_body(b: &[u8], generation: u64, arena_size: usize) -> Result<Tables, String> {
+/// Decodes and checks a slot body (the segment table's entries are checked
+/// against the arena when each segment is read).
+pub fn decode_body(b: &[u8], generation: u64) -> Result<Body, String> {
     if b.len() < BODY_HEADER {
         return Err(format!("body of {} bytes is too short", b.len()));
     }
@@ -454,18 +478,220 @@ pub fn decode_body(b: &[u8], generation: u64, arena_size: usize) -> Result<Table
             "body is generation {g}, its descriptor says {generation}"
         ));
     }
-    let (n_fe, fe_off) = section(b, 8, FRONTEND_SIZE, "frontends")?;
-    let (n_be, be_off) = section(b, 16, BACKEND_SIZE, "backends")?;
-    let (n_sr, sr_off) = section(b, 24, CIDR_SIZE, "source ranges")?;
-    let (meta_len, meta_off) = section(b, 32, 1, "metadata")?;
-    let meta: Meta = serde_json::from_slice(&b[meta_off..meta_off + meta_len])
-        .map_err(|e| format!("metadata: {e}"))?;
+    let n = get_u32(b, 8) as usize;
+    let seg_off = get_u32(b, 12) as usize;
+    let node_len = get_u32(b, 16) as usize;
+    let node_off = get_u32(b, 20) as usize;
+    n.checked_mul(SEG_ENTRY_SIZE)
+        .and_then(|x| x.checked_add(seg_off))
+        .filter(|&e| seg_off >= BODY_HEADER && e <= b.len())
+        .ok_or_else(|| format!("segment table: {n} entries at {seg_off} run past the body"))?;
+    let node_end = node_off
+        .checked_add(node_len)
+        .filter(|&e| node_off >= BODY_HEADER && e <= b.len())
+        .ok_or_else(|| format!("node settings at {node_off}+{node_len} run past the body"))?;
+    let node: NodeConfig = serde_json::from_slice(&b[node_off..node_end])
+        .map_err(|e| format!("node settings: {e}"))?;
+    let segments = (0..n)
+        .map(|i| {
+            let e = &b[seg_off + i * SEG_ENTRY_SIZE..seg_off + (i + 1) * SEG_ENTRY_SIZE];
+            SegRef {
+                off: get_u32(e, 0),
+                len: get_u32(e, 4),
+                crc: get_u32(e, 8),
+                serial: get_u32(e, 12),
+            }
+        })
+        .collect();
+    let totals = [
+        get_u32(b, 24),
+        get_u32(b, 28),
+        get_u32(b, 32),
+        get_u32(b, 36),
+    ];
+    Ok(Body {
+        node,
+        segments,
+        totals,
+    })
+}
 
-    let mut backends = Vec::with_capacity(n_be);
+/// Decoded segments a reader keeps between adoptions, keyed by
+/// (offset, length, CRC, serial) of their blocks (see [`SegRef::serial`]).
+pub type SegmentCache = std::collections::HashMap<(u32, u32, u32, u32), std::sync::Arc<Tables>>;
+
+/// Decodes the generation `generation` from its slot body `body`, reading
+/// each segment with `read(off, len, buf)` (copy `len` arena bytes at `off`
+/// into `buf`; false when out of bounds). Every index and offset is checked
+/// here, once: segment bounds and CRC, frontend → service, backend run,
+/// source ranges and Maglev block (within `arena_size` bytes), no duplicate
+/// frontend. The tables have no arena attached yet (`maglev_width` of each
+/// frontend says where its table is).
+///
+/// With a `cache`, a segment decoded (and validated) by an earlier call
+/// under the same key is not read again; afterwards the cache holds this
+/// generation's segments only.
+pub fn decode_generation(
+    body: &[u8],
+    generation: u64,
+    arena_size: usize,
+    mut read: impl FnMut(usize, usize, &mut Vec<u8>) -> bool,
+    mut cache: Option<&mut SegmentCache>,
+) -> Result<Tables, String> {
+    let b = decode_body(body, generation)?;
+    let [n_svc, n_fe, n_be, n_sr] = b.totals.map(|v| v as usize);
+    // The totals only size allocations: bounded by what the arena can hold.
+    let cap = |n: usize, size: usize| n.min(arena_size / size);
+    let mut t = Tables {
+        generation,
+        node: b.node,
+        ..Tables::default()
+    };
+    t.services.reserve(cap(n_svc, 2));
+    t.frontends.reserve(cap(n_fe, FRONTEND_SIZE));
+    t.backends.reserve(cap(n_be, BACKEND_SIZE));
+    t.source_ranges.reserve(cap(n_sr, CIDR_SIZE));
+    t.frontend_index.reserve(cap(n_fe, FRONTEND_SIZE));
+    let mut next = SegmentCache::new();
+    let mut buf = Vec::new();
+    for (i, r) in b.segments.iter().enumerate() {
+        let key = (r.off, r.len, r.crc, r.serial);
+        let cached = match (&cache, r.serial) {
+            (Some(c), s) if s != 0 => c.get(&key).cloned(),
+            _ => None,
+        };
+        let seg = match cached {
+            Some(seg) => seg,
+            None => {
+                if r.len as usize > arena_size || r.off as usize > arena_size - r.len as usize {
+                    return Err(format!(
+                        "segment {i}: {}+{} past the arena ({arena_size} bytes)",
+                        r.off, r.len
+                    ));
+                }
+                if r.len > MAX_SEGMENT_LEN {
+                    return Err(format!("segment {i}: {} bytes", r.len));
+                }
+                if !read(r.off as usize, r.len as usize, &mut buf) {
+                    return Err(format!("segment {i}: unreadable"));
+                }
+                let got = crc32c::crc32c(&buf);
+                if got != r.crc {
+                    return Err(format!(
+                        "segment {i}: CRC {got:08x}, the segment table says {:08x}",
+                        r.crc
+                    ));
+                }
+                let mut one = Tables::default();
+                decode_segment_into(&buf, &mut one, arena_size)
+                    .map_err(|e| format!("segment {i}: {e}"))?;
+                std::sync::Arc::new(one)
+            }
+        };
+        append_segment(&mut t, &seg).map_err(|e| format!("segment {i}: {e}"))?;
+        if cache.is_some() && r.serial != 0 {
+            next.insert(key, seg);
+        }
+    }
+    let got = [
+        t.services.len(),
+        t.frontends.len(),
+        t.backends.len(),
+        t.source_ranges.len(),
+    ];
+    if got != [n_svc, n_fe, n_be, n_sr] {
+        return Err(format!(
+            "segments hold {got:?} (services, frontends, backends, source ranges), the body says {:?}",
+            b.totals
+        ));
+    }
+    if let Some(c) = cache.as_mut() {
+        **c = next;
+    }
+    Ok(t)
+}
+
+/// Appends a decoded segment (indices relative to it, as
+/// [`decode_segment_into`] makes them into empty tables) to `t`, rebasing
+/// its indices; refuses a frontend key `t` already has.
+fn append_segment(t: &mut Tables, s: &Tables) -> Result<(), String> {
+    let (sb, bb, rb) = (t.services.len(), t.backends.len(), t.source_ranges.len());
+    if sb + s.services.len() > u32::MAX as usize
+        || bb + s.backends.len() > u32::MAX as usize
+        || rb + s.source_ranges.len() > u32::MAX as usize
+        || t.frontends.len() + s.frontends.len() > u32::MAX as usize
+    {
+        return Err("more than 2^32 records".into());
+    }
+    t.services.extend_from_slice(&s.services);
+    t.backends.extend_from_slice(&s.backends);
+    t.source_ranges.extend_from_slice(&s.source_ranges);
+    for (i, f) in s.frontends.iter().enumerate() {
+        let mut f = f.clone();
+        f.service += sb as u32;
+        f.affinity_group += sb as u32;
+        f.backend_off += bb as u32;
+        f.source_range_off += rb as u32;
+        let idx = t.frontends.len() as u32;
+        if t.frontend_index.insert(f.key, idx).is_some() {
+            return Err(format!("frontend {i}: duplicate key {:?}", f.key));
+        }
+        t.frontend_ips.insert(f.key.ip, ());
+        t.frontends.push(f);
+    }
+    Ok(())
+}
+
+/// Decodes and checks one segment block, appending its Service ports,
+/// frontends, backends and source ranges to `t` (indices rebased).
+pub fn decode_segment_into(b: &[u8], t: &mut Tables, arena_size: usize) -> Result<(), String> {
+    if b.len() < SEG_HEADER {
+        return Err(format!("{} bytes is too short", b.len()));
+    }
+    let n_svc = get_u32(b, 0) as usize;
+    let n_fe = get_u32(b, 4) as usize;
+    let n_be = get_u32(b, 8) as usize;
+    let n_sr = get_u32(b, 12) as usize;
+    let meta_len = get_u32(b, 16) as usize;
+    let fe_off = SEG_HEADER;
+    let need = [
+        (n_fe, FRONTEND_SIZE),
+        (n_be, BACKEND_SIZE),
+        (n_sr, CIDR_SIZE),
+        (meta_len, 1),
+    ]
+    .iter()
+    .try_fold(SEG_HEADER, |acc, &(n, size)| {
+        n.checked_mul(size).and_then(|x| x.checked_add(acc))
+    });
+    if need != Some(b.len()) {
+        return Err(format!(
+            "{n_fe} frontends, {n_be} backends, {n_sr} source ranges and {meta_len} bytes of names do not make {} bytes",
+            b.len()
+        ));
+    }
+    let be_off = fe_off + n_fe * FRONTEND_SIZE;
+    let sr_off = be_off + n_be * BACKEND_SIZE;
+    let meta_off = sr_off + n_sr * CIDR_SIZE;
+    let services: Vec<ServiceInfo> =
+        serde_json::from_slice(&b[meta_off..]).map_err(|e| format!("service names: {e}"))?;
+    if services.len() != n_svc {
+        return Err(format!(
+            "{} service names, the header says {n_svc}",
+            services.len()
+        ));
+    }
+    let (svc_base, be_base, sr_base) = (t.services.len(), t.backends.len(), t.source_ranges.len());
+    if svc_base + n_svc > u32::MAX as usize
+        || be_base + n_be > u32::MAX as usize
+        || sr_base + n_sr > u32::MAX as usize
+    {
+        return Err("more than 2^32 records".into());
+    }
     for i in 0..n_be {
         let r = &b[be_off + i * BACKEND_SIZE..be_off + (i + 1) * BACKEND_SIZE];
         let flags = r[17];
-        backends.push(Backend {
+        t.backends.push(Backend {
             ip: get_ip(r, 0).map_err(|e| format!("backend {i}: {e}"))?,
             port: get_u16(r, 18),
             ready: flags & 1 != 0,
@@ -475,7 +701,6 @@ pub fn decode_body(b: &[u8], generation: u64, arena_size: usize) -> Result<Table
             weight: get_u32(r, 20),
         });
     }
-    let mut source_ranges = Vec::with_capacity(n_sr);
     for i in 0..n_sr {
         let r = &b[sr_off + i * CIDR_SIZE..sr_off + (i + 1) * CIDR_SIZE];
         let addr = get_ip(r, 0).map_err(|e| format!("source range {i}: {e}"))?;
@@ -483,18 +708,9 @@ pub fn decode_body(b: &[u8], generation: u64, arena_size: usize) -> Result<Table
         if prefix_len > if addr.is_ipv4() { 32 } else { 128 } {
             return Err(format!("source range {i}: prefix length {prefix_len}"));
         }
-        source_ranges.push(Cidr { addr, prefix_len });
+        t.source_ranges.push(Cidr { addr, prefix_len });
     }
-    let n_services = meta.services.len();
-    let mut t = Tables {
-        generation,
-        node: meta.node,
-        services: meta.services,
-        backends,
-        source_ranges,
-        ..Tables::default()
-    };
-    t.frontend_index.reserve(n_fe);
+    t.services.extend(services);
     for i in 0..n_fe {
         let r = &b[fe_off + i * FRONTEND_SIZE..fe_off + (i + 1) * FRONTEND_SIZE];
         let bad = |what: String| format!("frontend {i}: {what}");
@@ -503,7 +719,7 @@ pub fn decode_body(b: &[u8], generation: u64, arena_size: usize) -> Result<Table
             proto: proto_of(r[17]).map_err(bad)?,
             port: get_u16(r, 18),
         };
-        let f = Frontend {
+        let mut f = Frontend {
             key,
             service: get_u32(r, 20),
             kind: kind_of(r[24]).map_err(bad)?,
@@ -528,8 +744,14 @@ pub fn decode_body(b: &[u8], generation: u64, arena_size: usize) -> Result<Table
             source_range_off: get_u32(r, 56),
             source_range_len: get_u32(r, 60),
         };
-        if f.service as usize >= n_services {
-            return Err(bad(format!("service {} of {n_services}", f.service)));
+        if f.service as usize >= n_svc {
+            return Err(bad(format!("service {} of {n_svc}", f.service)));
+        }
+        if f.affinity_group as usize >= n_svc {
+            return Err(bad(format!(
+                "affinity group {} of {n_svc}",
+                f.affinity_group
+            )));
         }
         if f.n_new > f.n_all || f.n_all > u16::MAX as u32 + 1 {
             return Err(bad(format!("n_new {} n_all {}", f.n_new, f.n_all)));
@@ -571,11 +793,16 @@ pub fn decode_body(b: &[u8], generation: u64, arena_size: usize) -> Result<Table
             }
             (_, w) => return Err(bad(format!("bad Maglev width {w}"))),
         }
-        if t.frontend_index.insert(key, i as u32).is_some() {
+        f.service += svc_base as u32;
+        f.affinity_group += svc_base as u32;
+        f.backend_off += be_base as u32;
+        f.source_range_off += sr_base as u32;
+        let idx = t.frontends.len() as u32;
+        if t.frontend_index.insert(key, idx).is_some() {
             return Err(bad(format!("duplicate key {key:?}")));
         }
         t.frontend_ips.insert(key.ip, ());
         t.frontends.push(f);
     }
-    Ok(t)
+    Ok(())
 }

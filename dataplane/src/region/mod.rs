@@ -3,13 +3,16 @@
 //! process and read by the dataplane, each able to restart without the other.
 //!
 //! * [`format`]: the byte layout (header, slots, arena), encode and validate.
-//! * [`RegionWriter`]: the one writer. It fills a spare *slot* with the next
-//!   generation (small tables: frontends, backends, source ranges, metadata)
-//!   and puts Maglev tables in the *arena*, a heap of immutable blocks shared
-//!   by generations (an unchanged Service keeps its block), then flips the
-//!   active generation with one atomic store.
-//! * [`RegionReader`]: a reader. It adopts a generation by copying its slot,
-//!   validating every index and offset once and decoding it into
+//! * [`RegionWriter`]: the one writer. Each Service's records (ports,
+//!   frontends, backends, source ranges) are a *segment* and each Maglev
+//!   table a block in the *arena*, a heap of immutable blocks shared by
+//!   generations (an unchanged Service keeps its segment and table); it
+//!   fills a spare *slot* with the next generation's segment table and node
+//!   settings, then flips the active generation with one atomic store. A
+//!   publication costs what changed, not the number of Services.
+//! * [`RegionReader`]: a reader. It adopts a generation by copying its slot
+//!   and the segments it lists, validating every CRC, index and offset once
+//!   and decoding it into
 //!   [`Tables`](crate::Tables), whose Maglev tables stay in the mapping
 //!   (zero-copy). [`ReaderPins`] are the quiescent-state slots the workers
 //!   update once per batch.
@@ -20,13 +23,14 @@
 //! generations it may still read: `generation` (its *pin*, the oldest) and
 //! `limit` (the newest). The writer reuses a slot holding generation `g` only
 //! when it is not the active slot and no live reader's range contains `g`; a
-//! Maglev block is freed only when no slot references it. Hence whatever a
+//! block is freed only when no slot references it. Hence whatever a
 //! reader protects stays intact until it moves its range on.
 //!
 //! * Writer: pick a reusable slot (bounded wait, see below); set its
-//!   descriptor's generation to 0; release its old blocks; write new blocks
-//!   and the body; store length and CRC; store the generation (Release);
-//!   store `active = generation << 8 | slot` (SeqCst).
+//!   descriptor's generation to 0; free the retired blocks no slot's
+//!   generation needs any more; write new blocks and the body; store length
+//!   and CRC; store the generation (Release); store
+//!   `active = generation << 8 | slot` (SeqCst).
 //! * Adoption: load `active` = `g`; store `limit = g` (SeqCst); load `active`
 //!   again (SeqCst) and retry if it changed. The writer only reuses
 //!   non-active slots and scans the ranges after its flip (SeqCst), so it
@@ -180,6 +184,24 @@ impl Map {
         // then garbage, which the seqlock check or validation refuses.
         unsafe { std::ptr::copy_nonoverlapping(self.ptr().add(off), v.as_mut_ptr(), len) };
         Some(v)
+    }
+
+    /// Copies `len` bytes at `off` into `buf` (resized to `len`); false
+    /// when out of bounds.
+    fn read_into(&self, off: usize, len: usize, buf: &mut Vec<u8>) -> bool {
+        if off.checked_add(len).is_none_or(|e| e > self.len()) {
+            return false;
+        }
+        buf.clear();
+        buf.reserve(len);
+        // SAFETY: in bounds (checked); `buf` is a distinct allocation with
+        // room for `len` bytes, all written before `set_len`. A concurrent
+        // writer makes the copy garbage, which the CRC refuses.
+        unsafe {
+            std::ptr::copy_nonoverlapping(self.ptr().add(off), buf.as_mut_ptr(), len);
+            buf.set_len(len);
+        }
+        true
     }
 
     /// The bytes at `off..off + len` as a mutable slice (bounds-checked by

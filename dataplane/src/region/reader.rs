@@ -11,10 +11,9 @@ use super::format::{self, Layout};
 use super::{io_err, monotonic_ms, pid_alive, region_path, Map, RegionError, HEARTBEAT_TIMEOUT_MS};
 use crate::tables::{MaglevArena, Tables};
 
-/// Copies slot `slot`'s body and validates it as generation `gen`
-/// (lengths, CRC, every index and offset). Does not check that the slot
-/// still holds `gen` afterwards: callers do (seqlock) or hold a pin.
-pub(crate) fn read_slot(map: &Map, l: &Layout, slot: usize, gen: u64) -> Result<Tables, String> {
+/// Copies slot `slot`'s body (its descriptor's `len` bytes) and checks its
+/// CRC.
+pub(crate) fn read_body(map: &Map, l: &Layout, slot: usize) -> Result<Vec<u8>, String> {
     let d = Layout::desc_off(slot);
     let len = map.u64_at(d + format::D_LEN).load(Ordering::Acquire) as usize;
     let crc = map.u64_at(d + format::D_CRC).load(Ordering::Acquire) as u32;
@@ -28,7 +27,29 @@ pub(crate) fn read_slot(map: &Map, l: &Layout, slot: usize, gen: u64) -> Result<
     if got != crc {
         return Err(format!("CRC {got:08x}, descriptor says {crc:08x}"));
     }
-    format::decode_body(&body, gen, l.arena_size)
+    Ok(body)
+}
+
+/// Copies slot `slot`'s body and the segments it lists and validates them
+/// as generation `gen` (lengths, CRCs, every index and offset). Does not
+/// check that the slot still holds `gen` afterwards: callers do (seqlock)
+/// or hold a pin.
+pub(crate) fn read_slot(
+    map: &Map,
+    l: &Layout,
+    slot: usize,
+    gen: u64,
+    cache: Option<&mut format::SegmentCache>,
+) -> Result<Tables, String> {
+    let body = read_body(map, l, slot)?;
+    let base = l.arena_off();
+    format::decode_generation(
+        &body,
+        gen,
+        l.arena_size,
+        |off, len, buf| map.read_into(base + off, len, buf),
+        cache,
+    )
 }
 
 /// A reader's own quiescent-state slots in the header (one per worker).
@@ -164,6 +185,8 @@ pub struct RegionReader {
     pin: Option<ReaderPins>,
     adopted: u64,
     refused_gen: u64,
+    /// The adopted generation's segments, decoded.
+    cache: format::SegmentCache,
     /// Generations adopted / refused (corrupt) so far.
     pub adopted_count: u64,
     pub refused_count: u64,
@@ -226,6 +249,7 @@ impl RegionReader {
             pin: None,
             adopted: 0,
             refused_gen: 0,
+            cache: Default::default(),
             adopted_count: 0,
             refused_count: 0,
         })
@@ -294,7 +318,9 @@ impl RegionReader {
                     continue;
                 }
             }
-            let res = read_slot(&self.map, &self.layout, slot, gen);
+            // Segments adopted before (validated then, immutable while
+            // referenced) are not read and decoded again.
+            let res = read_slot(&self.map, &self.layout, slot, gen, Some(&mut self.cache));
             // Still the same generation in that slot? (Without a pin, e.g.
             // read-only, a writer may have reused it meanwhile.)
             fence(Ordering::Acquire);
@@ -369,7 +395,7 @@ impl RegionReader {
                 });
             }
             let d = Layout::desc_off(slot) + format::D_GENERATION;
-            let res = read_slot(&self.map, &self.layout, slot, gen).and_then(|t| self.own(t));
+            let res = read_slot(&self.map, &self.layout, slot, gen, None).and_then(|t| self.own(t));
             fence(Ordering::Acquire);
             if self.map.u64_at(d).load(Ordering::Acquire) != gen {
                 continue;

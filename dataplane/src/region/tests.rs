@@ -13,7 +13,7 @@ use proptest::prelude::*;
 use super::format::{self, Layout};
 use super::*;
 use crate::tables::{
-    Backend, EmptyAction, FrontendKey, FrontendKind, FrontendSpec, ServiceInfo, Tables,
+    Backend, EmptyAction, FrontendKey, FrontendKind, FrontendSpec, Segment, ServiceInfo, Tables,
     TablesBuilder,
 };
 use crate::testing::{fuzz_tables, node_config};
@@ -389,6 +389,34 @@ fn fix_crc(map: &Map, l: &Layout, slot: usize) {
         .store(crc32c::crc32c(&body) as u64, Ordering::SeqCst);
 }
 
+/// Overwrites `data` at `at` in the first segment of `slot`'s generation
+/// whose first frontend has a Maglev table, then fixes that segment's CRC
+/// in the segment table and the body's CRC: damage only validation finds.
+fn corrupt_segment(map: &Map, l: &Layout, slot: usize, at: usize, data: &[u8]) {
+    let d = Layout::desc_off(slot);
+    let len = map.u64_at(d + format::D_LEN).load(Ordering::SeqCst) as usize;
+    let body = map.read(l.slot_off(slot), len).unwrap();
+    let n = format::get_u32(&body, 8) as usize;
+    let seg_off = format::get_u32(&body, 12) as usize;
+    for i in 0..n {
+        let e = seg_off + i * format::SEG_ENTRY_SIZE;
+        let off = format::get_u32(&body, e) as usize;
+        let slen = format::get_u32(&body, e + 4) as usize;
+        let mut block = map.read(l.arena_off() + off, slen).unwrap();
+        if format::get_u32(&block, 4) == 0 || block[format::SEG_HEADER + 27] == 0 {
+            continue;
+        }
+        block[at..at + data.len()].copy_from_slice(data);
+        map.write(l.arena_off() + off, &block);
+        let mut v = [0u8; 4];
+        format::put_u32(&mut v, 0, crc32c::crc32c(&block));
+        map.write(l.slot_off(slot) + e + 8, &v);
+        fix_crc(map, l, slot);
+        return;
+    }
+    panic!("no segment with a Maglev table");
+}
+
 fn writer_map(w: &RegionWriter) -> (Arc<Map>, Layout) {
     (w.map.clone(), w.layout)
 }
@@ -412,13 +440,37 @@ fn corrupt_generations_are_refused_and_the_next_good_one_adopted() {
     assert!(r.try_adopt().unwrap().is_none());
     assert_eq!(r.refused_count, 1);
 
+    // 1b. A flipped byte in a segment block (shared, outside the slot):
+    //     its own CRC refuses it (a reader that has not decoded it before:
+    //     `r` keeps the segments it validated, and the writer never changes
+    //     a block in place).
+    let mut r2 = RegionReader::open(&dir).unwrap();
+    let rep = w.publish(&t).unwrap();
+    let body = map
+        .read(
+            l.slot_off(rep.slot),
+            map.u64_at(Layout::desc_off(rep.slot) + format::D_LEN)
+                .load(Ordering::SeqCst) as usize,
+        )
+        .unwrap();
+    let seg0 = format::get_u32(&body, format::get_u32(&body, 12) as usize) as usize;
+    let b = map.read(l.arena_off() + seg0 + 40, 1).unwrap()[0];
+    map.write(l.arena_off() + seg0 + 40, &[b ^ 0x5a]);
+    match r2.try_adopt() {
+        Err(RegionError::Corrupt { what, .. }) => assert!(what.contains("CRC"), "{what}"),
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+    drop(r2);
+    // `r` adopts it from the segments it validated before.
+    assert!(r.try_adopt().unwrap().is_some());
+    r.settle();
+
     // 2. A Maglev block offset past the arena, with a valid CRC.
     let rep = w.publish(&t).unwrap();
-    let fe0 = l.slot_off(rep.slot) + format::BODY_HEADER;
+    let fe0 = format::SEG_HEADER;
     let mut v = [0u8; 4];
     format::put_u32(&mut v, 0, l.arena_size as u32 - 8);
-    map.write(fe0 + 40, &v);
-    fix_crc(&map, &l, rep.slot);
+    corrupt_segment(&map, &l, rep.slot, fe0 + 40, &v);
     match r.try_adopt() {
         Err(RegionError::Corrupt { what, .. }) => {
             assert!(what.contains("past the arena"), "{what}")
@@ -428,10 +480,8 @@ fn corrupt_generations_are_refused_and_the_next_good_one_adopted() {
 
     // 3. A backend run past the end, with a valid CRC.
     let rep = w.publish(&t).unwrap();
-    let fe0 = l.slot_off(rep.slot) + format::BODY_HEADER;
     format::put_u32(&mut v, 0, 1 << 30);
-    map.write(fe0 + 28, &v);
-    fix_crc(&map, &l, rep.slot);
+    corrupt_segment(&map, &l, rep.slot, fe0 + 28, &v);
     assert!(matches!(r.try_adopt(), Err(RegionError::Corrupt { .. })));
 
     // 4. A length past the slot.
@@ -653,4 +703,151 @@ fn mutated_region_inputs_never_panic() {
         refused > 0 && accepted > 0,
         "refused {refused}, accepted {accepted}"
     );
+}
+
+#[test]
+fn shared_segments_cost_only_what_changed() {
+    let dir = tmpdir("segs");
+    let mut w = RegionWriter::open(&dir, small_opts()).unwrap();
+    let a = synth(50, 251, |_| 10, |i| 1000 + i as u16, |_| 0);
+    let mut segs = a.to_segments();
+    assert_eq!(segs.len(), 50);
+    let r1 = w.publish_segments(&a.node, &segs).unwrap();
+    assert_eq!((r1.segments_written, r1.blocks_written), (50, 50));
+    // The same `Arc`s again: only the body is written.
+    let r2 = w.publish_segments(&a.node, &segs).unwrap();
+    assert_eq!(
+        (
+            r2.segments_written,
+            r2.segments_kept,
+            r2.blocks_written,
+            r2.arena_bytes_written
+        ),
+        (0, 50, 0, 0)
+    );
+    // One Service changes: one segment and one Maglev block.
+    let b = synth(
+        50,
+        251,
+        |_| 10,
+        |i| if i == 7 { 2000 } else { 1000 + i as u16 },
+        |_| 0,
+    );
+    segs[7] = b.to_segments()[7].clone();
+    let r3 = w.publish_segments(&b.node, &segs).unwrap();
+    assert_eq!((r3.segments_written, r3.blocks_written), (1, 1));
+    let mut r = RegionReader::open(&dir).unwrap();
+    assert_eq!(normal(&r.try_adopt().unwrap().unwrap()), normal(&b));
+    r.settle();
+    // A Service removed, another appended (positions shift): nothing new
+    // but the appended one; the reader sees exactly the list.
+    segs.remove(3);
+    let extra = synth(51, 251, |_| 10, |i| 1000 + i as u16, |_| 0).to_segments()[50].clone();
+    segs.push(extra);
+    let r4 = w.publish_segments(&b.node, &segs).unwrap();
+    assert_eq!((r4.segments_written, r4.blocks_written), (1, 1));
+    let want = Tables::from_segments(b.node.clone(), 0, &segs);
+    assert_eq!(normal(&r.try_adopt().unwrap().unwrap()), normal(&want));
+    r.settle();
+    // Retired segments are freed once no slot holds their generations.
+    let used = w.arena_used();
+    for _ in 0..6 {
+        w.publish_segments(&b.node, &segs).unwrap();
+        assert!(r.try_adopt().unwrap().is_some());
+        r.settle();
+    }
+    assert!(w.arena_used() < used, "{} < {used}", w.arena_used());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn cached_adoption_equals_a_fresh_read_across_writer_restarts() {
+    let dir = tmpdir("cache");
+    let mut w = RegionWriter::open(&dir, small_opts()).unwrap();
+    let mut r = RegionReader::open(&dir).unwrap();
+    // Contents recur (every Service toggles between two endpoint sets, one
+    // changes for good now and then), so blocks recovered by a restarted
+    // writer are found again by content, some after they were freed.
+    let port = |k: usize| {
+        move |i: usize| {
+            if i == k % 7 {
+                3000 + k as u16
+            } else {
+                1000 + i as u16 + 100 * ((k + i) % 2) as u16
+            }
+        }
+    };
+    for k in 0..90 {
+        if k % 11 == 10 {
+            // The writer restarts (as after kill -9): recovery.
+            std::mem::forget(w);
+            w = RegionWriter::open(&dir, small_opts()).unwrap();
+        }
+        let t = synth(7 + k % 3, 251, |i| 2 + (i + k) % 2, port(k), |_| 0);
+        w.publish(&t).unwrap();
+        let got = r.try_adopt().unwrap().expect("a new generation");
+        r.settle();
+        let fresh = RegionReader::open_read_only(&dir)
+            .unwrap()
+            .snapshot()
+            .unwrap()
+            .tables;
+        assert_eq!(normal(&got), normal(&t), "step {k}");
+        assert_eq!(normal(&fresh), normal(&t), "step {k}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// Random sequences of segment lists — a Service set to one of a few
+    /// contents (as the pool's shared `Arc` or a fresh copy), removed,
+    /// added back, the same list again, the writer restarted — always
+    /// publish exactly the list: the adopting reader (with its cache) and
+    /// a fresh read-only copy both equal `Tables::from_segments`.
+    #[test]
+    fn random_segment_lists_publish_exactly(
+        ops in proptest::collection::vec((0u8..5, 0usize..10, 0usize..3), 1..50)
+    ) {
+        let dir = tmpdir("seglists");
+        let pool: Vec<Vec<Arc<Segment>>> = (0..3)
+            .map(|v| {
+                synth(10, 251, |i| 1 + (i + v) % 3, |i| 1000 + (i * 3 + v) as u16, |_| v)
+                    .to_segments()
+            })
+            .collect();
+        let node = node_config();
+        let mut list: Vec<Option<Arc<Segment>>> = (0..10).map(|i| Some(pool[0][i].clone())).collect();
+        let mut w = RegionWriter::open(&dir, small_opts()).unwrap();
+        let mut r = RegionReader::open(&dir).unwrap();
+        for (op, i, v) in ops {
+            match op {
+                0 => list[i] = Some(pool[v][i].clone()),
+                1 => list[i] = Some(Arc::new((*pool[v][i]).clone())),
+                2 => list[i] = None,
+                3 => {}
+                _ => {
+                    drop(r);
+                    std::mem::forget(w);
+                    w = RegionWriter::open(&dir, small_opts()).unwrap();
+                    // A new reader protects everything until it adopts.
+                    r = RegionReader::open(&dir).unwrap();
+                    let _ = r.try_adopt().unwrap();
+                    r.settle();
+                }
+            }
+            let segs: Vec<Arc<Segment>> = list.iter().flatten().cloned().collect();
+            w.publish_segments(&node, &segs).unwrap();
+            let want = normal(&Tables::from_segments(node.clone(), 0, &segs));
+            let got = r.try_adopt().unwrap().expect("a new generation");
+            r.settle();
+            prop_assert_eq!(normal(&got), want.clone());
+            let fresh = RegionReader::open_read_only(&dir).unwrap().snapshot().unwrap().tables;
+            prop_assert_eq!(normal(&fresh), want);
+        }
+        drop(r);
+        drop(w);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
