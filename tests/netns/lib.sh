@@ -323,10 +323,11 @@ P
 
 RUN=0
 # start_ep MODE [extra run args...]: starts `edgeplane run` in the node ns
-# on WORK/m with state in $STATE; LOG is its log.
+# on WORK/m with state in $STATE; LOG is its log (EP_LOG if set, else one
+# per start in WORK).
 start_ep() {
     local mode=$1; shift
-    RUN=$((RUN + 1)); LOG=$WORK/ep-$RUN-$mode.log
+    RUN=$((RUN + 1)); LOG=${EP_LOG:-$WORK/ep-$RUN-$mode.log}
     ip netns exec "$NS_N" "$BIN" run --manifests "$WORK/m" --node-name node-a \
         --node-ip 198.18.1.1 -i n0 -i n1 --workers 2 --tables "$STATE" \
         --xdp-mode "$mode" --idle-sleep-us 200 \
