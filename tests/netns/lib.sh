@@ -90,13 +90,13 @@ topology() {
     ip -n "$NS_B" route add default via 198.18.2.1
 }
 
-# wait_listening PORT COUNT [tcp|udp]: waits (at most 10 s) until COUNT
-# sockets listen on PORT in the backend ns.
+# wait_listening PORT COUNT [tcp|udp [NS]]: waits (at most 10 s) until COUNT
+# sockets listen on PORT in NS (default: the backend ns).
 wait_listening() {
     local flags=-ltn
     [ "${3:-tcp}" = udp ] && flags=-lun
     for _ in $(seq 100); do
-        [ "$(ip netns exec "$NS_B" ss "$flags" | grep -c ":$1 ")" -ge "$2" ] && return 0
+        [ "$(ip netns exec "${4:-$NS_B}" ss "$flags" | grep -c ":$1 ")" -ge "$2" ] && return 0
         sleep 0.1
     done
     echo "servers on :$1 did not start ($2 wanted)" >&2
@@ -333,7 +333,7 @@ start_ep() {
         --xdp-mode "$mode" --idle-sleep-us 200 \
         --frames 1024 --ring-size 512 "$@" >"$LOG" 2>&1 &
     EP_PID=$!
-    for _ in $(seq 200); do
+    for _ in $(seq 300); do
         grep -q 'edgeplane running' "$LOG" 2>/dev/null && return 0
         kill -0 "$EP_PID" 2>/dev/null || break
         sleep 0.05
@@ -345,6 +345,14 @@ start_ep() {
 stop_ep() {
     [ -n "$EP_PID" ] || return 0
     kill -TERM "$EP_PID" 2>/dev/null; wait "$EP_PID" 2>/dev/null; EP_PID=""
+}
+
+# published: how many generations LOG says were published;
+# wait_published COUNT: waits (at most 5 s) until there are more than COUNT.
+published() { grep -c 'tables published' "$LOG" || true; }
+wait_published() {
+    for _ in $(seq 50); do [ "$(published)" -gt "$1" ] && return 0; sleep 0.1; done
+    return 1
 }
 
 # summarize_client FILE T_AFTER: sets TOTAL, AFTER (connections with an echo

@@ -174,11 +174,6 @@ start_ep "$MODE" --log-format json --reload-ms 100 --conntrack-size 65536 --dura
     --metrics-addr 127.0.0.1:10249 --healthz-addr 0.0.0.0:10256 --healthz-stale-after 2 || exit 1
 
 set +e
-published() { grep -c 'tables published' "$LOG" || true; }
-wait_published() { # count-before
-    for _ in $(seq 50); do [ "$(published)" -gt "$1" ] && return 0; sleep 0.1; done
-    return 1
-}
 node_get() { # url → "CODE BODY"
     rm -f "$WORK/body"
     ip netns exec "$NS_N" curl -s -m 3 -o "$WORK/body" -w '%{http_code}' "$1"; echo " $(cat "$WORK/body" 2>/dev/null)"
