@@ -91,20 +91,8 @@ for a in $V4B $V6B; do
     (cd "$WORK/www-$a" && exec ip netns exec "$NS_B" timeout 600 "$PY" "$WORK/www.py" "$a" >/dev/null 2>&1) &
     disown
 done
-cat >"$WORK/udpecho.py" <<'P'
-import selectors, socket, sys
-sel = selectors.DefaultSelector()
-for a in sys.argv[1:]:
-    s = socket.socket(socket.AF_INET6 if ":" in a else socket.AF_INET, socket.SOCK_DGRAM)
-    s.bind((a, 5353))
-    sel.register(s, selectors.EVENT_READ, a.encode())
-while True:
-    for k, _ in sel.select():
-        d, peer = k.fileobj.recvfrom(2048)
-        k.fileobj.sendto(k.data + b" " + d, peer)
-P
-ip netns exec "$NS_B" timeout 600 "$PY" "$WORK/udpecho.py" $V4B $V6B >/dev/null 2>&1 &
-disown
+# shellcheck disable=SC2086 # one address a word
+udp_echo $V4B $V6B
 # An SSH-like service of the node itself (kernel sockets, not a Service):
 # a banner, then it echoes one line.
 cat >"$WORK/sshlike.py" <<'P'

@@ -32,6 +32,7 @@ NS_C=ep$TAG-c-$S NS_N=ep$TAG-n-$S NS_B=ep$TAG-b-$S
 WORK=$(mktemp -d "/tmp/ep-$TAG.XXXXXX")
 EP_PID=""
 BG_PIDS=""
+CL_PID=""
 CREATED_NS=""
 FAILS=0
 # Backend addresses the namespaces get (a manifest may use a subset).
@@ -136,6 +137,25 @@ P
         n=$((n + 1))
     done
     wait_listening 8080 "$n"
+}
+
+# udp_echo ADDR...: one process in the backend ns answering every datagram
+# to ADDR:5353 (IPv4 or IPv6) with "ADDR <payload>", bounded by MAXLIFE.
+udp_echo() {
+    cat >"$WORK/udpecho.py" <<'P'
+import selectors, socket, sys
+sel = selectors.DefaultSelector()
+for a in sys.argv[1:]:
+    s = socket.socket(socket.AF_INET6 if ":" in a else socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind((a, 5353))
+    sel.register(s, selectors.EVENT_READ, a.encode())
+while True:
+    for k, _ in sel.select():
+        d, peer = k.fileobj.recvfrom(2048)
+        k.fileobj.sendto(k.data + b" " + d, peer)
+P
+    ip netns exec "$NS_B" timeout "${MAXLIFE:-600}" "$PY" "$WORK/udpecho.py" "$@" >/dev/null 2>&1 &
+    disown
 }
 
 # write_atomic FILE: stdin to FILE, written elsewhere and renamed in (a
@@ -275,6 +295,18 @@ print("done %d" % len(conns))
 P
 }
 
+# start_client TIMEOUT MAX OUT TARGET...: runs the client (write_client) in
+# the client ns (MAX seconds, killed after TIMEOUT), output to OUT, pid in
+# CL_PID; waits (at most 10 s) for WORK/READY and fails without it.
+start_client() {
+    local limit=$1 max=$2 out=$3; shift 3
+    rm -f "$WORK/READY" "$WORK/STOP"
+    ip netns exec "$NS_C" timeout "$limit" "$PY" "$WORK/client.py" "$WORK" "$max" "$@" >"$out" 2>&1 &
+    CL_PID=$!; BG_PIDS="$BG_PIDS $CL_PID"
+    for _ in $(seq 200); do [ -f "$WORK/READY" ] && return 0; sleep 0.05; done
+    return 1
+}
+
 # new_conns N TARGET... : N fresh TCP connections (connect, one line echoed,
 # close), round-robin over the targets, each within 3 s; prints
 # "new ok K of N" and the failures.
@@ -364,6 +396,15 @@ summarize_client() {
     ERRS=$(awk '$1 == "conn" && $8 != "-" {print $8}' "$out" | sort | uniq -c | tr -s ' ' | tr '\n' ',')
     NERR=$(awk '$1 == "conn" && $8 != "-"' "$out" | wc -l)
     MIN_EX=$(awk '$1 == "conn" {print $4}' "$out" | sort -n | head -1)
+}
+
+# client_checks MODE WHEN (after summarize_client): at least 99 of the 100
+# connections exchanged data after WHEN, and none was reset or closed.
+client_checks() {
+    [ "$TOTAL" = 100 ] && [ "$AFTER" -ge 99 ]
+    check "connections-carry-on ($1)" $? "($AFTER/$TOTAL exchanged data after $2; fewest exchanges on one connection: ${MIN_EX:-?})"
+    [ "$TOTAL" = 100 ] && [ "$NERR" = 0 ]
+    check "no-connection-reset ($1)" $? "($NERR broken${ERRS:+: $ERRS})"
 }
 
 # max_gap FROM TO: the longest time (ms) without an echo (any connection)

@@ -36,6 +36,7 @@ OUT=${2:?usage: ops.sh EDGEPLANE_BIN OUTDIR [mode]}
 MODE=${3:-generic}
 TAG=o
 BACKENDS="198.18.2.2 198.18.2.3 198.18.2.4"
+MAXLIFE=300
 CLIENT_ROUTES="198.18.1.1/32 198.18.100.0/24"
 . "$(dirname "$0")/lib.sh"
 STATE=$WORK/state
@@ -44,21 +45,8 @@ mkdir -p "$OUT"
 
 topology
 
-cat >"$WORK/udpecho.py" <<'P'
-import selectors, socket, sys
-sel = selectors.DefaultSelector()
-for a in sys.argv[1:]:
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.bind((a, 5353))
-    sel.register(s, selectors.EVENT_READ, a.encode())
-while True:
-    for k, _ in sel.select():
-        d, peer = k.fileobj.recvfrom(2048)
-        k.fileobj.sendto(k.data + b" " + d, peer)
-P
 # shellcheck disable=SC2086 # one backend a word
-ip netns exec "$NS_B" timeout 300 "$PY" "$WORK/udpecho.py" $BACKENDS >/dev/null 2>&1 &
-disown
+udp_echo $BACKENDS
 wait_listening 5353 3 udp
 
 # The client: N datagrams from N distinct source ports (one flow each),

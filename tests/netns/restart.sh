@@ -39,7 +39,6 @@ MODES=${2:-all}
 TAG=r
 MAXLIFE=300
 . "$(dirname "$0")/lib.sh"
-CL_PID=""
 
 topology
 servers
@@ -52,14 +51,10 @@ set +e
 for mode in $MODES; do
     echo "== $mode mode"
     STATE=$WORK/state-$mode
-    rm -f "$WORK/READY" "$WORK/STOP"
     ip -n "$NS_N" neigh flush all
     start_ep "$mode" --conntrack-size 65536 --duration 120 || { check "start ($mode)" 1; continue; }
-    ip netns exec "$NS_C" timeout 90 "$PY" "$WORK/client.py" "$WORK" 60 \
-        198.18.200.10:80 198.18.1.1:30080 >"$WORK/client-$mode.out" 2>&1 &
-    CL_PID=$!; BG_PIDS="$BG_PIDS $CL_PID"
-    for _ in $(seq 200); do [ -f "$WORK/READY" ] && break; sleep 0.05; done
-    [ -f "$WORK/READY" ]; check "100-connections-established ($mode)" $? "($(grep -c . "$WORK/READY" 2>/dev/null || echo 0) ready mark)"
+    start_client 90 60 "$WORK/client-$mode.out" 198.18.200.10:80 198.18.1.1:30080
+    check "100-connections-established ($mode)" $? "($(grep -c . "$WORK/READY" 2>/dev/null || echo 0) ready mark)"
     # A second dataplane on the same state directory refuses to start,
     # naming the first, and touches nothing (the checks below would see it).
     out=$(ip netns exec "$NS_N" timeout 20 "$BIN" run --manifests "$WORK/m" --node-name node-a \
@@ -86,10 +81,7 @@ for mode in $MODES; do
     wait "$CL_PID"; CL_PID=""
     out=$WORK/client-$mode.out
     summarize_client "$out" "$t_up"
-    [ "$TOTAL" = 100 ] && [ "$AFTER" -ge 99 ]
-    check "connections-carry-on ($mode)" $? "($AFTER/$TOTAL exchanged data after the restart; fewest exchanges on one connection: ${MIN_EX:-?})"
-    [ "$TOTAL" = 100 ] && [ "$NERR" = 0 ]
-    check "no-connection-reset ($mode)" $? "($NERR broken${ERRS:+: $ERRS})"
+    client_checks "$mode" "the restart"
     stop_ep
     grep -E '^(stats|xdp (redirect|drop|pass_no))' "$LOG" | sed 's/^/      /'
     if [ "$FAILS" != 0 ]; then

@@ -35,7 +35,6 @@ STATE=$WORK/state
 CP_PID=""
 DP_PID=""
 ED_PID=""
-CL_PID=""
 split_cleanup() {
     set +e
     for p in $BG_PIDS; do kill -9 "$p" 2>/dev/null; done
@@ -130,11 +129,8 @@ ip -n "$NS_N" neigh flush all
 start_control || { check "control-start" 1; exit 1; }
 start_dataplane || { check "dataplane-start" 1; exit 1; }
 check "two-processes-running" 0 "(control pid $CP_PID, dataplane pid $DP_PID)"
-ip netns exec "$NS_C" timeout 120 "$PY" "$WORK/client.py" "$WORK" 90 \
-    198.18.200.10:80 198.18.1.1:30080 >"$WORK/client.out" 2>&1 &
-CL_PID=$!; BG_PIDS="$BG_PIDS $CL_PID"
-for _ in $(seq 200); do [ -f "$WORK/READY" ] && break; sleep 0.05; done
-[ -f "$WORK/READY" ]; check "100-connections-established" $?
+start_client 120 90 "$WORK/client.out" 198.18.200.10:80 198.18.1.1:30080
+check "100-connections-established" $?
 
 # 1. control-kill under manifest edits.
 (
