@@ -57,8 +57,7 @@ kc apply -f "$HERE/examples/demo" >/dev/null; check "kubectl-apply" $?
 ip netns exec "$NS_N" "$BIN" run --kubeconfig "$WORK/kubeconfig" --node-name node-a --node-ip 198.18.1.1 \
     -i n0 -i n1 --workers 1 --idle-sleep-us 200 --duration 120 --tables "$WORK/state" >"$WORK/ep.log" 2>&1 &
 EP_PID=$!
-for _ in $(seq 200); do grep -q 'edgeplane running' "$WORK/ep.log" && break; kill -0 "$EP_PID" || break; sleep 0.1; done
-grep -q 'edgeplane running' "$WORK/ep.log"; check "run-synced-from-api" $? "($(grep -o 'frontends=[0-9]*' "$WORK/ep.log" | head -1))"
+wait_for_log "$WORK/ep.log" 'edgeplane running' "$EP_PID" 20; check "run-synced-from-api" $? "($(grep -o 'frontends=[0-9]*' "$WORK/ep.log" | head -1))"
 
 cget() { ip netns exec "$NS_C" curl -sS --max-time 3 "$@" 2>&1; }
 if [ -n "${DEBUG:-}" ]; then
@@ -93,7 +92,7 @@ for _ in $(seq 100); do after=$(grep 'tables published' "$WORK/ep.log" | tail -1
 out=$(cget --max-time 1 http://198.18.200.11/)
 [ "$after" != "$before" ] && [[ "$out" != 198.18.* ]]; check "deleted-service-frontend-gone" $? "($before -> $after)"
 
-kill -TERM "$EP_PID"; wait "$EP_PID"; EP_PID=""
+stop_ep
 grep -q 'balanced true' "$WORK/ep.log"; check "clean-exit" $?
 [ "$FAILS" = 0 ] || { echo "--- answers"; sort "$WORK/a1" | uniq -c | head -5; echo "--- edgeplane log"; tail -30 "$WORK/ep.log"; }
 if [ "$FAILS" = 0 ]; then echo "kube-e2e: all passed"; else echo "kube-e2e: $FAILS FAILED"; fi

@@ -353,6 +353,19 @@ print(-1)
 P
 }
 
+# wait_for_log FILE PATTERN PID [SECONDS]: waits (at most SECONDS, default
+# 15) until FILE holds PATTERN, while PID lives; otherwise prints FILE to
+# stderr and fails.
+wait_for_log() {
+    for _ in $(seq $(( ${4:-15} * 20 ))); do
+        grep -q "$2" "$1" 2>/dev/null && return 0
+        kill -0 "$3" 2>/dev/null || break
+        sleep 0.05
+    done
+    cat "$1" >&2
+    return 1
+}
+
 RUN=0
 # start_ep MODE [extra run args...]: starts `edgeplane run` in the node ns
 # on WORK/m with state in $STATE; LOG is its log (EP_LOG if set, else one
@@ -365,13 +378,7 @@ start_ep() {
         --xdp-mode "$mode" --idle-sleep-us 200 \
         --frames 1024 --ring-size 512 "$@" >"$LOG" 2>&1 &
     EP_PID=$!
-    for _ in $(seq 300); do
-        grep -q 'edgeplane running' "$LOG" 2>/dev/null && return 0
-        kill -0 "$EP_PID" 2>/dev/null || break
-        sleep 0.05
-    done
-    cat "$LOG" >&2
-    return 1
+    wait_for_log "$LOG" 'edgeplane running' "$EP_PID"
 }
 
 stop_ep() {

@@ -71,13 +71,7 @@ start_control() {
     "$BIN" control --manifests "$WORK/m" --node-name node-a --node-ip 198.18.1.1 \
         --tables "$STATE" --reload-ms 50 --duration 150 >"$CLOG" 2>&1 &
     CP_PID=$!
-    for _ in $(seq 100); do
-        grep -q 'tables published' "$CLOG" 2>/dev/null && return 0
-        kill -0 "$CP_PID" 2>/dev/null || break
-        sleep 0.05
-    done
-    cat "$CLOG" >&2
-    return 1
+    wait_for_log "$CLOG" 'tables published' "$CP_PID"
 }
 start_dataplane() {
     RUN=$((RUN + 1)); DLOG=$WORK/dataplane-$RUN.log
@@ -85,13 +79,7 @@ start_dataplane() {
         --xdp-mode "$MODE" --idle-sleep-us 200 --conntrack-size 65536 \
         --frames 1024 --ring-size 512 --duration 150 --wait-tables 10 >"$DLOG" 2>&1 &
     DP_PID=$!
-    for _ in $(seq 150); do
-        grep -q 'edgeplane running' "$DLOG" 2>/dev/null && return 0
-        kill -0 "$DP_PID" 2>/dev/null || break
-        sleep 0.05
-    done
-    cat "$DLOG" >&2
-    return 1
+    wait_for_log "$DLOG" 'edgeplane running' "$DP_PID"
 }
 
 web() { # [extra backend]: Service web on 198.18.2.2, .3 and the extra one
