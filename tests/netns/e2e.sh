@@ -29,59 +29,25 @@ set -euo pipefail
 BIN=${1:?usage: e2e.sh EDGEPLANE_BIN [modes]}
 MODES=${2:-all}
 [ "$MODES" = all ] && MODES="generic native"
-[ "$(id -u)" = 0 ] || { echo "e2e.sh needs root" >&2; exit 2; }
-PY=$(command -v /usr/bin/python3 || command -v python3)
-S=$$
-NS_C=ept-c-$S NS_N=ept-n-$S NS_B=ept-b-$S
-WORK=$(mktemp -d /tmp/ep-e2e.XXXXXX)
-EP_PID=""
-FAILS=0
 V4B="198.18.2.2 198.18.2.3 198.18.2.4"
 V6B="2001:db8:2::2 2001:db8:2::3 2001:db8:2::4"
+TAG=t
+BACKENDS=$V4B
+CLIENT_ROUTES="198.18.100.0/24 198.18.1.1/32 198.18.200.0/24"
+. "$(dirname "$0")/lib.sh"
 
-cleanup() {
-    set +e
-    [ -n "$EP_PID" ] && kill -TERM "$EP_PID" 2>/dev/null && wait "$EP_PID" 2>/dev/null
-    for ns in $NS_C $NS_N $NS_B; do
-        for p in $(ip netns pids "$ns" 2>/dev/null); do kill -9 "$p" 2>/dev/null; done
-        ip netns del "$ns" 2>/dev/null
-    done
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM HUP PIPE
-
-check() { # name condition-result(0/1) detail
-    if [ "$2" = 0 ]; then echo "ok    $1 ${3:-}"; else echo "FAIL  $1 ${3:-}"; FAILS=$((FAILS + 1)); fi
-}
-
-for ns in $NS_C $NS_N $NS_B; do ip netns add "$ns"; ip -n "$ns" link set lo up; done
-ip link add c0 netns "$NS_C" numtxqueues 2 numrxqueues 2 type veth peer name n0 netns "$NS_N" numtxqueues 2 numrxqueues 2
-ip link add b0 netns "$NS_B" numtxqueues 2 numrxqueues 2 type veth peer name n1 netns "$NS_N" numtxqueues 2 numrxqueues 2
-for pair in "$NS_C c0" "$NS_N n0" "$NS_N n1" "$NS_B b0"; do
-    set -- $pair
-    # Complete checksums and no 64 KiB super-frames: the engine updates
-    # checksums incrementally and XDP sees single frames.
-    ip netns exec "$1" ethtool -K "$2" tx off tso off gso off >/dev/null 2>&1 || true
-    ip -n "$1" link set "$2" up
-done
-# The backend side has the smaller MTU (the large-transfer check).
+# lib.sh's IPv4 topology, plus IPv6 and the smaller MTU on the backend side
+# (the large-transfer check).
+topology
 ip -n "$NS_N" link set n1 mtu 1400
 ip -n "$NS_B" link set b0 mtu 1400
-ip -n "$NS_C" addr add 198.18.0.100/24 dev c0
 ip -n "$NS_C" addr add 2001:db8::100/64 dev c0 nodad
-for r in 198.18.100.0/24 198.18.1.1/32 198.18.200.0/24; do ip -n "$NS_C" route add $r via 198.18.0.1; done
-for r in 2001:db8:1::/64 2001:db8:100::/64 2001:db8:200::/64; do ip -n "$NS_C" route add $r via 2001:db8::1; done
-ip -n "$NS_N" addr add 198.18.0.1/24 dev n0
+for r in 2001:db8:1::/64 2001:db8:100::/64 2001:db8:200::/64; do ip -n "$NS_C" route add "$r" via 2001:db8::1; done
 ip -n "$NS_N" addr add 2001:db8::1/64 dev n0 nodad
-ip -n "$NS_N" addr add 198.18.2.1/24 dev n1
 ip -n "$NS_N" addr add 2001:db8:2::1/64 dev n1 nodad
-ip -n "$NS_N" addr add 198.18.1.1/32 dev lo
 ip -n "$NS_N" addr add 2001:db8:1::1/128 dev lo
-ip netns exec "$NS_N" sysctl -qw net.ipv4.ip_forward=0 net.ipv6.conf.all.forwarding=0
-for a in $V4B; do ip -n "$NS_B" addr add $a/24 dev b0; done
-for a in $V6B; do ip -n "$NS_B" addr add $a/64 dev b0 nodad; done
-ip -n "$NS_B" route add default via 198.18.2.1
+ip netns exec "$NS_N" sysctl -qw net.ipv6.conf.all.forwarding=0
+for a in $V6B; do ip -n "$NS_B" addr add "$a/64" dev b0 nodad; done
 ip -n "$NS_B" -6 route add default via 2001:db8:2::1
 
 # Backends: one HTTP server per address. Each serves
@@ -125,20 +91,8 @@ for a in $V4B $V6B; do
     (cd "$WORK/www-$a" && exec ip netns exec "$NS_B" timeout 600 "$PY" "$WORK/www.py" "$a" >/dev/null 2>&1) &
     disown
 done
-cat >"$WORK/udpecho.py" <<'P'
-import selectors, socket, sys
-sel = selectors.DefaultSelector()
-for a in sys.argv[1:]:
-    s = socket.socket(socket.AF_INET6 if ":" in a else socket.AF_INET, socket.SOCK_DGRAM)
-    s.bind((a, 5353))
-    sel.register(s, selectors.EVENT_READ, a.encode())
-while True:
-    for k, _ in sel.select():
-        d, peer = k.fileobj.recvfrom(2048)
-        k.fileobj.sendto(k.data + b" " + d, peer)
-P
-ip netns exec "$NS_B" timeout 600 "$PY" "$WORK/udpecho.py" $V4B $V6B >/dev/null 2>&1 &
-disown
+# shellcheck disable=SC2086 # one address a word
+udp_echo $V4B $V6B
 # An SSH-like service of the node itself (kernel sockets, not a Service):
 # a banner, then it echoes one line.
 cat >"$WORK/sshlike.py" <<'P'
@@ -262,12 +216,9 @@ for i in range(n):
 print("ok=%d/%d" % (ok, n))
 P
 
-for _ in $(seq 100); do
-    [ "$(ip netns exec "$NS_B" ss -ltn | grep -c ':8080')" -ge 6 ] &&
-        [ "$(ip netns exec "$NS_B" ss -lun | grep -c ':5353')" -ge 6 ] &&
-        [ "$(ip netns exec "$NS_N" ss -ltn | grep -c ':2222')" -ge 2 ] && break
-    sleep 0.1
-done
+wait_listening 8080 6
+wait_listening 5353 6 udp
+wait_listening 2222 2 tcp "$NS_N"
 
 # The tables: write_manifests renders these into $WORK/m/services.yaml.
 WEB_READY=$V4B    # web's ready IPv4 endpoints
@@ -376,39 +327,17 @@ status: {loadBalancer: {ingress: [{ip: 198.18.100.13}]}}
 Y
             slice added-1 added IPv4 http 8080 TCP 198.18.2.3
         fi
-    } >"$WORK/services.yaml.tmp"
-    mv "$WORK/services.yaml.tmp" "$WORK/m/services.yaml"
+    } | write_atomic "$WORK/m/services.yaml"
 }
 
 # From here on a failed check is counted, not fatal.
 set +e
 
-RUN=0
-start_ep() { # mode
-    RUN=$((RUN + 1)); LOG=$WORK/ep-$RUN-$1.log
-    ip netns exec "$NS_N" "$BIN" run --manifests "$WORK/m" --node-name node-a \
-        --node-ip 198.18.1.1 --node-ip 2001:db8:1::1 -i n0 -i n1 --workers 2 \
-        --tables "$WORK/state-$1" \
-        --xdp-mode "$1" --idle-sleep-us 200 --reload-ms 100 --conntrack-size 65536 \
-        --frames 1024 --ring-size 512 --duration 150 >"$LOG" 2>&1 &
-    EP_PID=$!
-    for _ in $(seq 150); do
-        grep -q 'edgeplane running' "$LOG" 2>/dev/null && return 0
-        kill -0 "$EP_PID" 2>/dev/null || break
-        sleep 0.1
-    done
-    cat "$LOG" >&2
-    return 1
-}
-stop_ep() {
-    kill -TERM "$EP_PID" 2>/dev/null || true
-    wait "$EP_PID" || true
-    EP_PID=""
-}
-published() { grep -c 'tables published' "$LOG" || true; }
-wait_published() { # count before the change; bounded at 5 s
-    for _ in $(seq 50); do [ "$(published)" -gt "$1" ] && return 0; sleep 0.1; done
-    return 1
+# ep MODE: `edgeplane run` (lib.sh's start_ep) dual stack, state in
+# WORK/state-MODE.
+ep() {
+    STATE=$WORK/state-$1
+    start_ep "$1" --node-ip 2001:db8:1::1 --reload-ms 100 --conntrack-size 65536 --duration 150
 }
 cget() { ip netns exec "$NS_C" curl -sS --max-time 3 "$@" 2>&1 || true; }
 inc() { ip netns exec "$NS_C" timeout "$1" "$PY" "$WORK/$2" "${@:3}" 2>&1 || true; }
@@ -424,7 +353,7 @@ for mode in $MODES; do
     # Empty neighbour tables: the first translated frames have no known MAC
     # and go through the kernel, which resolves them.
     ip -n "$NS_N" neigh flush all
-    start_ep "$mode" || { check "start ($mode)" 1; continue; }
+    ep "$mode" || { check "start ($mode)" 1; continue; }
     if [ -n "${DEBUG:-}" ]; then
         ip netns exec "$NS_C" timeout 100 tcpdump -lnni c0 -w "$WORK/c0-$mode.pcap" 'not port 8080 and (tcp[tcpflags] & (tcp-syn|tcp-rst|tcp-fin) != 0 or not tcp)' >/dev/null 2>&1 &
         ip netns exec "$NS_B" timeout 100 tcpdump -lnni b0 -w "$WORK/b0-$mode.pcap" 'tcp[tcpflags] & (tcp-syn|tcp-rst|tcp-fin) != 0 or not tcp' >/dev/null 2>&1 &
@@ -674,14 +603,14 @@ done
 echo "== stale program from a crash is replaced"
 WEB_READY="198.18.2.2" WEB_TERM="" EXTRA=no DL_EPS=$V4B
 write_manifests
-start_ep generic
+ep generic
 kill -KILL "$EP_PID"; wait "$EP_PID" 2>/dev/null || true; EP_PID=""
 left=$(xdp_attached n0)
 # With no socket in its XSKMAP the stale program passes everything but
 # Service traffic (held for the restart): the node still answers its own
 # ping (fail open to the kernel).
 ip netns exec "$NS_C" ping -c 1 -W 1 198.18.0.1 >/dev/null 2>&1; check "crashed-program-fails-open" $? "(left attached: $left)"
-start_ep generic
+ep generic
 out=$(cget http://198.18.100.10/)
 stop_ep
 grep -q 'replacing stale' "$LOG" && [ "$out" = "backend 198.18.2.2" ] && [ "$(xdp_attached n0)" = 0 ]

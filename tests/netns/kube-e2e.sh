@@ -17,75 +17,51 @@
 set -euo pipefail
 BIN=${1:?usage: kube-e2e.sh EDGEPLANE_BIN TESTAPI_BIN}
 API_BIN=${2:?usage: kube-e2e.sh EDGEPLANE_BIN TESTAPI_BIN}
-[ "$(id -u)" = 0 ] || { echo "kube-e2e.sh needs root" >&2; exit 2; }
 command -v kubectl >/dev/null || { echo "kubectl is not installed" >&2; exit 2; }
 HERE=$(cd "$(dirname "$0")/../.." && pwd)
-PY=$(command -v /usr/bin/python3 || command -v python3)
-S=$$
-C=epk-c-$S N=epk-n-$S B=epk-b-$S
-WORK=$(mktemp -d /tmp/ep-kube-e2e.XXXXXX)
-EP_PID="" API_PID=""
-FAILS=0
-cleanup() {
+TAG=k
+BACKENDS="198.18.2.2 198.18.3.2 198.18.4.2"
+CLIENT_ROUTES="198.18.1.1/32 198.18.100.0/24 198.18.200.0/24"
+QUEUES=1
+MAXLIFE=300
+. "$HERE/tests/netns/lib.sh"
+API_PID=""
+ke_cleanup() {
     set +e
-    [ -n "$EP_PID" ] && kill -TERM "$EP_PID" 2>/dev/null && wait "$EP_PID" 2>/dev/null
+    # edgeplane, then the API server (lib_cleanup kills what runs in the
+    # namespaces).
+    stop_ep
     [ -n "$API_PID" ] && kill -INT "$API_PID" 2>/dev/null && wait "$API_PID" 2>/dev/null
-    for ns in $C $N $B; do
-        for p in $(ip netns pids "$ns" 2>/dev/null); do kill -9 "$p" 2>/dev/null; done
-        ip netns del "$ns" 2>/dev/null
-    done
-    rm -rf "$WORK"
+    lib_cleanup
 }
-trap cleanup EXIT
-trap 'exit 130' INT TERM HUP PIPE
-check() { if [ "$2" = 0 ]; then echo "ok    $1 ${3:-}"; else echo "FAIL  $1 ${3:-}"; FAILS=$((FAILS + 1)); fi; }
+trap ke_cleanup EXIT
 
-for ns in $C $N $B; do ip netns add "$ns"; ip -n "$ns" link set lo up; done
-ip link add c0 netns "$C" type veth peer name n0 netns "$N"
-ip link add b0 netns "$B" type veth peer name n1 netns "$N"
-for pair in "$C c0" "$N n0" "$N n1" "$B b0"; do
-    set -- $pair
-    ip netns exec "$1" ethtool -K "$2" tx off tso off gso off >/dev/null 2>&1 || true
-    ip -n "$1" link set "$2" up
-done
-ip -n "$C" addr add 198.18.0.100/24 dev c0
-for r in 198.18.1.1/32 198.18.100.0/24 198.18.200.0/24; do ip -n "$C" route add $r via 198.18.0.1; done
-ip -n "$N" addr add 198.18.0.1/24 dev n0
-ip -n "$N" addr add 198.18.1.1/32 dev lo
-for i in 2 3 4; do
-    ip -n "$N" addr add 198.18.$i.1/24 dev n1
-    ip -n "$B" addr add 198.18.$i.2/24 dev b0
-done
-ip -n "$B" route add default via 198.18.2.1
-for a in 198.18.2.2 198.18.3.2 198.18.4.2; do
+topology
+for a in $BACKENDS; do
     mkdir -p "$WORK/www-$a"; echo "$a" >"$WORK/www-$a/index.html"
-    (cd "$WORK/www-$a" && exec ip netns exec "$B" timeout 300 "$PY" -m http.server 8080 --bind "$a" >/dev/null 2>&1) &
+    (cd "$WORK/www-$a" && exec ip netns exec "$NS_B" timeout "$MAXLIFE" "$PY" -m http.server 8080 --bind "$a" >/dev/null 2>&1) &
     disown
 done
-for _ in $(seq 100); do
-    [ "$(ip netns exec "$B" ss -ltn | grep -c ':8080')" -ge 3 ] && break
-    sleep 0.1
-done
+wait_listening 8080 3
 
 # The API server inside the node namespace (its 127.0.0.1).
-ip netns exec "$N" "$API_BIN" --port 18080 --kubeconfig "$WORK/kubeconfig" >"$WORK/api.log" 2>&1 &
+ip netns exec "$NS_N" "$API_BIN" --port 18080 --kubeconfig "$WORK/kubeconfig" >"$WORK/api.log" 2>&1 &
 API_PID=$!
 for _ in $(seq 100); do [ -s "$WORK/kubeconfig" ] && break; sleep 0.1; done
 [ -s "$WORK/kubeconfig" ] || { echo "the test API server did not start:"; cat "$WORK/api.log"; exit 1; }
 set +e
 export HOME=$WORK KUBECONFIG=$WORK/kubeconfig
-kc() { ip netns exec "$N" timeout 30 kubectl --cache-dir "$WORK/kcache" "$@"; }
+kc() { ip netns exec "$NS_N" timeout 30 kubectl --cache-dir "$WORK/kcache" "$@"; }
 kc apply -f "$HERE/examples/demo" >/dev/null; check "kubectl-apply" $?
 
-ip netns exec "$N" "$BIN" run --kubeconfig "$WORK/kubeconfig" --node-name node-a --node-ip 198.18.1.1 \
+ip netns exec "$NS_N" "$BIN" run --kubeconfig "$WORK/kubeconfig" --node-name node-a --node-ip 198.18.1.1 \
     -i n0 -i n1 --workers 1 --idle-sleep-us 200 --duration 120 --tables "$WORK/state" >"$WORK/ep.log" 2>&1 &
 EP_PID=$!
-for _ in $(seq 200); do grep -q 'edgeplane running' "$WORK/ep.log" && break; kill -0 "$EP_PID" || break; sleep 0.1; done
-grep -q 'edgeplane running' "$WORK/ep.log"; check "run-synced-from-api" $? "($(grep -o 'frontends=[0-9]*' "$WORK/ep.log" | head -1))"
+wait_for_log "$WORK/ep.log" 'edgeplane running' "$EP_PID" 20; check "run-synced-from-api" $? "($(grep -o 'frontends=[0-9]*' "$WORK/ep.log" | head -1))"
 
-cget() { ip netns exec "$C" curl -sS --max-time 3 "$@" 2>&1; }
+cget() { ip netns exec "$NS_C" curl -sS --max-time 3 "$@" 2>&1; }
 if [ -n "${DEBUG:-}" ]; then
-    ip netns exec "$B" timeout 20 tcpdump -lnni b0 -c 20 tcp >/tmp/kube-b0.txt 2>&1 &
+    ip netns exec "$NS_B" timeout 20 tcpdump -lnni b0 -c 20 tcp >/tmp/kube-b0.txt 2>&1 &
     sleep 1
 fi
 : >"$WORK/a1"
@@ -104,7 +80,7 @@ n4=$(grep -c '^198.18.4.2$' "$WORK/a2"); n=$(grep -c '^198.18.[23].2$' "$WORK/a2
 [ "$n4" = 0 ] && [ "$n" = 30 ]; check "scaled-endpoint-gets-no-new-flows" $? "($n/30 to the others, $n4 to the removed one)"
 
 # The Kubernetes source's metrics: watch events seen, generations published.
-m=$(ip netns exec "$N" curl -s -m 5 http://127.0.0.1:10249/metrics)
+m=$(ip netns exec "$NS_N" curl -s -m 5 http://127.0.0.1:10249/metrics)
 ev=$(grep -E '^edgeplane_kube_events_total ' <<<"$m" | awk '{print $2}')
 pubs=$(grep -E '^edgeplane_tables_publications_total ' <<<"$m" | awk '{print $2}')
 [ "${ev:-0}" -gt 0 ] && [ "${pubs:-0}" -ge 2 ]; check "kube-metrics" $? "(events $ev, publications $pubs)"
@@ -116,7 +92,7 @@ for _ in $(seq 100); do after=$(grep 'tables published' "$WORK/ep.log" | tail -1
 out=$(cget --max-time 1 http://198.18.200.11/)
 [ "$after" != "$before" ] && [[ "$out" != 198.18.* ]]; check "deleted-service-frontend-gone" $? "($before -> $after)"
 
-kill -TERM "$EP_PID"; wait "$EP_PID"; EP_PID=""
+stop_ep
 grep -q 'balanced true' "$WORK/ep.log"; check "clean-exit" $?
 [ "$FAILS" = 0 ] || { echo "--- answers"; sort "$WORK/a1" | uniq -c | head -5; echo "--- edgeplane log"; tail -30 "$WORK/ep.log"; }
 if [ "$FAILS" = 0 ]; then echo "kube-e2e: all passed"; else echo "kube-e2e: $FAILS FAILED"; fi

@@ -1,9 +1,11 @@
-# Shared parts of the hardening netns scripts (linkflap.sh, synflood.sh,
-# kube-faults.sh, bench/soak): the client ns -> node ns -> backend ns topology of
-# restart.sh, line echo servers, the long-lived connection client and
-# `edgeplane run` start-up. Source it after setting BIN and TAG (a short
-# name for namespaces/temp dirs); only 198.18.0.0/15 is used, and
-# everything it creates is removed by the EXIT trap it installs.
+# Shared parts of the netns scripts (restart.sh, split.sh, ops.sh, e2e.sh,
+# kube-e2e.sh, linkflap.sh, synflood.sh, kube-faults.sh, bench/soak): the
+# client ns -> node ns -> backend ns topology, the EXIT trap that removes it,
+# check(), line echo servers, the long-lived connection client and `edgeplane
+# run` start-up. Source it after setting BIN and TAG (a short name for
+# namespaces/temp dirs); only 198.18.0.0/15 is used, and everything it
+# creates is removed by the EXIT trap it installs (a script with more to stop
+# first sets its own trap that ends by calling lib_cleanup).
 #
 #   client ns                node ns                                backend ns
 #   c0 198.18.0.100/24 ───── n0 198.18.0.1/24   n1 198.18.2.1/24 ───── b0 198.18.2.2.. /24
@@ -12,20 +14,31 @@
 #
 # Service web: ClusterIP 198.18.200.10:80, NodePort 198.18.1.1:30080 ->
 # backends :8080 (TCP). Service dns: ClusterIP 198.18.200.11:53/UDP -> :5353.
+#
+# Set before sourcing to change the topology (defaults in brackets):
+#   BACKENDS       backend addresses on b0 ["198.18.2.2 198.18.2.3"]; n1
+#                  gets the .1 of every /24 they are in
+#   CLIENT_ROUTES  prefixes the client routes via the node
+#                  ["198.18.200.0/24 198.18.1.1/32"]
+#   QUEUES         queues per veth [2]
+#   MAXLIFE        seconds the backend servers live at most [600]
 
 : "${BIN:?set BIN before sourcing lib.sh}"
 : "${TAG:?set TAG before sourcing lib.sh}"
-[ "$(id -u)" = 0 ] || { echo "$TAG needs root" >&2; exit 2; }
+[ "$(id -u)" = 0 ] || { echo "${0##*/} needs root" >&2; exit 2; }
 PY=$(command -v /usr/bin/python3 || command -v python3)
 S=$$-$((RANDOM % 10000))
 NS_C=ep$TAG-c-$S NS_N=ep$TAG-n-$S NS_B=ep$TAG-b-$S
 WORK=$(mktemp -d "/tmp/ep-$TAG.XXXXXX")
 EP_PID=""
 BG_PIDS=""
+CL_PID=""
 CREATED_NS=""
 FAILS=0
 # Backend addresses the namespaces get (a manifest may use a subset).
 BACKENDS=${BACKENDS:-"198.18.2.2 198.18.2.3"}
+CLIENT_ROUTES=${CLIENT_ROUTES:-"198.18.200.0/24 198.18.1.1/32"}
+QUEUES=${QUEUES:-2}
 
 lib_cleanup() {
     set +e
@@ -46,28 +59,49 @@ check() { # name result(0 = ok) detail
 }
 mono() { "$PY" -c 'import time; print("%.3f" % time.monotonic())'; }
 
+# Complete checksums and no 64 KiB super-frames: the engine updates
+# checksums incrementally and XDP sees single frames.
 veth_up() { # ns ifname
     ip netns exec "$1" ethtool -K "$2" tx off tso off gso off >/dev/null 2>&1 || true
     ip -n "$1" link set "$2" up
 }
 
 topology() {
+    local ns q="numtxqueues $QUEUES numrxqueues $QUEUES" a r nets=""
     for ns in $NS_C $NS_N $NS_B; do
         ip netns add "$ns"
         CREATED_NS="$CREATED_NS $ns"
         ip -n "$ns" link set lo up
     done
-    ip link add c0 netns "$NS_C" numtxqueues 2 numrxqueues 2 type veth peer name n0 netns "$NS_N" numtxqueues 2 numrxqueues 2
-    ip link add b0 netns "$NS_B" numtxqueues 2 numrxqueues 2 type veth peer name n1 netns "$NS_N" numtxqueues 2 numrxqueues 2
+    # shellcheck disable=SC2086 # $q is four words
+    ip link add c0 netns "$NS_C" $q type veth peer name n0 netns "$NS_N" $q
+    # shellcheck disable=SC2086
+    ip link add b0 netns "$NS_B" $q type veth peer name n1 netns "$NS_N" $q
     veth_up "$NS_C" c0; veth_up "$NS_N" n0; veth_up "$NS_N" n1; veth_up "$NS_B" b0
     ip -n "$NS_C" addr add 198.18.0.100/24 dev c0
-    for r in 198.18.200.0/24 198.18.1.1/32; do ip -n "$NS_C" route add $r via 198.18.0.1; done
+    for r in $CLIENT_ROUTES; do ip -n "$NS_C" route add "$r" via 198.18.0.1; done
     ip -n "$NS_N" addr add 198.18.0.1/24 dev n0
-    ip -n "$NS_N" addr add 198.18.2.1/24 dev n1
+    for a in $BACKENDS; do
+        case " $nets " in *" ${a%.*} "*) ;; *) nets="$nets ${a%.*}" ;; esac
+    done
+    for r in $nets; do ip -n "$NS_N" addr add "$r.1/24" dev n1; done
     ip -n "$NS_N" addr add 198.18.1.1/32 dev lo
     ip netns exec "$NS_N" sysctl -qw net.ipv4.ip_forward=0
     for a in $BACKENDS; do ip -n "$NS_B" addr add "$a/24" dev b0; done
     ip -n "$NS_B" route add default via 198.18.2.1
+}
+
+# wait_listening PORT COUNT [tcp|udp [NS]]: waits (at most 10 s) until COUNT
+# sockets listen on PORT in NS (default: the backend ns).
+wait_listening() {
+    local flags=-ltn
+    [ "${3:-tcp}" = udp ] && flags=-lun
+    for _ in $(seq 100); do
+        [ "$(ip netns exec "${4:-$NS_B}" ss "$flags" | grep -c ":$1 ")" -ge "$2" ] && return 0
+        sleep 0.1
+    done
+    echo "servers on :$1 did not start ($2 wanted)" >&2
+    return 1
 }
 
 # Line echo (TCP :8080) and datagram echo (UDP :5353) servers on every
@@ -96,25 +130,50 @@ s.bind((sys.argv[1], 8080)); s.listen(1024)
 while True:
     threading.Thread(target=handle, args=(s.accept()[0],), daemon=True).start()
 P
-    local n=0
+    local a n=0
     for a in $BACKENDS; do
         ip netns exec "$NS_B" timeout "${MAXLIFE:-600}" "$PY" "$WORK/echo.py" "$a" >/dev/null 2>&1 &
         disown
         n=$((n + 1))
     done
-    for _ in $(seq 100); do
-        [ "$(ip netns exec "$NS_B" ss -ltn | grep -c ':8080')" -ge "$n" ] && return 0
-        sleep 0.1
-    done
-    echo "echo servers did not start" >&2
-    return 1
+    wait_listening 8080 "$n"
 }
 
-# manifest FILE BACKEND... : Services web (TCP) and dns (UDP) on those backends.
-manifest() {
-    local f=$1; shift
-    {
-        cat <<'Y'
+# udp_echo ADDR...: one process in the backend ns answering every datagram
+# to ADDR:5353 (IPv4 or IPv6) with "ADDR <payload>", bounded by MAXLIFE.
+udp_echo() {
+    cat >"$WORK/udpecho.py" <<'P'
+import selectors, socket, sys
+sel = selectors.DefaultSelector()
+for a in sys.argv[1:]:
+    s = socket.socket(socket.AF_INET6 if ":" in a else socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind((a, 5353))
+    sel.register(s, selectors.EVENT_READ, a.encode())
+while True:
+    for k, _ in sel.select():
+        d, peer = k.fileobj.recvfrom(2048)
+        k.fileobj.sendto(k.data + b" " + d, peer)
+P
+    ip netns exec "$NS_B" timeout "${MAXLIFE:-600}" "$PY" "$WORK/udpecho.py" "$@" >/dev/null 2>&1 &
+    disown
+}
+
+# write_atomic FILE: stdin to FILE, written elsewhere and renamed in (a
+# reload never reads half a file).
+write_atomic() {
+    cat >"$1.tmp"
+    mv "$1.tmp" "$1"
+}
+
+# endpoints_yaml BACKEND...: the endpoints list of an EndpointSlice.
+endpoints_yaml() {
+    local a
+    for a in "$@"; do echo "- {addresses: [\"$a\"], conditions: {ready: true}}"; done
+}
+
+# web_yaml BACKEND...: Service web (ClusterIP + NodePort, TCP) and its slice.
+web_yaml() {
+    cat <<'Y'
 apiVersion: v1
 kind: Service
 metadata: {name: web, namespace: default}
@@ -123,6 +182,23 @@ spec:
   clusterIP: 198.18.200.10
   selector: {app: web}
   ports: [{name: echo, port: 80, protocol: TCP, targetPort: 8080, nodePort: 30080}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-1, namespace: default, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+ports: [{name: echo, port: 8080, protocol: TCP}]
+endpoints:
+Y
+    endpoints_yaml "$@"
+}
+
+# manifest FILE BACKEND... : Services web (TCP) and dns (UDP) on those backends.
+manifest() {
+    local f=$1; shift
+    {
+        web_yaml "$@"
+        cat <<'Y'
 ---
 apiVersion: v1
 kind: Service
@@ -134,24 +210,13 @@ spec:
 ---
 apiVersion: discovery.k8s.io/v1
 kind: EndpointSlice
-metadata: {name: web-1, namespace: default, labels: {kubernetes.io/service-name: web}}
-addressType: IPv4
-ports: [{name: echo, port: 8080, protocol: TCP}]
-endpoints:
-Y
-        for a in "$@"; do echo "- {addresses: [\"$a\"], conditions: {ready: true}}"; done
-        cat <<'Y'
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
 metadata: {name: dns-1, namespace: default, labels: {kubernetes.io/service-name: dns}}
 addressType: IPv4
 ports: [{name: dns, port: 5353, protocol: UDP}]
 endpoints:
 Y
-        for a in "$@"; do echo "- {addresses: [\"$a\"], conditions: {ready: true}}"; done
-    } >"$f.tmp"
-    mv "$f.tmp" "$f"
+        endpoints_yaml "$@"
+    } | write_atomic "$f"
 }
 
 # The long-lived connection client: N connections per target (env
@@ -230,6 +295,18 @@ print("done %d" % len(conns))
 P
 }
 
+# start_client TIMEOUT MAX OUT TARGET...: runs the client (write_client) in
+# the client ns (MAX seconds, killed after TIMEOUT), output to OUT, pid in
+# CL_PID; waits (at most 10 s) for WORK/READY and fails without it.
+start_client() {
+    local limit=$1 max=$2 out=$3; shift 3
+    rm -f "$WORK/READY" "$WORK/STOP"
+    ip netns exec "$NS_C" timeout "$limit" "$PY" "$WORK/client.py" "$WORK" "$max" "$@" >"$out" 2>&1 &
+    CL_PID=$!; BG_PIDS="$BG_PIDS $CL_PID"
+    for _ in $(seq 200); do [ -f "$WORK/READY" ] && return 0; sleep 0.05; done
+    return 1
+}
+
 # new_conns N TARGET... : N fresh TCP connections (connect, one line echoed,
 # close), round-robin over the targets, each within 3 s; prints
 # "new ok K of N" and the failures.
@@ -276,29 +353,45 @@ print(-1)
 P
 }
 
+# wait_for_log FILE PATTERN PID [SECONDS]: waits (at most SECONDS, default
+# 15) until FILE holds PATTERN, while PID lives; otherwise prints FILE to
+# stderr and fails.
+wait_for_log() {
+    for _ in $(seq $(( ${4:-15} * 20 ))); do
+        grep -q "$2" "$1" 2>/dev/null && return 0
+        kill -0 "$3" 2>/dev/null || break
+        sleep 0.05
+    done
+    cat "$1" >&2
+    return 1
+}
+
 RUN=0
 # start_ep MODE [extra run args...]: starts `edgeplane run` in the node ns
-# on WORK/m with state in $STATE; LOG is its log.
+# on WORK/m with state in $STATE; LOG is its log (EP_LOG if set, else one
+# per start in WORK).
 start_ep() {
     local mode=$1; shift
-    RUN=$((RUN + 1)); LOG=$WORK/ep-$RUN-$mode.log
+    RUN=$((RUN + 1)); LOG=${EP_LOG:-$WORK/ep-$RUN-$mode.log}
     ip netns exec "$NS_N" "$BIN" run --manifests "$WORK/m" --node-name node-a \
         --node-ip 198.18.1.1 -i n0 -i n1 --workers 2 --tables "$STATE" \
         --xdp-mode "$mode" --idle-sleep-us 200 \
         --frames 1024 --ring-size 512 "$@" >"$LOG" 2>&1 &
     EP_PID=$!
-    for _ in $(seq 200); do
-        grep -q 'edgeplane running' "$LOG" 2>/dev/null && return 0
-        kill -0 "$EP_PID" 2>/dev/null || break
-        sleep 0.05
-    done
-    cat "$LOG" >&2
-    return 1
+    wait_for_log "$LOG" 'edgeplane running' "$EP_PID"
 }
 
 stop_ep() {
     [ -n "$EP_PID" ] || return 0
     kill -TERM "$EP_PID" 2>/dev/null; wait "$EP_PID" 2>/dev/null; EP_PID=""
+}
+
+# published: how many generations LOG says were published;
+# wait_published COUNT: waits (at most 5 s) until there are more than COUNT.
+published() { grep -c 'tables published' "$LOG" || true; }
+wait_published() {
+    for _ in $(seq 50); do [ "$(published)" -gt "$1" ] && return 0; sleep 0.1; done
+    return 1
 }
 
 # summarize_client FILE T_AFTER: sets TOTAL, AFTER (connections with an echo
@@ -310,6 +403,15 @@ summarize_client() {
     ERRS=$(awk '$1 == "conn" && $8 != "-" {print $8}' "$out" | sort | uniq -c | tr -s ' ' | tr '\n' ',')
     NERR=$(awk '$1 == "conn" && $8 != "-"' "$out" | wc -l)
     MIN_EX=$(awk '$1 == "conn" {print $4}' "$out" | sort -n | head -1)
+}
+
+# client_checks MODE WHEN (after summarize_client): at least 99 of the 100
+# connections exchanged data after WHEN, and none was reset or closed.
+client_checks() {
+    [ "$TOTAL" = 100 ] && [ "$AFTER" -ge 99 ]
+    check "connections-carry-on ($1)" $? "($AFTER/$TOTAL exchanged data after $2; fewest exchanges on one connection: ${MIN_EX:-?})"
+    [ "$TOTAL" = 100 ] && [ "$NERR" = 0 ]
+    check "no-connection-reset ($1)" $? "($NERR broken${ERRS:+: $ERRS})"
 }
 
 # max_gap FROM TO: the longest time (ms) without an echo (any connection)

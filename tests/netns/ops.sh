@@ -27,73 +27,27 @@
 #     the manifest is fixed.
 #
 # Usage: tests/netns/ops.sh EDGEPLANE_BIN OUTDIR [generic|native]   (root)
-# Only 198.18.0.0/15, inside namespaces made here; all deleted on exit.
+# Topology: tests/netns/lib.sh's. Only 198.18.0.0/15, inside namespaces made
+# here, and a temp --tables dir; all deleted on exit.
 set -euo pipefail
 
 BIN=${1:?usage: ops.sh EDGEPLANE_BIN OUTDIR [mode]}
 OUT=${2:?usage: ops.sh EDGEPLANE_BIN OUTDIR [mode]}
 MODE=${3:-generic}
-[ "$(id -u)" = 0 ] || { echo "ops.sh needs root" >&2; exit 2; }
-PY=$(command -v /usr/bin/python3 || command -v python3)
-S=$$
-NS_C=epo-c-$S NS_N=epo-n-$S NS_B=epo-b-$S
-WORK=$(mktemp -d /tmp/ep-ops.XXXXXX)
-EP_PID=""
-FAILS=0
+TAG=o
+BACKENDS="198.18.2.2 198.18.2.3 198.18.2.4"
+MAXLIFE=300
+CLIENT_ROUTES="198.18.1.1/32 198.18.100.0/24"
+. "$(dirname "$0")/lib.sh"
+STATE=$WORK/state
 N=60 M=7
-V4B="198.18.2.2 198.18.2.3 198.18.2.4"
 mkdir -p "$OUT"
 
-cleanup() {
-    set +e
-    [ -n "$EP_PID" ] && kill -TERM "$EP_PID" 2>/dev/null && wait "$EP_PID" 2>/dev/null
-    for ns in $NS_C $NS_N $NS_B; do
-        for p in $(ip netns pids "$ns" 2>/dev/null); do kill -9 "$p" 2>/dev/null; done
-        ip netns del "$ns" 2>/dev/null
-    done
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM HUP PIPE
+topology
 
-check() { # name result(0 = ok) detail
-    if [ "$2" = 0 ]; then echo "ok    $1 ${3:-}"; else echo "FAIL  $1 ${3:-}"; FAILS=$((FAILS + 1)); fi
-}
-
-for ns in $NS_C $NS_N $NS_B; do ip netns add "$ns"; ip -n "$ns" link set lo up; done
-ip link add c0 netns "$NS_C" numtxqueues 2 numrxqueues 2 type veth peer name n0 netns "$NS_N" numtxqueues 2 numrxqueues 2
-ip link add b0 netns "$NS_B" numtxqueues 2 numrxqueues 2 type veth peer name n1 netns "$NS_N" numtxqueues 2 numrxqueues 2
-for pair in "$NS_C c0" "$NS_N n0" "$NS_N n1" "$NS_B b0"; do
-    set -- $pair
-    ip netns exec "$1" ethtool -K "$2" tx off tso off gso off >/dev/null 2>&1 || true
-    ip -n "$1" link set "$2" up
-done
-ip -n "$NS_C" addr add 198.18.0.100/24 dev c0
-for r in 198.18.1.1/32 198.18.100.0/24; do ip -n "$NS_C" route add $r via 198.18.0.1; done
-ip -n "$NS_N" addr add 198.18.0.1/24 dev n0
-ip -n "$NS_N" addr add 198.18.2.1/24 dev n1
-ip -n "$NS_N" addr add 198.18.1.1/32 dev lo
-ip netns exec "$NS_N" sysctl -qw net.ipv4.ip_forward=0
-for a in $V4B; do ip -n "$NS_B" addr add $a/24 dev b0; done
-ip -n "$NS_B" route add default via 198.18.2.1
-
-cat >"$WORK/udpecho.py" <<'P'
-import selectors, socket, sys
-sel = selectors.DefaultSelector()
-for a in sys.argv[1:]:
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.bind((a, 5353))
-    sel.register(s, selectors.EVENT_READ, a.encode())
-while True:
-    for k, _ in sel.select():
-        d, peer = k.fileobj.recvfrom(2048)
-        k.fileobj.sendto(k.data + b" " + d, peer)
-P
-ip netns exec "$NS_B" timeout 300 "$PY" "$WORK/udpecho.py" $V4B >/dev/null 2>&1 &
-for _ in $(seq 50); do
-    [ "$(ip netns exec "$NS_B" ss -lun | grep -c ':5353')" -ge 3 ] && break
-    sleep 0.1
-done
+# shellcheck disable=SC2086 # one backend a word
+udp_echo $BACKENDS
+wait_listening 5353 3 udp
 
 # The client: N datagrams from N distinct source ports (one flow each),
 # sequentially, each waiting up to 1 s for its echo; then M datagrams to
@@ -199,31 +153,15 @@ endpoints:
 Y
         fi
         if [ "$BROKEN" = yes ]; then printf -- '---\nkind: [unclosed\n'; fi
-    } >"$WORK/m.tmp"
-    mv "$WORK/m.tmp" "$WORK/m/services.yaml"
+    } | write_atomic "$WORK/m/services.yaml"
 }
 write_manifests
 
-LOG=$OUT/edgeplane.log
-ip netns exec "$NS_N" "$BIN" --log-format json run --manifests "$WORK/m" --node-name node-a \
-    --node-ip 198.18.1.1 -i n0 -i n1 --workers 2 --xdp-mode "$MODE" --idle-sleep-us 200 \
-    --reload-ms 100 --conntrack-size 65536 --frames 1024 --ring-size 512 --duration 120 \
-    --metrics-addr 127.0.0.1:10249 --healthz-addr 0.0.0.0:10256 --healthz-stale-after 2 \
-    >"$LOG" 2>&1 &
-EP_PID=$!
-for _ in $(seq 150); do
-    grep -q 'edgeplane running' "$LOG" 2>/dev/null && break
-    kill -0 "$EP_PID" 2>/dev/null || break
-    sleep 0.1
-done
-grep -q 'edgeplane running' "$LOG" || { cat "$LOG" >&2; exit 1; }
+EP_LOG=$OUT/edgeplane.log
+start_ep "$MODE" --log-format json --reload-ms 100 --conntrack-size 65536 --duration 120 \
+    --metrics-addr 127.0.0.1:10249 --healthz-addr 0.0.0.0:10256 --healthz-stale-after 2 || exit 1
 
 set +e
-published() { grep -c 'tables published' "$LOG" || true; }
-wait_published() { # count-before
-    for _ in $(seq 50); do [ "$(published)" -gt "$1" ] && return 0; sleep 0.1; done
-    return 1
-}
 node_get() { # url → "CODE BODY"
     rm -f "$WORK/body"
     ip netns exec "$NS_N" curl -s -m 3 -o "$WORK/body" -w '%{http_code}' "$1"; echo " $(cat "$WORK/body" 2>/dev/null)"
@@ -283,6 +221,6 @@ h=$(node_get http://127.0.0.1:10256/healthz)
 m=$(ip netns exec "$NS_N" curl -s -m 5 http://127.0.0.1:10249/metrics | grep -E '^edgeplane_tables_sync_failures_total ')
 [[ "$m" =~ \ [1-9] ]]; check "sync-failure-counted" $? "($m)"
 
-kill -TERM "$EP_PID"; wait "$EP_PID"; EP_PID=""
+stop_ep
 if [ "$FAILS" = 0 ]; then echo "ops: all passed"; else echo "ops: $FAILS FAILED"; cat "$LOG" | tail -30; fi
 exit $(( FAILS > 0 ))

@@ -62,14 +62,11 @@ set +e
 for mode in $MODES; do
     echo "== $mode mode (conntrack $CT_SIZE flows, flood ${FLOOD} s)"
     STATE=$WORK/state-$mode
-    rm -f "$WORK/READY" "$WORK/STOP" "$WORK/echo-times"
+    rm -f "$WORK/echo-times"
     start_ep "$mode" --conntrack-size "$CT_SIZE" --stats-interval 1 --duration $((FLOOD + 120)) \
         || { check "start ($mode)" 1; continue; }
-    ip netns exec "$NS_C" timeout $((FLOOD + 100)) "$PY" "$WORK/client.py" "$WORK" $((FLOOD + 60)) \
-        198.18.200.10:80 198.18.1.1:30080 >"$WORK/client-$mode.out" 2>&1 &
-    CL_PID=$!; BG_PIDS="$BG_PIDS $CL_PID"
-    for _ in $(seq 200); do [ -f "$WORK/READY" ] && break; sleep 0.05; done
-    [ -f "$WORK/READY" ]; check "100-connections-established ($mode)" $?
+    start_client $((FLOOD + 100)) $((FLOOD + 60)) "$WORK/client-$mode.out" 198.18.200.10:80 198.18.1.1:30080
+    check "100-connections-established ($mode)" $?
     sleep 1
     t0=$(mono)
     ip netns exec "$NS_C" timeout $((FLOOD + 20)) "$BIN" pktgen send -i c0 --dst-mac "$N0_MAC" \
