@@ -1038,20 +1038,32 @@ impl Engine {
         }
     }
 
+    /// Builds a frame the engine originates with `build` (which reads the
+    /// input frame and writes into the scratch buffer) and copies it over
+    /// the input. Its length, or `None` if it could not be built or does not
+    /// fit the input's buffer.
+    fn generate(
+        &mut self,
+        buf: &mut [u8],
+        len: usize,
+        build: impl FnOnce(&[u8], &mut [u8]) -> Option<usize>,
+    ) -> Option<usize> {
+        let cap = buf.len().min(self.scratch.len());
+        let n = build(&buf[..len], &mut self.scratch[..cap])?;
+        buf.get_mut(..n)?.copy_from_slice(self.scratch.get(..n)?);
+        Some(n)
+    }
+
     /// Replaces the frame with an ICMP port unreachable to its sender.
     fn answer_unreachable(&mut self, buf: &mut [u8], len: usize, p: &Parsed) -> Verdict {
-        let cap = buf.len().min(self.scratch.len());
-        match packet::icmp::build_port_unreachable(&buf[..len], p, p.dst, &mut self.scratch[..cap])
-        {
-            Some(n) if n <= buf.len() => {
-                buf[..n].copy_from_slice(&self.scratch[..n]);
-                Verdict::Reject { len: n }
-            }
-            _ => Verdict::Drop(DropReason::FrameTooLarge),
+        match self.generate(buf, len, |f, out| {
+            packet::icmp::build_port_unreachable(f, p, p.dst, out)
+        }) {
+            Some(n) => Verdict::Reject { len: n },
+            None => Verdict::Drop(DropReason::FrameTooLarge),
         }
     }
 
-    /// Replaces the frame with a TCP RST to its sender.
     /// Replaces the removed backend's segment `p` with a RST from the
     /// Service to the flow's client (see `backend_gone`), routed like a
     /// translated reply. `None` if it cannot be built.
@@ -1062,36 +1074,25 @@ impl Engine {
         p: &Parsed,
         hit: &Hit,
     ) -> Option<Verdict> {
-        let off = usize::from(p.l4_off);
-        let seq = buf.get(off + 4..off + 8)?;
         let flow = hit.flow();
         let to = packet::tcp::RstTo {
             src: flow.orig.dst,
             dst: flow.orig.src,
             sport: flow.orig.dport,
             dport: flow.orig.sport,
-            seq: u32::from_be_bytes([seq[0], seq[1], seq[2], seq[3]]),
         };
-        let cap = buf.len().min(self.scratch.len());
-        let n = packet::tcp::build_rst_to(&buf[..len], p, to, &mut self.scratch[..cap])?;
-        if n > buf.len() {
-            return None;
-        }
-        buf[..n].copy_from_slice(&self.scratch[..n]);
+        let n = self.generate(buf, len, |f, out| packet::tcp::build_rst_to(f, p, to, out))?;
         Some(Verdict::Tx {
             len: n,
             egress: Egress::Route,
         })
     }
 
+    /// Replaces the frame with a TCP RST to its sender.
     fn answer_rst(&mut self, buf: &mut [u8], len: usize, p: &Parsed) -> Verdict {
-        let cap = buf.len().min(self.scratch.len());
-        match packet::tcp::build_rst(&buf[..len], p, &mut self.scratch[..cap]) {
-            Some(n) if n <= buf.len() => {
-                buf[..n].copy_from_slice(&self.scratch[..n]);
-                Verdict::Reject { len: n }
-            }
-            _ => Verdict::Drop(DropReason::FrameTooLarge),
+        match self.generate(buf, len, |f, out| packet::tcp::build_rst(f, p, out)) {
+            Some(n) => Verdict::Reject { len: n },
+            None => Verdict::Drop(DropReason::FrameTooLarge),
         }
     }
 }

@@ -231,7 +231,7 @@ pub fn build_rst(orig: &[u8], p: &Parsed, out: &mut [u8]) -> Option<usize> {
     Some(end)
 }
 
-/// The tuple and sequence number of a RST sent on behalf of a peer
+/// The tuple of a RST sent on behalf of a segment's sender
 /// ([`build_rst_to`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RstTo {
@@ -239,25 +239,26 @@ pub struct RstTo {
     pub dst: core::net::IpAddr,
     pub sport: u16,
     pub dport: u16,
-    pub seq: u32,
 }
 
 /// Builds into `out` a RST (no ACK) from `to.src:to.sport` to
-/// `to.dst:to.dport` with sequence number `to.seq`, on `orig`'s Ethernet
+/// `to.dst:to.dport` with the sequence number of the segment `orig`, on its Ethernet
 /// header (addresses swapped, VLAN tags kept; a routed frame gets its
 /// addresses from the next hop anyway). Unlike [`build_rst`], which answers
 /// a segment, this speaks for the segment's sender to a third party: the
 /// engine uses it to tell a client at once that its connection is over when
-/// the removed backend's next segment arrives (with that segment's `seq`,
-/// which is what the client expects next).
+/// the removed backend's next segment arrives (that segment's `seq` is
+/// what the client expects next).
 ///
-/// Returns the frame length, or `None` if `p` is not a TCP segment, if the
-/// addresses are not of one family, or if `out` is too small. Never panics,
-/// never allocates.
+/// Returns the frame length, or `None` if `p` is not a TCP segment with its
+/// header in `orig`, if the addresses are not of one family, or if `out` is
+/// too small. Never panics, never allocates.
 pub fn build_rst_to(orig: &[u8], p: &Parsed, to: RstTo, out: &mut [u8]) -> Option<usize> {
-    if p.proto != 6 || to.src.is_ipv4() != to.dst.is_ipv4() {
+    if p.proto != 6 || p.frag == Frag::Later || to.src.is_ipv4() != to.dst.is_ipv4() {
         return None;
     }
+    let seg = orig.get(usize::from(p.l4_off)..usize::from(p.l3_end))?;
+    let seq = Packet::new_checked(seg).ok()?.seq_number();
     let l3 = emit::l2_reply(orig, p, out)?;
     let l4 = emit::ip_header(out, l3, to.src, to.dst, 6, HEADER_LEN, true)?;
     let end = l4.checked_add(HEADER_LEN)?;
@@ -266,7 +267,7 @@ pub fn build_rst_to(orig: &[u8], p: &Parsed, to: RstTo, out: &mut [u8]) -> Optio
     let mut r = Packet::new_unchecked(seg_out);
     r.set_src_port(to.sport);
     r.set_dst_port(to.dport);
-    r.set_seq_number(to.seq);
+    r.set_seq_number(seq);
     r.set_header_len(HEADER_LEN);
     r.set_flags(flags::RST);
     r.fill_checksum(emit::pseudo_header(to.src, to.dst, 6, HEADER_LEN)?);

@@ -214,7 +214,6 @@ fn rst_to_speaks_for_the_sender_to_a_third_party() {
             dst: ip(client),
             sport: 80,
             dport: 5000,
-            seq: 7777,
         };
         let mut out = [0u8; 128];
         let n = build_rst_to(&orig, &p, to, &mut out).unwrap();
@@ -255,7 +254,6 @@ fn rst_to_speaks_for_the_sender_to_a_third_party() {
         dst: ip("198.18.0.100"),
         sport: 80,
         dport: 5000,
-        seq: 1,
     };
     assert_eq!(
         build_rst_to(&udp, &parse(&udp).unwrap(), to, &mut [0; 128]),
