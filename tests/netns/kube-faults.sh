@@ -446,7 +446,7 @@ until kc apply -f "$Y/c4.yaml" >/dev/null 2>"$WORK/kc-apply.err"; do
     [ "$APPLY_TRIES" -ge 40 ] && break
     sleep 0.5
 done
-converge after-outage 60; rc=$?
+converge after-outage 150; rc=$?
 R_UP=$(relists)
 check "after-outage-converges" $rc "($CONV_MS ms after the API server's return; relists $((${R_UP%.*} - ${R_DOWN%.*})); $CONV_OUT)"
 new=$(new_conns 5 198.18.200.13:80 198.18.1.1:30082)
