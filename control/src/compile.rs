@@ -1372,7 +1372,8 @@ impl Compiler {
         //    to derive again.
         let epoch = self.epoch;
         let mut warnings = Vec::new();
-        let mut dirty: HashSet<(String, String)> = HashSet::new();
+        // Sorted: Services are derived in name order, the same on every run.
+        let mut dirty: std::collections::BTreeSet<(String, String)> = Default::default();
         for st in steps {
             match st {
                 JournalStep::Service(i, s) => {
@@ -1541,6 +1542,7 @@ impl Compiler {
             self.maglev.insert(ident, Arc::new(entry));
         }
         let mut contested = false;
+        let mut replaced: Vec<Arc<Derived>> = Vec::with_capacity(todo.len());
         for (i, d) in todo {
             let derived = finish(d, facts_version, &self.maglev, m);
             for st in &derived.steps {
@@ -1583,20 +1585,24 @@ impl Compiler {
                 Some(&p) if p < self.segments.len() => self.segments[p] = new.segment.clone(),
                 _ => contested = true,
             }
-            // Maglev tables only the old derivation used leave the cache.
-            if let Some(old) = old {
-                if let Ok(old) = Arc::try_unwrap(old) {
-                    for st in old.steps {
-                        if let Step::Front(f) = st {
-                            if let Some(e) = f.maglev {
-                                if Arc::strong_count(&e) == 2 {
-                                    let n_new = f.spec.n_new.min(f.spec.backends.len());
-                                    let ident: MaglevIdent = f.spec.backends[..n_new]
-                                        .iter()
-                                        .map(|b| (b.ip, b.port, b.weight))
-                                        .collect();
-                                    self.maglev.remove(&ident);
-                                }
+            replaced.extend(old);
+        }
+        // Maglev tables only the old derivations used leave the cache. Only
+        // now, once every new derivation holds its tables: an old table may
+        // be one a Service derived later in this loop picks up (the same
+        // backends moved from one Service to another).
+        for old in replaced {
+            if let Ok(old) = Arc::try_unwrap(old) {
+                for st in old.steps {
+                    if let Step::Front(f) = st {
+                        if let Some(e) = f.maglev {
+                            if Arc::strong_count(&e) == 2 {
+                                let n_new = f.spec.n_new.min(f.spec.backends.len());
+                                let ident: MaglevIdent = f.spec.backends[..n_new]
+                                    .iter()
+                                    .map(|b| (b.ip, b.port, b.weight))
+                                    .collect();
+                                self.maglev.remove(&ident);
                             }
                         }
                     }

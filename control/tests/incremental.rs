@@ -825,6 +825,299 @@ fn control_path_publishes_only_what_changed() {
     assert_eq!((r.segments_written, r.blocks_written), (0, 0));
     let got = reader.try_adopt().expect("adopt").expect("generation 3");
     assert_eq!(tables_norm(&got), tables_norm(&fresh.tables));
+    reader.settle();
+    drop(snap);
+    // A Service arrives before its slice (its watcher reconnected first):
+    // a full compile gives it frontends without endpoints; then its slice
+    // and another slice's change arrive and are followed in the journal.
+    // First a Service and its slice come and go (their compiler slots are
+    // freed and reused below).
+    ms.services.apply(svc(n + 1, 4000));
+    ms.endpoint_slices.apply(slice(n + 1, 2, 4001));
+    assert!(ms.publish_into(&mut slot, &mut index));
+    let snap = slot.clone().expect("published");
+    let (_, r) = path.compile_publish(&snap);
+    assert_eq!(r.expect("publish").frontends, n + 1);
+    reader.try_adopt().expect("adopt").expect("a generation");
+    reader.settle();
+    drop(snap);
+    ms.services.delete(svc(n + 1, 4002));
+    assert!(ms.publish_into(&mut slot, &mut index));
+    let snap = slot.clone().expect("published");
+    let (_, r) = path.compile_publish(&snap);
+    assert_eq!(r.expect("publish").frontends, n);
+    reader.try_adopt().expect("adopt").expect("a generation");
+    reader.settle();
+    drop(snap);
+    ms.endpoint_slices.delete(slice(n + 1, 2, 4003));
+    assert!(ms.publish_into(&mut slot, &mut index));
+    let snap = slot.clone().expect("published");
+    let (_, r) = path.compile_publish(&snap);
+    assert_eq!(r.expect("publish").frontends, n);
+    reader.try_adopt().expect("adopt").expect("a generation");
+    reader.settle();
+    drop(snap);
+    let mut np = svc(n, 5000);
+    let spec = np.spec.as_mut().expect("spec");
+    spec.type_ = Some("NodePort".into());
+    spec.ports.as_mut().expect("ports")[0].node_port = Some(30082);
+    ms.services.apply(np);
+    assert!(ms.publish_into(&mut slot, &mut index));
+    let snap = slot.clone().expect("published");
+    let (c, r) = path.compile_publish(&snap);
+    assert!(!c.incremental, "a new Service is a full compile");
+    assert_eq!(r.expect("publish").frontends, n + 2);
+    let got = reader.try_adopt().expect("adopt").expect("generation 7");
+    reader.settle();
+    assert_eq!(
+        tables_norm(&got),
+        tables_norm(&compile(&snap, &opts, 7).expect("valid").tables)
+    );
+    drop(snap);
+    ms.endpoint_slices.apply(slice(n, 2, 5001));
+    ms.endpoint_slices.apply(slice(3, 4, 5002));
+    assert!(ms.publish_into(&mut slot, &mut index));
+    let snap = slot.clone().expect("published");
+    let (c, r) = path.compile_publish(&snap);
+    assert!(c.incremental, "the journal was followed");
+    assert_eq!(r.expect("publish").frontends, n + 2);
+    let got = reader.try_adopt().expect("adopt").expect("generation 8");
+    assert_eq!(
+        tables_norm(&got),
+        tables_norm(&compile(&snap, &opts, 8).expect("valid").tables)
+    );
+    drop(snap);
+    drop(reader);
+    drop(path);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The event sequence of `tests/netns/kube-faults.sh` (a CI failure): after
+/// the API server's return the Services watcher reconnected before the
+/// EndpointSlices one, so a new NodePort Service arrived alone (a full
+/// compile) and its slice with another slice's change in the next snapshot
+/// (the journal). Every generation must equal a fresh compile.
+#[test]
+fn kube_faults_event_sequence() {
+    use edgeplane_control::control_path::ControlPath;
+    use edgeplane_control::kube::mirror::{Mirrors, PublishIndex};
+    use edgeplane_control::manifests::load_str;
+    use edgeplane_dataplane::region::{RegionReader, WriterOptions};
+    let mut rv = 0u64;
+    let mut stamp_rv = |mut v: Value| -> Value {
+        rv += 1;
+        v["metadata"]["resourceVersion"] = json!(rv.to_string());
+        v
+    };
+    let mut slice = |name: &str, svc: &str, pname: &str, port: u16, proto: &str, eps: &[&str]| {
+        let endpoints: Vec<Value> = eps
+            .iter()
+            .map(|e| match e.strip_suffix(":terminating") {
+                Some(a) => json!({"addresses": [a], "conditions": {"ready": false, "serving": true, "terminating": true}}),
+                None => json!({"addresses": [e], "conditions": {"ready": true, "serving": true, "terminating": false}}),
+            })
+            .collect();
+        let v = stamp_rv(
+            json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": name, "namespace": "default", "labels": {"kubernetes.io/service-name": svc}},
+            "addressType": "IPv4", "ports": [{"name": pname, "port": port, "protocol": proto}],
+            "endpoints": endpoints}),
+        );
+        serde_json::from_value::<EndpointSlice>(v).expect("valid slice")
+    };
+    let _ = load_str; // the objects are built as the script's YAML would parse
+    let mut rv2 = 1000u64;
+    let mut service = |name: &str,
+                       ip: &str,
+                       pname: &str,
+                       port: u16,
+                       proto: &str,
+                       target: u16,
+                       np: Option<u16>| {
+        rv2 += 1;
+        let mut p = json!({"name": pname, "port": port, "protocol": proto, "targetPort": target});
+        if let Some(np) = np {
+            p["nodePort"] = json!(np);
+        }
+        serde_json::from_value::<Service>(json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": name, "namespace": "default", "resourceVersion": rv2.to_string()},
+            "spec": {"type": if np.is_some() { "NodePort" } else { "ClusterIP" }, "clusterIP": ip,
+                     "selector": {"app": name}, "ports": [p]}}))
+        .expect("valid service")
+    };
+    let node: Node = serde_json::from_value(json!({"apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": "node-a", "resourceVersion": "1"},
+        "status": {"addresses": [{"type": "InternalIP", "address": "198.18.1.1"}]}}))
+    .expect("valid node");
+    let dir = std::env::temp_dir().join(format!("edgeplane-kf-test-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let opts = CompileOptions {
+        node_name: "node-a".into(),
+        node_ips: vec!["198.18.1.1".parse().expect("literal")],
+        ..CompileOptions::default()
+    };
+    let wopts = WriterOptions {
+        slot_size: 1 << 20,
+        arena_size: 64 << 20,
+        ..WriterOptions::default()
+    };
+    let mut path = ControlPath::open(&dir, wopts, opts.clone(), true).expect("region");
+    let mut reader: Option<RegionReader> = None;
+    let (mut slot, mut index) = (None, PublishIndex::default());
+    let mut generation = 0u64;
+    let mut step = |ms: &mut Mirrors, what: &str| {
+        assert!(ms.publish_into(&mut slot, &mut index), "{what}: published");
+        let snap = slot.clone().expect("published");
+        let (_, r) = path.compile_publish(&snap);
+        r.expect("publish");
+        generation += 1;
+        let rd = reader.get_or_insert_with(|| RegionReader::open(&dir).expect("reader"));
+        let got = rd.try_adopt().expect("adopt").expect("a new generation");
+        rd.settle();
+        let fresh = compile(&snap, &opts, generation).expect("valid");
+        let brief = |t: &edgeplane_dataplane::Tables| -> String {
+            let mut s: Vec<String> = t
+                .frontends
+                .iter()
+                .map(|f| format!("{:?} {:?}/{}", f.key, f.kind, f.n_new))
+                .collect();
+            s.sort();
+            s.join("\n")
+        };
+        let (node, segs) = path.compiler().segments();
+        let compiled = edgeplane_dataplane::Tables::from_segments(node.clone(), generation, segs);
+        assert!(
+            tables_norm(&compiled) == tables_norm(&fresh.tables),
+            "{what}: compiled\n{}\nfresh\n{}",
+            brief(&compiled),
+            brief(&fresh.tables)
+        );
+        assert!(
+            tables_norm(&got) == tables_norm(&fresh.tables),
+            "{what}: published\n{}\nfresh\n{}",
+            brief(&got),
+            brief(&fresh.tables)
+        );
+    };
+    let mut ms = Mirrors::default();
+    // The base objects, listed.
+    ms.nodes.relist(vec![node.clone()]);
+    let base_svcs = vec![
+        service("web", "198.18.200.10", "echo", 80, "TCP", 8080, Some(30080)),
+        service("dns", "198.18.200.11", "dns", 53, "UDP", 5353, None),
+        service("term", "198.18.200.12", "who", 80, "TCP", 9090, None),
+        service("churn", "198.18.200.13", "echo", 80, "TCP", 8080, None),
+    ];
+    let base_slices = vec![
+        slice(
+            "web-1",
+            "web",
+            "echo",
+            8080,
+            "TCP",
+            &["198.18.2.2", "198.18.2.3"],
+        ),
+        slice(
+            "dns-1",
+            "dns",
+            "dns",
+            5353,
+            "UDP",
+            &["198.18.2.2", "198.18.2.3"],
+        ),
+        slice(
+            "term-1",
+            "term",
+            "who",
+            9090,
+            "TCP",
+            &["198.18.2.2", "198.18.2.3"],
+        ),
+        slice("churn-1", "churn", "echo", 8080, "TCP", &["198.18.2.2"]),
+    ];
+    ms.services.relist(base_svcs.clone());
+    ms.endpoint_slices.relist(base_slices.clone());
+    step(&mut ms, "initial list");
+    ms.endpoint_slices.apply(slice(
+        "term-1",
+        "term",
+        "who",
+        9090,
+        "TCP",
+        &["198.18.2.2", "198.18.2.3:terminating"],
+    ));
+    step(&mut ms, "terminating");
+    ms.endpoint_slices.apply(slice(
+        "churn-1",
+        "churn",
+        "echo",
+        8080,
+        "TCP",
+        &["198.18.2.2", "198.18.2.3", "198.18.2.4"],
+    ));
+    step(&mut ms, "c1");
+    // 410: everything listed again.
+    let slices_now: Vec<EndpointSlice> = ms.endpoint_slices.objects().cloned().collect();
+    let svcs_now: Vec<Service> = ms.services.objects().cloned().collect();
+    ms.services.relist(svcs_now);
+    ms.endpoint_slices.relist(slices_now);
+    ms.nodes.relist(vec![node.clone()]);
+    step(&mut ms, "relist");
+    ms.endpoint_slices.apply(slice(
+        "churn-1",
+        "churn",
+        "echo",
+        8080,
+        "TCP",
+        &["198.18.2.3"],
+    ));
+    let extra1 = service("extra-1", "198.18.200.14", "echo", 81, "TCP", 8080, None);
+    ms.services.apply(extra1.clone());
+    let extra1_slice = slice("extra-1", "extra-1", "echo", 8080, "TCP", &["198.18.2.4"]);
+    ms.endpoint_slices.apply(extra1_slice.clone());
+    step(&mut ms, "c2");
+    ms.services.delete(extra1);
+    step(&mut ms, "delete service extra-1");
+    ms.endpoint_slices.delete(extra1_slice);
+    step(&mut ms, "delete slice extra-1");
+    ms.endpoint_slices.apply(slice(
+        "churn-1",
+        "churn",
+        "echo",
+        8080,
+        "TCP",
+        &["198.18.2.4", "198.18.2.2"],
+    ));
+    step(&mut ms, "c3");
+    // After the outage: the Services watcher first...
+    ms.services.apply(service(
+        "extra-2",
+        "198.18.200.15",
+        "echo",
+        82,
+        "TCP",
+        8080,
+        Some(30082),
+    ));
+    step(&mut ms, "c4: the new Service alone");
+    // ... then the EndpointSlices watcher.
+    ms.endpoint_slices.apply(slice(
+        "churn-1",
+        "churn",
+        "echo",
+        8080,
+        "TCP",
+        &["198.18.2.3"],
+    ));
+    ms.endpoint_slices.apply(slice(
+        "extra-2",
+        "extra-2",
+        "echo",
+        8080,
+        "TCP",
+        &["198.18.2.2", "198.18.2.4"],
+    ));
+    step(&mut ms, "c4: the slices");
     drop(reader);
     drop(path);
     let _ = std::fs::remove_dir_all(&dir);

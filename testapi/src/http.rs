@@ -500,7 +500,8 @@ fn watch(ctx: Arc<Ctx>, t: &Target, q: &Query) -> Result<Response<Body>, ApiErro
     let start = ctx.store.watch(t.r, &f, since);
     let r = t.r;
     let ctx2 = ctx.clone();
-    tokio::spawn(async move {
+    let plural = rt.plural;
+    let fut = async move {
         let ctx = ctx2;
         let crate::store::WatchStart {
             first,
@@ -512,14 +513,16 @@ fn watch(ctx: Arc<Ctx>, t: &Target, q: &Query) -> Result<Response<Body>, ApiErro
                 let _ = tx
                     .send(event_line("ERROR", e.to_status().to_string().as_bytes()))
                     .await;
-                return;
+                return (0u64, "answered with an ERROR event (410 Expired)");
             }
         };
         ctx.hooks.active_watches.fetch_add(1, Ordering::Relaxed);
         let _guard = ActiveGuard(ctx.clone());
+        tracing::info!(resource = plural, since = ?since, replayed = first.len(), rv, "watch started");
+        let mut sent: u64 = first.len() as u64;
         for (kind, obj) in first {
             if tx.send(event_line(kind.name(), &obj.json)).await.is_err() {
-                return;
+                return (0u64, "client gone");
             }
         }
         if initial_events && since.is_none() {
@@ -536,9 +539,9 @@ fn watch(ctx: Arc<Ctx>, t: &Target, q: &Query) -> Result<Response<Body>, ApiErro
                 // Stalled: hold everything back, keep the connection open.
                 tokio::select! {
                     _ = stall_rx.changed() => continue,
-                    _ = drop_rx.changed() => return,
-                    _ = crate::stopped(&mut shutdown) => return,
-                    _ = tx.closed() => return,
+                    _ = drop_rx.changed() => return (sent, "dropped (fault hook)"),
+                    _ = crate::stopped(&mut shutdown) => return (sent, "server stopped"),
+                    _ = tx.closed() => return (sent, "client gone"),
                 }
             }
             let line = tokio::select! {
@@ -548,7 +551,7 @@ fn watch(ctx: Arc<Ctx>, t: &Target, q: &Query) -> Result<Response<Body>, ApiErro
                         // a client: `select!` may pick this branch over the
                         // shutdown one when both are ready.
                         if *shutdown.borrow() {
-                            return;
+                            return (sent, "server stopped");
                         }
                         if e.rv <= rv {
                             continue;
@@ -564,24 +567,30 @@ fn watch(ctx: Arc<Ctx>, t: &Target, q: &Query) -> Result<Response<Body>, ApiErro
                     }
                     // Fell behind the live buffer, or the store is gone:
                     // end the stream; the client resumes from its version.
-                    Err(broadcast::error::RecvError::Lagged(_)) | Err(broadcast::error::RecvError::Closed) => return,
+                    Err(broadcast::error::RecvError::Lagged(_)) => return (sent, "fell behind the live buffer"),
+                    Err(broadcast::error::RecvError::Closed) => return (sent, "store gone"),
                 },
                 _ = tick.tick(), if bookmarks => bookmark(rt, rv, false),
                 _ = tokio::time::sleep_until(deadline) => {
                     if bookmarks {
                         let _ = tx.send(bookmark(rt, rv, false)).await;
                     }
-                    return;
+                    return (sent, "timeoutSeconds reached");
                 }
                 _ = stall_rx.changed() => continue,
-                _ = drop_rx.changed() => return,
-                _ = crate::stopped(&mut shutdown) => return,
-                _ = tx.closed() => return,
+                _ = drop_rx.changed() => return (sent, "dropped (fault hook)"),
+                _ = crate::stopped(&mut shutdown) => return (sent, "server stopped"),
+                _ = tx.closed() => return (sent, "client gone"),
             };
             if tx.send(line).await.is_err() {
-                return;
+                return (sent, "client gone");
             }
+            sent += 1;
         }
+    };
+    tokio::spawn(async move {
+        let (sent, why) = fut.await;
+        tracing::info!(resource = plural, since = ?since, sent, "watch ended: {why}");
     });
     let stream = futures::stream::unfold(rx, |mut rx| async move {
         rx.recv()

@@ -154,7 +154,7 @@ EOF
 } >"$Y/base.yaml"
 
 # The API server in the node namespace (its own 127.0.0.1).
-ip netns exec "$NS_N" "$API_BIN" --port 18080 --kubeconfig "$WORK/kubeconfig" >"$WORK/api.log" 2>&1 &
+ip netns exec "$NS_N" env TESTAPI_LOG=info "$API_BIN" --port 18080 --kubeconfig "$WORK/kubeconfig" >"$WORK/api.log" 2>&1 &
 API_PID=$!
 for _ in $(seq 100); do [ -s "$WORK/kubeconfig" ] && break; sleep 0.1; done
 [ -s "$WORK/kubeconfig" ] || { echo "the test API server did not start:"; cat "$WORK/api.log"; exit 1; }
@@ -179,7 +179,10 @@ kc apply -f "$Y/base.yaml" >/dev/null; check "kubectl-apply" $?
 
 STATE=$WORK/state
 LOG=$WORK/ep.log
-ip netns exec "$NS_N" "$BIN" run --kubeconfig "$WORK/kubeconfig" --node-name node-a \
+# Debug lines of the Kubernetes source and the control loop (snapshots
+# published, compiles): printed if a check fails.
+ip netns exec "$NS_N" env RUST_LOG="${RUST_LOG:-info,edgeplane_control::kube=debug,edgeplane::control=debug}" \
+    "$BIN" run --kubeconfig "$WORK/kubeconfig" --node-name node-a \
     --node-ip 198.18.1.1 -i n0 -i n1 --workers 2 --tables "$STATE" --xdp-mode "$MODE" \
     --idle-sleep-us 200 --frames 1024 --ring-size 512 --duration 360 \
     --metrics-addr 127.0.0.1:10249 --healthz-addr 127.0.0.1:10256 \
@@ -220,7 +223,7 @@ converge() {
         CONV_MS=-1; return 1
     fi
     PREV_EXPECT=$WORK/expect-$name.txt
-    CONV_MS=-1
+    CONV_MS=-1 CONV_OUT="never matched the API's state within $bound s"
     while :; do
         "$BIN" inspect services --tables "$STATE" --output json >"$WORK/svc.json" 2>/dev/null &&
             "$BIN" inspect backends --tables "$STATE" --output json >"$WORK/be.json" 2>/dev/null &&
@@ -449,6 +452,17 @@ done
 converge after-outage 150; rc=$?
 R_UP=$(relists)
 check "after-outage-converges" $rc "($CONV_MS ms after the API server's return; relists $((${R_UP%.*} - ${R_DOWN%.*})); $CONV_OUT)"
+if [ "$rc" != 0 ]; then
+    # While edgeplane still runs: its source's counters and, where gdb is
+    # installed, where every thread is.
+    echo "--- kube metrics after the failed convergence"
+    node_get http://127.0.0.1:10249/metrics | grep -E '^edgeplane_(kube|table|last|sync)' | sed 's/^/      /'
+    if command -v gdb >/dev/null; then
+        echo "--- edgeplane threads"
+        timeout 60 gdb -p "$(pgrep -P "$EP_PID" -x edgeplane || echo "$EP_PID")" -batch -ex 'thread apply all bt 12' 2>/dev/null |
+            grep -E '^(Thread|#)' | head -150
+    fi
+fi
 new=$(new_conns 5 198.18.200.13:80 198.18.1.1:30082)
 [[ "$new" == "new ok 5 of 5 "* ]]; check "after-outage-changed-service-forwards" $? "($new)"
 h_after=$(node_get http://127.0.0.1:10256/healthz)
@@ -500,7 +514,8 @@ if [ "$FAILS" != 0 ]; then
     echo "--- term"; cat "$WORK/term.out"
     echo "--- probe failures"; awk '$3 != 1' "$WORK/probe-log" | head -20
     echo "--- client"; grep -v ' err - ' "$WORK/client.out" | head -10
-    echo "--- edgeplane log"; grep -v 'tables adopted\|tables published' "$LOG" | tail -40
+    echo "--- edgeplane log (the outage's repeated watch errors left out)"
+    grep -v 'kube_client::client::builder: failed with error\|Kubernetes watch failed; retrying' "$LOG" | tail -120
 fi
 if [ "$FAILS" = 0 ]; then echo "kube-faults: all passed"; else echo "kube-faults: $FAILS FAILED"; fi
 exit $(( FAILS > 0 ))

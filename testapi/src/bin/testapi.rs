@@ -34,6 +34,15 @@ fn usage() -> ! {
 async fn main() -> std::io::Result<()> {
     let mut port = 0u16;
     let mut kubeconfig: Option<PathBuf> = None;
+    // `TESTAPI_LOG` (a `RUST_LOG`-style filter, default `warn`): `info`
+    // logs every watch's start (version, events replayed) and end (why).
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("TESTAPI_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
