@@ -223,7 +223,7 @@ fn objects(r: &mut StdRng) -> ObjectSet {
 
 /// One random edit of `o`.
 fn edit(r: &mut StdRng, o: &mut ObjectSet) {
-    match r.gen_range(0..12) {
+    match r.gen_range(0..13) {
         0..=2 if !o.endpoint_slices.is_empty() => {
             // Change one slice (keep its name: an update).
             let j = r.gen_range(0..o.endpoint_slices.len());
@@ -279,6 +279,20 @@ fn edit(r: &mut StdRng, o: &mut ObjectSet) {
             let j = r.gen_range(0..o.services.len());
             let s = o.services[j].clone();
             o.services.push(s);
+        }
+        11 if o.endpoint_slices.len() >= 2 => {
+            // Two slices swap their endpoints and ports: backends (and their
+            // Maglev tables) move from one Service to another in one change.
+            let a = r.gen_range(0..o.endpoint_slices.len());
+            let b = (a + r.gen_range(1..o.endpoint_slices.len())) % o.endpoint_slices.len();
+            let (ea, pa) = (
+                o.endpoint_slices[a].endpoints.clone(),
+                o.endpoint_slices[a].ports.clone(),
+            );
+            o.endpoint_slices[a].endpoints = o.endpoint_slices[b].endpoints.clone();
+            o.endpoint_slices[a].ports = o.endpoint_slices[b].ports.clone();
+            o.endpoint_slices[b].endpoints = ea;
+            o.endpoint_slices[b].ports = pa;
         }
         _ if !o.endpoint_slices.is_empty() => {
             // Toggle one endpoint's readiness only.
