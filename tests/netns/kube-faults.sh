@@ -449,7 +449,8 @@ until kc apply -f "$Y/c4.yaml" >/dev/null 2>"$WORK/kc-apply.err"; do
     [ "$APPLY_TRIES" -ge 40 ] && break
     sleep 0.5
 done
-converge after-outage 150; rc=$?
+# The watchers retry at most 30 s apart (the backoff cap): 60 s is ample.
+converge after-outage 60; rc=$?
 R_UP=$(relists)
 check "after-outage-converges" $rc "($CONV_MS ms after the API server's return; relists $((${R_UP%.*} - ${R_DOWN%.*})); $CONV_OUT)"
 if [ "$rc" != 0 ]; then
