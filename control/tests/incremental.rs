@@ -748,6 +748,35 @@ fn the_journal_is_followed() {
     assert!(followed > 16 * 20 / 4, "{followed} of {} compiles", 16 * 20);
 }
 
+/// A control path (objects from an API server) publishing into a fresh
+/// region under the temp dir, for node-a at `node_ip` with Maglev size `m`.
+fn control_path_in_temp(
+    tag: &str,
+    node_ip: &str,
+    m: u32,
+) -> (
+    std::path::PathBuf,
+    CompileOptions,
+    edgeplane_control::control_path::ControlPath,
+) {
+    let dir = std::env::temp_dir().join(format!("edgeplane-{tag}-test-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let opts = CompileOptions {
+        node_name: "node-a".into(),
+        node_ips: vec![node_ip.parse().expect("an address")],
+        maglev_m: m,
+        ..CompileOptions::default()
+    };
+    let wopts = edgeplane_dataplane::region::WriterOptions {
+        slot_size: 1 << 20,
+        arena_size: 64 << 20,
+        ..Default::default()
+    };
+    let path = edgeplane_control::control_path::ControlPath::open(&dir, wopts, opts.clone(), true)
+        .expect("region");
+    (dir, opts, path)
+}
+
 /// The control path end to end at small scale: one EndpointSlice changed
 /// through the mirror is compiled by following the journal (one Service
 /// derived) and published as one new segment; a relist with new
@@ -755,9 +784,8 @@ fn the_journal_is_followed() {
 /// reader sees exactly what a fresh compile makes.
 #[test]
 fn control_path_publishes_only_what_changed() {
-    use edgeplane_control::control_path::ControlPath;
     use edgeplane_control::kube::mirror::{Mirrors, PublishIndex};
-    use edgeplane_dataplane::region::{RegionReader, WriterOptions};
+    use edgeplane_dataplane::region::RegionReader;
     let slice = |i: usize, last: u8, rv: u64| -> EndpointSlice {
         serde_json::from_value(
             json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
@@ -779,20 +807,7 @@ fn control_path_publishes_only_what_changed() {
         .expect("valid")
     };
     let n = 20;
-    let dir = std::env::temp_dir().join(format!("edgeplane-cp-test-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let opts = CompileOptions {
-        node_name: "node-a".into(),
-        node_ips: vec!["198.18.0.1".parse().expect("literal")],
-        maglev_m: 251,
-        ..CompileOptions::default()
-    };
-    let wopts = WriterOptions {
-        slot_size: 1 << 20,
-        arena_size: 16 << 20,
-        ..WriterOptions::default()
-    };
-    let mut path = ControlPath::open(&dir, wopts, opts.clone(), true).expect("region");
+    let (dir, opts, mut path) = control_path_in_temp("cp", "198.18.0.1", 251);
     let mut ms = Mirrors::default();
     ms.services.relist((0..n).map(|i| svc(i, 1 + i as u64)));
     ms.endpoint_slices
@@ -839,68 +854,6 @@ fn control_path_publishes_only_what_changed() {
     assert_eq!((r.segments_written, r.blocks_written), (0, 0));
     let got = reader.try_adopt().expect("adopt").expect("generation 3");
     assert_eq!(tables_norm(&got), tables_norm(&fresh.tables));
-    reader.settle();
-    drop(snap);
-    // A Service arrives before its slice (its watcher reconnected first):
-    // a full compile gives it frontends without endpoints; then its slice
-    // and another slice's change arrive and are followed in the journal.
-    // First a Service and its slice come and go (their compiler slots are
-    // freed and reused below).
-    ms.services.apply(svc(n + 1, 4000));
-    ms.endpoint_slices.apply(slice(n + 1, 2, 4001));
-    assert!(ms.publish_into(&mut slot, &mut index));
-    let snap = slot.clone().expect("published");
-    let (_, r) = path.compile_publish(&snap);
-    assert_eq!(r.expect("publish").frontends, n + 1);
-    reader.try_adopt().expect("adopt").expect("a generation");
-    reader.settle();
-    drop(snap);
-    ms.services.delete(svc(n + 1, 4002));
-    assert!(ms.publish_into(&mut slot, &mut index));
-    let snap = slot.clone().expect("published");
-    let (_, r) = path.compile_publish(&snap);
-    assert_eq!(r.expect("publish").frontends, n);
-    reader.try_adopt().expect("adopt").expect("a generation");
-    reader.settle();
-    drop(snap);
-    ms.endpoint_slices.delete(slice(n + 1, 2, 4003));
-    assert!(ms.publish_into(&mut slot, &mut index));
-    let snap = slot.clone().expect("published");
-    let (_, r) = path.compile_publish(&snap);
-    assert_eq!(r.expect("publish").frontends, n);
-    reader.try_adopt().expect("adopt").expect("a generation");
-    reader.settle();
-    drop(snap);
-    let mut np = svc(n, 5000);
-    let spec = np.spec.as_mut().expect("spec");
-    spec.type_ = Some("NodePort".into());
-    spec.ports.as_mut().expect("ports")[0].node_port = Some(30082);
-    ms.services.apply(np);
-    assert!(ms.publish_into(&mut slot, &mut index));
-    let snap = slot.clone().expect("published");
-    let (c, r) = path.compile_publish(&snap);
-    assert!(!c.incremental, "a new Service is a full compile");
-    assert_eq!(r.expect("publish").frontends, n + 2);
-    let got = reader.try_adopt().expect("adopt").expect("generation 7");
-    reader.settle();
-    assert_eq!(
-        tables_norm(&got),
-        tables_norm(&compile(&snap, &opts, 7).expect("valid").tables)
-    );
-    drop(snap);
-    ms.endpoint_slices.apply(slice(n, 2, 5001));
-    ms.endpoint_slices.apply(slice(3, 4, 5002));
-    assert!(ms.publish_into(&mut slot, &mut index));
-    let snap = slot.clone().expect("published");
-    let (c, r) = path.compile_publish(&snap);
-    assert!(c.incremental, "the journal was followed");
-    assert_eq!(r.expect("publish").frontends, n + 2);
-    let got = reader.try_adopt().expect("adopt").expect("generation 8");
-    assert_eq!(
-        tables_norm(&got),
-        tables_norm(&compile(&snap, &opts, 8).expect("valid").tables)
-    );
-    drop(snap);
     drop(reader);
     drop(path);
     let _ = std::fs::remove_dir_all(&dir);
@@ -913,69 +866,60 @@ fn control_path_publishes_only_what_changed() {
 /// (the journal). Every generation must equal a fresh compile.
 #[test]
 fn kube_faults_event_sequence() {
-    use edgeplane_control::control_path::ControlPath;
     use edgeplane_control::kube::mirror::{Mirrors, PublishIndex};
-    use edgeplane_control::manifests::load_str;
-    use edgeplane_dataplane::region::{RegionReader, WriterOptions};
-    let mut rv = 0u64;
-    let mut stamp_rv = |mut v: Value| -> Value {
-        rv += 1;
-        v["metadata"]["resourceVersion"] = json!(rv.to_string());
-        v
+    use edgeplane_dataplane::region::RegionReader;
+    // Objects as the script's YAML makes them, each write a new version.
+    let rv = std::cell::Cell::new(0u64);
+    let next_rv = || {
+        rv.set(rv.get() + 1);
+        rv.get().to_string()
     };
-    let mut slice = |name: &str, svc: &str, pname: &str, port: u16, proto: &str, eps: &[&str]| {
+    // (name, Service, port name, port, protocol, endpoints: "ADDR" or
+    // "ADDR:terminating")
+    let slice = |name: &str, svc: &str, pname: &str, port: u16, proto: &str, eps: &[&str]| {
         let endpoints: Vec<Value> = eps
             .iter()
-            .map(|e| match e.strip_suffix(":terminating") {
-                Some(a) => json!({"addresses": [a], "conditions": {"ready": false, "serving": true, "terminating": true}}),
-                None => json!({"addresses": [e], "conditions": {"ready": true, "serving": true, "terminating": false}}),
+            .map(|e| {
+                let (a, term) = e
+                    .strip_suffix(":terminating")
+                    .map_or((*e, false), |a| (a, true));
+                json!({"addresses": [a],
+                       "conditions": {"ready": !term, "serving": true, "terminating": term}})
             })
             .collect();
-        let v = stamp_rv(
-            json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-            "metadata": {"name": name, "namespace": "default", "labels": {"kubernetes.io/service-name": svc}},
+        serde_json::from_value::<EndpointSlice>(json!({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": name, "namespace": "default", "resourceVersion": next_rv(),
+                         "labels": {"kubernetes.io/service-name": svc}},
             "addressType": "IPv4", "ports": [{"name": pname, "port": port, "protocol": proto}],
-            "endpoints": endpoints}),
-        );
-        serde_json::from_value::<EndpointSlice>(v).expect("valid slice")
+            "endpoints": endpoints}))
+        .expect("valid slice")
     };
-    let _ = load_str; // the objects are built as the script's YAML would parse
-    let mut rv2 = 1000u64;
-    let mut service = |name: &str,
-                       ip: &str,
-                       pname: &str,
-                       port: u16,
-                       proto: &str,
-                       target: u16,
-                       np: Option<u16>| {
-        rv2 += 1;
+    // (name, ClusterIP, port name, port, protocol, targetPort, NodePort)
+    let service = |name: &str,
+                   ip: &str,
+                   pname: &str,
+                   port: u16,
+                   proto: &str,
+                   target: u16,
+                   np: Option<u16>| {
         let mut p = json!({"name": pname, "port": port, "protocol": proto, "targetPort": target});
         if let Some(np) = np {
             p["nodePort"] = json!(np);
         }
         serde_json::from_value::<Service>(json!({"apiVersion": "v1", "kind": "Service",
-            "metadata": {"name": name, "namespace": "default", "resourceVersion": rv2.to_string()},
+            "metadata": {"name": name, "namespace": "default", "resourceVersion": next_rv()},
             "spec": {"type": if np.is_some() { "NodePort" } else { "ClusterIP" }, "clusterIP": ip,
                      "selector": {"app": name}, "ports": [p]}}))
         .expect("valid service")
     };
+    let churn = |eps: &[&str]| slice("churn-1", "churn", "echo", 8080, "TCP", eps);
+    let term = |eps: &[&str]| slice("term-1", "term", "who", 9090, "TCP", eps);
     let node: Node = serde_json::from_value(json!({"apiVersion": "v1", "kind": "Node",
         "metadata": {"name": "node-a", "resourceVersion": "1"},
         "status": {"addresses": [{"type": "InternalIP", "address": "198.18.1.1"}]}}))
     .expect("valid node");
-    let dir = std::env::temp_dir().join(format!("edgeplane-kf-test-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let opts = CompileOptions {
-        node_name: "node-a".into(),
-        node_ips: vec!["198.18.1.1".parse().expect("literal")],
-        ..CompileOptions::default()
-    };
-    let wopts = WriterOptions {
-        slot_size: 1 << 20,
-        arena_size: 64 << 20,
-        ..WriterOptions::default()
-    };
-    let mut path = ControlPath::open(&dir, wopts, opts.clone(), true).expect("region");
+    let (dir, opts, mut path) = control_path_in_temp("kf", "198.18.1.1", 16381);
     let mut reader: Option<RegionReader> = None;
     let (mut slot, mut index) = (None, PublishIndex::default());
     let mut generation = 0u64;
@@ -1016,59 +960,25 @@ fn kube_faults_event_sequence() {
     let mut ms = Mirrors::default();
     // The base objects, listed.
     ms.nodes.relist(vec![node.clone()]);
-    let base_svcs = vec![
+    let two = ["198.18.2.2", "198.18.2.3"];
+    ms.services.relist(vec![
         service("web", "198.18.200.10", "echo", 80, "TCP", 8080, Some(30080)),
         service("dns", "198.18.200.11", "dns", 53, "UDP", 5353, None),
         service("term", "198.18.200.12", "who", 80, "TCP", 9090, None),
         service("churn", "198.18.200.13", "echo", 80, "TCP", 8080, None),
-    ];
-    let base_slices = vec![
-        slice(
-            "web-1",
-            "web",
-            "echo",
-            8080,
-            "TCP",
-            &["198.18.2.2", "198.18.2.3"],
-        ),
-        slice(
-            "dns-1",
-            "dns",
-            "dns",
-            5353,
-            "UDP",
-            &["198.18.2.2", "198.18.2.3"],
-        ),
-        slice(
-            "term-1",
-            "term",
-            "who",
-            9090,
-            "TCP",
-            &["198.18.2.2", "198.18.2.3"],
-        ),
-        slice("churn-1", "churn", "echo", 8080, "TCP", &["198.18.2.2"]),
-    ];
-    ms.services.relist(base_svcs.clone());
-    ms.endpoint_slices.relist(base_slices.clone());
+    ]);
+    ms.endpoint_slices.relist(vec![
+        slice("web-1", "web", "echo", 8080, "TCP", &two),
+        slice("dns-1", "dns", "dns", 5353, "UDP", &two),
+        term(&two),
+        churn(&["198.18.2.2"]),
+    ]);
     step(&mut ms, "initial list");
-    ms.endpoint_slices.apply(slice(
-        "term-1",
-        "term",
-        "who",
-        9090,
-        "TCP",
-        &["198.18.2.2", "198.18.2.3:terminating"],
-    ));
+    ms.endpoint_slices
+        .apply(term(&["198.18.2.2", "198.18.2.3:terminating"]));
     step(&mut ms, "terminating");
-    ms.endpoint_slices.apply(slice(
-        "churn-1",
-        "churn",
-        "echo",
-        8080,
-        "TCP",
-        &["198.18.2.2", "198.18.2.3", "198.18.2.4"],
-    ));
+    ms.endpoint_slices
+        .apply(churn(&["198.18.2.2", "198.18.2.3", "198.18.2.4"]));
     step(&mut ms, "c1");
     // 410: everything listed again.
     let slices_now: Vec<EndpointSlice> = ms.endpoint_slices.objects().cloned().collect();
@@ -1077,14 +987,7 @@ fn kube_faults_event_sequence() {
     ms.endpoint_slices.relist(slices_now);
     ms.nodes.relist(vec![node.clone()]);
     step(&mut ms, "relist");
-    ms.endpoint_slices.apply(slice(
-        "churn-1",
-        "churn",
-        "echo",
-        8080,
-        "TCP",
-        &["198.18.2.3"],
-    ));
+    ms.endpoint_slices.apply(churn(&["198.18.2.3"]));
     let extra1 = service("extra-1", "198.18.200.14", "echo", 81, "TCP", 8080, None);
     ms.services.apply(extra1.clone());
     let extra1_slice = slice("extra-1", "extra-1", "echo", 8080, "TCP", &["198.18.2.4"]);
@@ -1094,17 +997,11 @@ fn kube_faults_event_sequence() {
     step(&mut ms, "delete service extra-1");
     ms.endpoint_slices.delete(extra1_slice);
     step(&mut ms, "delete slice extra-1");
-    ms.endpoint_slices.apply(slice(
-        "churn-1",
-        "churn",
-        "echo",
-        8080,
-        "TCP",
-        &["198.18.2.4", "198.18.2.2"],
-    ));
+    ms.endpoint_slices
+        .apply(churn(&["198.18.2.4", "198.18.2.2"]));
     step(&mut ms, "c3");
     // After the outage: the Services watcher first...
-    ms.services.apply(service(
+    let extra2 = service(
         "extra-2",
         "198.18.200.15",
         "echo",
@@ -1112,25 +1009,20 @@ fn kube_faults_event_sequence() {
         "TCP",
         8080,
         Some(30082),
-    ));
+    );
+    ms.services.apply(extra2);
     step(&mut ms, "c4: the new Service alone");
-    // ... then the EndpointSlices watcher.
-    ms.endpoint_slices.apply(slice(
-        "churn-1",
-        "churn",
-        "echo",
-        8080,
-        "TCP",
-        &["198.18.2.3"],
-    ));
-    ms.endpoint_slices.apply(slice(
+    // ... then the EndpointSlices watcher: churn's old backends move to extra-2.
+    ms.endpoint_slices.apply(churn(&["198.18.2.3"]));
+    let extra2_slice = slice(
         "extra-2",
         "extra-2",
         "echo",
         8080,
         "TCP",
         &["198.18.2.2", "198.18.2.4"],
-    ));
+    );
+    ms.endpoint_slices.apply(extra2_slice);
     step(&mut ms, "c4: the slices");
     drop(reader);
     drop(path);
