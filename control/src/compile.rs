@@ -1072,27 +1072,13 @@ impl Compiler {
         drop(todo);
 
         // Build the Maglev tables nobody has yet, on every core.
-        let mut missing: Vec<&MaglevIdent> = Vec::new();
-        {
-            let mut seen: HashSet<&MaglevIdent> = HashSet::new();
-            for (_, d) in &drafts {
-                for st in &d.steps {
-                    if let DraftStep::Front(f) = st {
-                        if !f.ident.is_empty()
-                            && !self.maglev.contains_key(&f.ident)
-                            && seen.insert(&f.ident)
-                        {
-                            missing.push(&f.ident);
-                        }
-                    }
-                }
-            }
-        }
-        let built = build_tables(&missing, m, self.opts.hash_seed, self.threads);
-        stats.maglev_built = built.len();
-        for (ident, entry) in missing.into_iter().zip(built) {
-            self.maglev.insert(ident.clone(), Arc::new(entry));
-        }
+        stats.maglev_built = build_missing(
+            &mut self.maglev,
+            &drafts,
+            m,
+            self.opts.hash_seed,
+            self.threads,
+        );
 
         // Finish the drafts: attach tables, build the frontends' reports.
         for (i, d) in drafts {
@@ -1519,28 +1505,13 @@ impl Compiler {
         stats.services_derived = todo.len();
         stats.services_reused = self.segments.len().saturating_sub(todo.len());
         let m = self.opts.maglev_m;
-        let mut missing: Vec<&MaglevIdent> = Vec::new();
-        {
-            let mut seen: HashSet<&MaglevIdent> = HashSet::new();
-            for (_, d) in &todo {
-                for st in &d.steps {
-                    if let DraftStep::Front(f) = st {
-                        if !f.ident.is_empty()
-                            && !self.maglev.contains_key(&f.ident)
-                            && seen.insert(&f.ident)
-                        {
-                            missing.push(&f.ident);
-                        }
-                    }
-                }
-            }
-        }
-        let built = build_tables(&missing, m, self.opts.hash_seed, self.threads);
-        stats.maglev_built = built.len();
-        let missing: Vec<MaglevIdent> = missing.into_iter().cloned().collect();
-        for (ident, entry) in missing.into_iter().zip(built) {
-            self.maglev.insert(ident, Arc::new(entry));
-        }
+        stats.maglev_built = build_missing(
+            &mut self.maglev,
+            &todo,
+            m,
+            self.opts.hash_seed,
+            self.threads,
+        );
         let mut contested = false;
         let mut replaced: Vec<Arc<Derived>> = Vec::with_capacity(todo.len());
         for (i, d) in todo {
@@ -1623,6 +1594,34 @@ impl Compiler {
             warnings,
         })
     }
+}
+
+/// Builds (on `threads` cores) the Maglev tables the drafts need that the
+/// cache lacks, and adds them to it; returns how many were built.
+fn build_missing(
+    cache: &mut HashMap<MaglevIdent, Arc<MaglevEntry>>,
+    drafts: &[(usize, Draft)],
+    m: u32,
+    seed: u64,
+    threads: usize,
+) -> usize {
+    let mut missing: Vec<&MaglevIdent> = Vec::new();
+    let mut seen: HashSet<&MaglevIdent> = HashSet::new();
+    for (_, d) in drafts {
+        for st in &d.steps {
+            if let DraftStep::Front(f) = st {
+                if !f.ident.is_empty() && !cache.contains_key(&f.ident) && seen.insert(&f.ident) {
+                    missing.push(&f.ident);
+                }
+            }
+        }
+    }
+    let built = build_tables(&missing, m, seed, threads);
+    let n = built.len();
+    for (ident, entry) in missing.into_iter().zip(built) {
+        cache.insert(ident.clone(), Arc::new(entry));
+    }
+    n
 }
 
 /// Attaches Maglev tables (from the cache, which holds every table the draft
