@@ -27,13 +27,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use edgeplane_control::compile::{CompileOptions, Compiler};
-use edgeplane_control::kube::{KubeConfig, KubeSource};
 use edgeplane_control::manifests::ObjectSet;
 use edgeplane_packet::Proto;
-use edgeplane_testapi::resources::{ENDPOINT_SLICES, NODES, SERVICES};
+use edgeplane_testapi::resources::ENDPOINT_SLICES;
 use edgeplane_testapi::{FieldValidation, TestApi};
-use serde_json::{json, Value};
+use serde_json::Value;
 use tokio::sync::{mpsc, watch};
+
+mod common;
 
 const ENDPOINTS: usize = 10;
 
@@ -56,55 +57,23 @@ fn moved(k: usize) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 64, 0)) + (k % 16384) as u32)
 }
 
-fn service(i: usize) -> Value {
-    json!({"apiVersion": "v1", "kind": "Service",
-           "metadata": {"name": format!("svc-{i:05}"), "namespace": "default"},
-           "spec": {"clusterIP": cluster_ip(i).to_string(), "selector": {"app": format!("a{i}")},
-                    "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}})
+/// The endpoint addresses of Service `i`, endpoint 0 moved to `first` if
+/// given.
+fn addrs(i: usize, first: Option<Ipv4Addr>) -> Vec<String> {
+    (0..ENDPOINTS)
+        .map(|j| match (j, first) {
+            (0, Some(f)) => f.to_string(),
+            _ => endpoint(i, j).0.to_string(),
+        })
+        .collect()
 }
 
-/// The slice of Service `i`, endpoint 0 moved to `first` if given.
 fn slice_yaml(i: usize, first: Option<Ipv4Addr>) -> String {
-    let port = endpoint(i, 0).1;
-    let eps: String = (0..ENDPOINTS)
-        .map(|j| {
-            let a = match (j, first) {
-                (0, Some(f)) => f,
-                _ => endpoint(i, j).0,
-            };
-            format!("- addresses: [\"{a}\"]\n  conditions: {{ready: true}}\n  nodeName: node-b\n")
-        })
-        .collect();
-    format!(
-        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: svc-{i:05}-1\n  namespace: default\n  labels:\n    kubernetes.io/service-name: svc-{i:05}\naddressType: IPv4\nports:\n- {{name: http, protocol: TCP, port: {port}}}\nendpoints:\n{eps}"
-    )
+    common::slice_yaml(i, endpoint(i, 0).1, &addrs(i, first), Some("node-b"))
 }
 
 fn slice(i: usize, first: Option<Ipv4Addr>) -> Value {
-    serde_yaml::from_str(&slice_yaml(i, first)).unwrap_or(Value::Null)
-}
-
-fn pct(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
-
-fn report(name: &str, mut v: Vec<Duration>) {
-    v.sort();
-    if v.is_empty() {
-        println!("{name}: no samples");
-        return;
-    }
-    println!(
-        "{name}: n={} p50={:.2} ms p99={:.2} ms max={:.2} ms",
-        v.len(),
-        pct(&v, 0.5).as_secs_f64() * 1e3,
-        pct(&v, 0.99).as_secs_f64() * 1e3,
-        v[v.len() - 1].as_secs_f64() * 1e3
-    );
+    common::slice(i, endpoint(i, 0).1, &addrs(i, first), Some("node-b"))
 }
 
 /// A change the consumer watches for: Service `i` gets backend `addr`.
@@ -202,55 +171,23 @@ async fn wait(seen_rx: &mut mpsc::UnboundedReceiver<Instant>) -> anyhow::Result<
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
-    let mut args = std::env::args().skip(1);
-    let n_services: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(10_000);
-    let n_changes: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(100);
-
+    let (n_services, n_changes) = common::args();
     let api = TestApi::start().await?;
     let store = api.store().clone();
-    let load = Instant::now();
-    store.create(
-        NODES,
-        None,
-        json!({"metadata": {"name": "node-a"},
-               "status": {"addresses": [{"type": "InternalIP", "address": "198.18.1.1"}]}}),
-        false,
-        FieldValidation::Ignore,
-    )?;
-    for i in 0..n_services {
-        store.create(
-            SERVICES,
-            Some("default"),
-            service(i),
-            false,
-            FieldValidation::Ignore,
-        )?;
-        store.create(
-            ENDPOINT_SLICES,
-            Some("default"),
+    common::load(&store, n_services, |i| {
+        (
+            common::service(i, &cluster_ip(i).to_string()),
             slice(i, None),
-            false,
-            FieldValidation::Ignore,
-        )?;
-    }
-    println!(
-        "loaded {n_services} Services + {n_services} EndpointSlices ({ENDPOINTS} endpoints each) in {:.1} s",
-        load.elapsed().as_secs_f64()
-    );
-
-    let dir = std::env::temp_dir().join(format!("edgeplane-apply-tables-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let kubeconfig = dir.join("kubeconfig");
-    api.write_kubeconfig(&kubeconfig)?;
-    let config = KubeConfig {
-        kubeconfig: Some(kubeconfig.clone()),
-        ..KubeConfig::new("node-a")
-    };
-    let source = KubeSource::connect(config).await?;
-    let stats = source.stats();
-    let (tx, rx) = watch::channel(None);
+        )
+    })?;
     let t0 = Instant::now();
-    let task = tokio::spawn(source.run(tx));
+    let common::Running {
+        rx,
+        stats,
+        task,
+        dir,
+        kubeconfig,
+    } = common::start_source(&api, "apply-tables").await?;
 
     let expect: Arc<Mutex<Option<Expect>>> = Arc::new(Mutex::new(None));
     let consumer = Arc::new(Mutex::new(Consumer::default()));
@@ -300,10 +237,7 @@ async fn main() -> anyhow::Result<()> {
             false,
             FieldValidation::Ignore,
         )?;
-        let rv: u64 = w.obj.value["metadata"]["resourceVersion"]
-            .as_str()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
+        let rv = common::written_rv(&w.obj.value);
         let at = wait(&mut seen_rx).await?;
         if let Some(committed) = store.committed_at(rv) {
             direct.push(at.saturating_duration_since(committed));
@@ -315,10 +249,7 @@ async fn main() -> anyhow::Result<()> {
         .unwrap_or_default();
 
     // kubectl apply.
-    let kubectl = std::process::Command::new("kubectl")
-        .args(["version", "--client"])
-        .output()
-        .is_ok_and(|o| o.status.success());
+    let kubectl = common::have_kubectl();
     let mut via_kubectl = Vec::new();
     if kubectl {
         for k in 0..n_changes {
@@ -328,33 +259,19 @@ async fn main() -> anyhow::Result<()> {
                 i,
                 addr: IpAddr::V4(addr),
             });
-            let file = dir.join("slice.yaml");
-            std::fs::write(&file, slice_yaml(i, Some(addr)))?;
-            let start = Instant::now();
-            let out = tokio::process::Command::new("kubectl")
-                .arg("apply")
-                .arg("-f")
-                .arg(&file)
-                .env("KUBECONFIG", &kubeconfig)
-                .env("KUBECACHEDIR", dir.join("cache"))
-                .output()
-                .await?;
-            if !out.status.success() {
-                anyhow::bail!("kubectl apply: {}", String::from_utf8_lossy(&out.stderr));
-            }
+            let start =
+                common::kubectl_apply(&dir, &kubeconfig, &slice_yaml(i, Some(addr))).await?;
             let at = wait(&mut seen_rx).await?;
             via_kubectl.push(at.saturating_duration_since(start));
         }
-    } else {
-        println!("kubectl not on PATH: skipping the kubectl apply figures");
     }
 
     println!(
         "{n_services} Services × {ENDPOINTS} endpoints, {n_changes} EndpointSlice changes each:"
     );
-    report("  API write → compiled tables", direct);
-    report("  compile of a changed snapshot (in the above)", compiles);
-    report("  kubectl apply → compiled tables", via_kubectl);
+    common::report("  API write → compiled tables", direct);
+    common::report("  compile of a changed snapshot (in the above)", compiles);
+    common::report("  kubectl apply → compiled tables", via_kubectl);
     let (restarts, errors, events, pubs) = stats.counts();
     println!("  source: {events} events, {pubs} publications, {restarts} relists, {errors} errors");
     task.abort();

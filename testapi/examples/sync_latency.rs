@@ -22,12 +22,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use edgeplane_control::compile::{compile, CompileOptions};
-use edgeplane_control::kube::{KubeConfig, KubeSource};
 use edgeplane_control::manifests::ObjectSet;
-use edgeplane_testapi::resources::{ENDPOINT_SLICES, NODES, SERVICES};
+use edgeplane_testapi::resources::ENDPOINT_SLICES;
 use edgeplane_testapi::{FieldValidation, TestApi};
-use serde_json::{json, Value};
+use serde_json::Value;
 use tokio::sync::watch;
+
+mod common;
 
 fn cluster_ip(i: usize) -> String {
     format!("198.18.{}.{}", 128 + i / 250, 1 + i % 250)
@@ -40,48 +41,12 @@ fn endpoint_ip(i: usize, n: usize) -> String {
     format!("198.19.{}.{}", idx / 250, 1 + idx % 250)
 }
 
-fn service(i: usize) -> Value {
-    json!({"apiVersion": "v1", "kind": "Service",
-           "metadata": {"name": format!("svc-{i:05}"), "namespace": "default"},
-           "spec": {"clusterIP": cluster_ip(i), "selector": {"app": format!("a{i}")},
-                    "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}})
-}
-
 fn slice_yaml(i: usize, addrs: &[String]) -> String {
-    let eps: String = addrs
-        .iter()
-        .map(|a| format!("- addresses: [{a}]\n  conditions: {{ready: true}}\n"))
-        .collect();
-    format!(
-        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: svc-{i:05}-1\n  namespace: default\n  labels:\n    kubernetes.io/service-name: svc-{i:05}\naddressType: IPv4\nports:\n- {{name: http, protocol: TCP, port: 8080}}\nendpoints:\n{eps}"
-    )
+    common::slice_yaml(i, 8080, addrs, None)
 }
 
 fn slice(i: usize, addrs: &[String]) -> Value {
-    serde_yaml::from_str(&slice_yaml(i, addrs)).unwrap_or(Value::Null)
-}
-
-fn pct(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
-
-fn report(name: &str, mut v: Vec<Duration>) {
-    v.sort();
-    if v.is_empty() {
-        println!("{name}: no samples");
-        return;
-    }
-    println!(
-        "{name}: n={} p50={:.2} ms p99={:.2} ms max={:.2} ms",
-        v.len(),
-        pct(&v, 0.5).as_secs_f64() * 1e3,
-        pct(&v, 0.99).as_secs_f64() * 1e3,
-        v[v.len() - 1].as_secs_f64() * 1e3
-    );
+    common::slice(i, 8080, addrs, None)
 }
 
 fn contains(s: &ObjectSet, name: &str, addr: &str) -> Option<String> {
@@ -119,56 +84,22 @@ async fn wait_for_addr(
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
-    let mut args = std::env::args().skip(1);
-    let n_services: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(10_000);
-    let n_changes: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(100);
-
+    let (n_services, n_changes) = common::args();
     let api = TestApi::start().await?;
     let store = api.store().clone();
-    let load = Instant::now();
-    store.create(
-        NODES,
-        None,
-        json!({"metadata": {"name": "node-a"},
-               "status": {"addresses": [{"type": "InternalIP", "address": "198.18.1.1"}]}}),
-        false,
-        FieldValidation::Ignore,
-    )?;
-    for i in 0..n_services {
-        store.create(
-            SERVICES,
-            Some("default"),
-            service(i),
-            false,
-            FieldValidation::Ignore,
-        )?;
+    common::load(&store, n_services, |i| {
         let addrs: Vec<String> = (0..3).map(|n| endpoint_ip(i, n)).collect();
-        store.create(
-            ENDPOINT_SLICES,
-            Some("default"),
-            slice(i, &addrs),
-            false,
-            FieldValidation::Ignore,
-        )?;
-    }
-    println!(
-        "loaded {n_services} Services + {n_services} EndpointSlices in {:.1} s",
-        load.elapsed().as_secs_f64()
-    );
+        (common::service(i, &cluster_ip(i)), slice(i, &addrs))
+    })?;
 
-    let dir = std::env::temp_dir().join(format!("edgeplane-sync-latency-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let kubeconfig = dir.join("kubeconfig");
-    api.write_kubeconfig(&kubeconfig)?;
-    let config = KubeConfig {
-        kubeconfig: Some(kubeconfig.clone()),
-        ..KubeConfig::new("node-a")
-    };
-    let source = KubeSource::connect(config).await?;
-    let stats = source.stats();
-    let (tx, mut rx) = watch::channel(None);
     let t0 = Instant::now();
-    let task = tokio::spawn(source.run(tx));
+    let common::Running {
+        mut rx,
+        stats,
+        task,
+        dir,
+        kubeconfig,
+    } = common::start_source(&api, "sync-latency").await?;
     loop {
         if rx
             .borrow_and_update()
@@ -184,10 +115,7 @@ async fn main() -> anyhow::Result<()> {
         t0.elapsed().as_secs_f64() * 1e3
     );
 
-    let kubectl = std::process::Command::new("kubectl")
-        .args(["version", "--client"])
-        .output()
-        .is_ok_and(|o| o.status.success());
+    let kubectl = common::have_kubectl();
     let mut via_kubectl = Vec::new();
     let mut write_to_pub = Vec::new();
     if kubectl {
@@ -196,28 +124,13 @@ async fn main() -> anyhow::Result<()> {
             let mut addrs: Vec<String> = (0..3).map(|n| endpoint_ip(i, n)).collect();
             let new = format!("198.19.250.{}", 1 + k % 250);
             addrs.push(new.clone());
-            let file = dir.join("slice.yaml");
-            std::fs::write(&file, slice_yaml(i, &addrs))?;
-            let start = Instant::now();
-            let out = tokio::process::Command::new("kubectl")
-                .arg("apply")
-                .arg("-f")
-                .arg(&file)
-                .env("KUBECONFIG", &kubeconfig)
-                .env("KUBECACHEDIR", dir.join("cache"))
-                .output()
-                .await?;
-            if !out.status.success() {
-                anyhow::bail!("kubectl apply: {}", String::from_utf8_lossy(&out.stderr));
-            }
+            let start = common::kubectl_apply(&dir, &kubeconfig, &slice_yaml(i, &addrs)).await?;
             let (published, rv) = wait_for_addr(&mut rx, &format!("svc-{i:05}-1"), &new).await;
             via_kubectl.push(published - start);
             if let Some(at) = store.committed_at(rv) {
                 write_to_pub.push(published.saturating_duration_since(at));
             }
         }
-    } else {
-        println!("kubectl not on PATH: skipping the kubectl apply figures");
     }
     let mut direct = Vec::new();
     for k in 0..n_changes {
@@ -237,19 +150,16 @@ async fn main() -> anyhow::Result<()> {
             false,
             FieldValidation::Ignore,
         )?;
-        let rv: u64 = w.obj.value["metadata"]["resourceVersion"]
-            .as_str()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
+        let rv = common::written_rv(&w.obj.value);
         let (published, _) = wait_for_addr(&mut rx, &name, &new).await;
         if let Some(at) = store.committed_at(rv) {
             direct.push(published.saturating_duration_since(at));
         }
     }
     println!("{n_services} Services, {n_changes} EndpointSlice changes each:");
-    report("  kubectl apply → snapshot published", via_kubectl);
-    report("  API write (kubectl) → snapshot published", write_to_pub);
-    report("  API write (direct) → snapshot published", direct);
+    common::report("  kubectl apply → snapshot published", via_kubectl);
+    common::report("  API write (kubectl) → snapshot published", write_to_pub);
+    common::report("  API write (direct) → snapshot published", direct);
     let (restarts, errors, events, pubs) = stats.counts();
     println!("  source: {events} events, {pubs} publications, {restarts} relists, {errors} errors");
 
@@ -266,7 +176,7 @@ async fn main() -> anyhow::Result<()> {
             clones.push(t.elapsed());
             drop(copy);
         }
-        report(
+        common::report(
             "  full snapshot copy (paid when a consumer still holds the previous one)",
             clones,
         );
@@ -283,7 +193,7 @@ async fn main() -> anyhow::Result<()> {
                 );
             }
         }
-        report("  compile (snapshot → tables)", times);
+        common::report("  compile (snapshot → tables)", times);
     }
     task.abort();
     let _ = std::fs::remove_dir_all(&dir);
