@@ -78,6 +78,13 @@ pub struct IoArgs {
     /// Largest RX batch (1..=64).
     #[arg(long, default_value_t = 64)]
     pub batch: usize,
+    /// SYN shedding: while a queue's worker is saturated and the kernel
+    /// drops its frames (a SYN flood), the XDP program lets through at most
+    /// 1 in N new TCP connections to Services on that queue, so that
+    /// established flows lose nothing; N adapts up to this value (a power
+    /// of two). 1 turns shedding off.
+    #[arg(long, default_value_t = 64)]
+    pub syn_shed_max: u32,
     /// Log a one-line summary of the counters every N seconds (0: never).
     #[arg(long, default_value_t = 0)]
     pub stats_interval: u64,
@@ -346,6 +353,21 @@ fn open_region(
     }
 }
 
+/// One line per change of a queue's SYN shedding: a warning when it
+/// starts, debug while it adapts, info when it ends.
+fn log_shed(c: edgeplane_dataplane::afxdp::ShedChange) {
+    match (c.from, c.to) {
+        (1, to) => tracing::warn!(
+            queue = c.queue,
+            dropped = c.dropped,
+            admit_one_in = to,
+            "worker saturated (the kernel dropped frames for its queue): shedding new TCP connections to Services in XDP so established flows keep their packets"
+        ),
+        (_, 1) => tracing::info!(queue = c.queue, "SYN shedding ended: the worker has room again"),
+        (_, to) => tracing::debug!(queue = c.queue, dropped = c.dropped, admit_one_in = to, "SYN shedding level"),
+    }
+}
+
 /// The operations endpoints the dataplane loop serves and feeds.
 struct Ops {
     cfg: crate::ops::OpsConfig,
@@ -384,6 +406,7 @@ fn serve(
         conntrack_size: io.conntrack_size,
         affinity_size: io.affinity_size,
         idle_sleep_us: io.idle_sleep_us,
+        syn_shed_max: io.syn_shed_max,
         state_dir: Some(dir.to_path_buf()),
         ..DataplaneConfig::default()
     };
@@ -435,7 +458,11 @@ fn serve(
         std::thread::sleep(Duration::from_millis(1));
         if last_feed.elapsed() >= Duration::from_millis(100) {
             last_feed = Instant::now();
-            st.update_workers(dp.snapshots());
+            let snaps = dp.snapshots();
+            for c in dp.shed_syn_floods(&snaps) {
+                log_shed(c);
+            }
+            st.update_workers(snaps);
             if last_xdp.elapsed() >= Duration::from_secs(1) {
                 last_xdp = Instant::now();
                 if let Ok(x) = dp.xdp_counters() {

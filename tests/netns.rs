@@ -472,8 +472,103 @@ fn link_flap_keeps_forwarding() {
 /// (`FLOOD_SECONDS=30` for the variant): none of the 100 is reset,
 /// each exchanges data during and after the flood, legitimate connections
 /// made during the flood mostly succeed (the count is printed) and all after
-/// it, and the conntrack counters show the table full and the evictions.
+/// it, the conntrack counters show the table full and the evictions, and
+/// SYN shedding engaged in XDP and ended after the flood.
 #[test]
 fn syn_flood_keeps_established_connections() {
     run_hardening_script("synflood", "synflood.sh", &["all"]);
+}
+
+/// The XDP program's SYN shedding, run by the kernel on crafted frames
+/// (`BPF_PROG_TEST_RUN`, rx queue 0): with the queue's level at 1 every SYN
+/// to a frontend goes on (to the socket, here the kernel: no socket in the
+/// test); at 4, about 3 in 4 are dropped and counted `drop_syn_shed`; ACKs
+/// to the frontend and SYNs to other addresses are never dropped; back at
+/// 1, none is.
+#[test]
+fn xdp_sheds_only_new_connections_to_services() {
+    use edgeplane_dataplane::afxdp::Steering;
+    if !may_run("XDP SYN shedding (BPF_PROG_TEST_RUN)") {
+        return;
+    }
+    const XDP_DROP: u32 = 1;
+    let yaml = "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: default}\nspec:\n  clusterIP: 198.18.200.10\n  ports: [{name: http, port: 80, targetPort: 8080}]\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: web-1, namespace: default, labels: {kubernetes.io/service-name: web}}\naddressType: IPv4\nports: [{name: http, port: 8080}]\nendpoints: [{addresses: [198.18.2.2]}]\n";
+    let (objects, _) = edgeplane_control::manifests::load_str("web", yaml);
+    let opts = edgeplane_control::compile::CompileOptions {
+        node_name: "node-a".into(),
+        node_ips: vec!["198.18.1.1".parse().expect("literal")],
+        ..Default::default()
+    };
+    let tables = edgeplane_control::compile::compile(&objects, &opts, 1)
+        .expect("compiles")
+        .tables;
+    let mut steer = Steering::load().expect("the XDP program loads");
+    steer.sync(&tables).expect("maps synced");
+    let frame =
+        |dst: [u8; 4], sport: u16, syn: bool, ack: bool| -> Vec<u8> {
+            let b = etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+                .ipv4([198, 18, 0, 100], dst, 64);
+            let mut b = b.tcp(sport, 80, 1000, 65535);
+            if syn {
+                b = b.syn();
+            }
+            if ack {
+                b = b.ack(1);
+            }
+            let mut out = Vec::new();
+            b.write(&mut out, &[]).expect("a frame");
+            out
+        };
+    let vip = [198, 18, 200, 10];
+    let other = [198, 18, 200, 99];
+    let drops = |steer: &mut Steering, dst: [u8; 4], syn: bool, ack: bool| -> usize {
+        (0..4000u16)
+            .filter(|&i| {
+                steer
+                    .test_run(&frame(dst, 1024 + i, syn, ack))
+                    .expect("test run")
+                    == XDP_DROP
+            })
+            .count()
+    };
+    assert_eq!(
+        drops(&mut steer, vip, true, false),
+        0,
+        "level 1 sheds nothing"
+    );
+    steer.set_shed(0, 4).expect("level set");
+    let shed = drops(&mut steer, vip, true, false);
+    // Binomial(4000, 3/4): mean 3000, sd 27; ±250 is over 9 sd.
+    assert!(
+        (2750..=3250).contains(&shed),
+        "{shed} of 4000 SYNs dropped at level 4"
+    );
+    assert_eq!(
+        drops(&mut steer, vip, false, true),
+        0,
+        "ACKs are never shed"
+    );
+    assert_eq!(
+        drops(&mut steer, vip, true, true),
+        0,
+        "SYN-ACKs are never shed"
+    );
+    assert_eq!(
+        drops(&mut steer, other, true, false),
+        0,
+        "only frontends shed"
+    );
+    let counted = steer
+        .counters()
+        .expect("counters")
+        .into_iter()
+        .find(|(n, _)| *n == "drop_syn_shed")
+        .map(|(_, v)| v);
+    assert_eq!(counted, Some(shed as u64));
+    steer.set_shed(0, 1).expect("level set");
+    assert_eq!(
+        drops(&mut steer, vip, true, false),
+        0,
+        "back at 1 sheds nothing"
+    );
 }

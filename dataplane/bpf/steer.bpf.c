@@ -4,8 +4,8 @@
  *
  * Decides, per frame, whether the frame belongs to the userspace dataplane
  * (redirect to this queue's AF_XDP socket) or to the kernel (XDP_PASS). It
- * never rewrites, and drops only in one case: every policy decision stays in
- * the engine.
+ * never rewrites, and drops in two cases only (below); every policy
+ * decision stays in the engine.
  *
  * While the dataplane is down (killed, restarting: its sockets have left the
  * XSKMAP but this program stays attached), frames of classes 1-3 below that
@@ -31,6 +31,14 @@
  *   6. fragments to a frontend address that is not a node address
  *      (the engine counts and drops them: no reassembly)            (vips)
  * Everything else: XDP_PASS.
+ *
+ * SYN shedding: `shed[rx queue]` = N > 1 (a power of two) makes a TCP SYN
+ * (no ACK) to a frontend on that queue go through with probability 1/N and
+ * be dropped otherwise (drop_syn_shed). Userspace raises N while the queue's
+ * worker is saturated and the kernel drops its frames (a SYN flood), and
+ * lowers it back to 1 when the worker has room (src/shed.rs): the frames the
+ * kernel would have dropped at random, established flows' included, are
+ * then new connections only, which the client retries.
  *
  * Addresses are 16 bytes; IPv4 is stored IPv4-mapped (::ffff:a.b.c.d), the
  * same encoding the userspace side writes (src/afxdp/steer.rs).
@@ -61,7 +69,8 @@ enum steer_counter {
 	C_PASS_UNPARSED = 6,
 	C_PASS_NO_SOCKET = 7,
 	C_DROP_NO_SOCKET = 8,
-	C_MAX = 9,
+	C_DROP_SYN_SHED = 9,
+	C_MAX = 10,
 };
 
 /* (address, port, protocol); port in network byte order. */
@@ -132,6 +141,15 @@ struct {
 	__type(key, __u32);
 	__type(value, __u32);
 } served SEC(".maps");
+
+/* SYN shedding level per rx queue: admit 1 in N (N a power of two; 0 or 1:
+ * admit all). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, MAX_QUEUES_PER_IF);
+	__type(key, __u32);
+	__type(value, __u32);
+} shed SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -321,8 +339,20 @@ int edgeplane_steer(struct xdp_md *ctx)
 	__builtin_memcpy(k.addr, p.dst.addr, 16);
 	k.port = ports[1];
 	k.proto = p.proto;
-	if (bpf_map_lookup_elem(&frontends, &k))
+	if (bpf_map_lookup_elem(&frontends, &k)) {
+		/* A new TCP connection (SYN without ACK) while this queue sheds. */
+		__u8 *tcp = p.hdr;
+		if (p.proto == IPPROTO_TCP && (void *)(tcp + 14) <= end &&
+		    (tcp[13] & 0x12) == 0x02) {
+			__u32 q = ctx->rx_queue_index;
+			__u32 *n = bpf_map_lookup_elem(&shed, &q);
+			if (n && *n > 1 && (bpf_get_prandom_u32() & (*n - 1)) != 0) {
+				count(C_DROP_SYN_SHED);
+				return XDP_DROP;
+			}
+		}
 		return to_socket(ctx, C_REDIRECT_FRONTEND, 1);
+	}
 
 	/* 6. A reply to a SNAT mapping. */
 	struct snat_range *r = bpf_map_lookup_elem(&snat, &p.dst);

@@ -14,6 +14,7 @@ pub mod engine;
 pub mod hash;
 pub mod prefetch;
 pub mod region;
+pub mod shed;
 pub mod shm;
 pub mod tables;
 pub mod testing;

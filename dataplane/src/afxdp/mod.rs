@@ -93,6 +93,10 @@ pub struct DataplaneConfig {
     /// Where the conntrack and affinity files live (re-attached after a
     /// restart); `None`: on the heap, lost at exit.
     pub state_dir: Option<PathBuf>,
+    /// SYN shedding under overload ([`crate::shed`]): admit at most 1 in
+    /// this many new TCP connections to Services on a saturated queue
+    /// (rounded down to a power of two; 1 turns shedding off).
+    pub syn_shed_max: u32,
 }
 
 impl Default for DataplaneConfig {
@@ -111,6 +115,7 @@ impl Default for DataplaneConfig {
             timeouts: Timeouts::default(),
             idle_sleep_us: 0,
             state_dir: None,
+            syn_shed_max: 64,
         }
     }
 }
@@ -172,6 +177,19 @@ pub struct Dataplane {
     // Held for their `Drop` (detach).
     _attachments: Vec<Attachment>,
     steering: Steering,
+    /// Per worker: its queue's SYN shedding and the counters last seen.
+    shed: Vec<(crate::shed::SynShed, Option<WorkerCounters>)>,
+}
+
+/// A change of a queue's SYN shedding level ([`Dataplane::shed_syn_floods`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShedChange {
+    pub queue: u32,
+    /// Admit 1 in this many SYNs to Services, before and now.
+    pub from: u32,
+    pub to: u32,
+    /// Frames the kernel dropped for the queue's sockets in the interval.
+    pub dropped: u64,
 }
 
 /// Checks that the SNAT port range does not overlap the kernel's ephemeral
@@ -338,6 +356,9 @@ impl Dataplane {
             flow_attach,
             _attachments: attachments,
             steering,
+            shed: (0..queues)
+                .map(|_| (crate::shed::SynShed::new(cfg.syn_shed_max), None))
+                .collect(),
         };
         let iface_ids: Vec<_> = ifaces
             .iter()
@@ -431,6 +452,39 @@ impl Dataplane {
     /// True while every worker thread is running.
     pub fn healthy(&self) -> bool {
         self.workers.iter().all(|w| !w.is_finished())
+    }
+
+    /// One interval of SYN shedding (call it every ~100 ms with fresh
+    /// [`snapshots`](Self::snapshots)): feeds each queue's controller with
+    /// its worker's counters since the last call and writes changed levels
+    /// into the XDP program. Returns the changes.
+    pub fn shed_syn_floods(&mut self, snaps: &[WorkerSnapshot]) -> Vec<ShedChange> {
+        let mut changes = Vec::new();
+        for w in snaps {
+            let Some((shed, last)) = self.shed.get_mut(w.worker) else {
+                continue;
+            };
+            let now = &w.counters;
+            let Some(prev) = last.replace(now.clone()) else {
+                continue;
+            };
+            let dropped = now.socket.rx_dropped.saturating_sub(prev.socket.rx_dropped);
+            let from = shed.level();
+            let busy = now.busy_polls.saturating_sub(prev.busy_polls);
+            let idle = now.idle_polls.saturating_sub(prev.idle_polls);
+            if let Some(to) = shed.observe(dropped, busy, idle) {
+                if let Err(e) = self.steering.set_shed(w.queue, to) {
+                    tracing::warn!(queue = w.queue, "SYN shedding level not set: {e:#}");
+                }
+                changes.push(ShedChange {
+                    queue: w.queue,
+                    from,
+                    to,
+                    dropped,
+                });
+            }
+        }
+        changes
     }
 
     /// The XDP program's own counters (summed over CPUs).

@@ -40,7 +40,7 @@ const PROG_NAME: &str = "edgeplane_steer";
 pub const MAX_QUEUES_PER_IF: u32 = 64;
 
 /// Indices of the program's per-CPU `counters` map (enum steer_counter).
-pub const COUNTER_NAMES: [&str; 9] = [
+pub const COUNTER_NAMES: [&str; 10] = [
     "redirect_frontend",
     "redirect_snat",
     "redirect_nosnat_reply",
@@ -50,6 +50,7 @@ pub const COUNTER_NAMES: [&str; 9] = [
     "pass_unparsed",
     "pass_no_socket",
     "drop_no_socket",
+    "drop_syn_shed",
 ];
 
 /// XDP attach mode (`--xdp-mode`).
@@ -237,6 +238,38 @@ impl Steering {
         self.map("served")?
             .update(&0u32.to_ne_bytes(), &queues.to_ne_bytes(), MapFlags::ANY)
             .context("served update")
+    }
+
+    /// Sets the SYN shedding level of rx queue `queue`: a SYN to a frontend
+    /// is let through with probability 1/`admit_one_in` (rounded down to a
+    /// power of two; 0 and 1 let every SYN through).
+    pub fn set_shed(&self, queue: u32, admit_one_in: u32) -> Result<()> {
+        if queue >= MAX_QUEUES_PER_IF {
+            bail!("queue {queue} is beyond the {MAX_QUEUES_PER_IF} queues the XDP program serves");
+        }
+        let n = match admit_one_in {
+            0 | 1 => 1,
+            n => 1u32 << (31 - n.leading_zeros()),
+        };
+        self.map("shed")?
+            .update(&queue.to_ne_bytes(), &n.to_ne_bytes(), MapFlags::ANY)
+            .context("shed update")
+    }
+
+    /// Runs the program once on `frame` (`BPF_PROG_TEST_RUN`, rx queue 0,
+    /// the loopback interface) and returns its XDP action. For tests.
+    pub fn test_run(&mut self, frame: &[u8]) -> Result<u32> {
+        let prog = self
+            .obj
+            .progs_mut()
+            .find(|p| p.name() == PROG_NAME)
+            .with_context(|| format!("program {PROG_NAME} not in object"))?;
+        let input = libbpf_rs::ProgramInput {
+            data_in: Some(frame),
+            ..Default::default()
+        };
+        let out = prog.test_run(input).context("BPF_PROG_TEST_RUN")?;
+        Ok(out.return_value)
     }
 
     /// Numbers an interface for the XSKMAP (`ifslots`).
