@@ -27,6 +27,7 @@ use edgeplane_dataplane::region::{RegionError, RegionReader};
 use edgeplane_dataplane::DropReason;
 
 use crate::control::{Control, SourceArgs};
+use crate::ops::logging::RateLimit;
 use crate::ops::OpsState;
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -354,17 +355,37 @@ fn open_region(
 }
 
 /// One line per change of a queue's SYN shedding: a warning when it
-/// starts, debug while it adapts, info when it ends.
-fn log_shed(c: edgeplane_dataplane::afxdp::ShedChange) {
+/// starts, info when it ends (each at most every 30 s, with the number held
+/// back), debug while it adapts.
+fn log_shed(c: edgeplane_dataplane::afxdp::ShedChange, limits: &mut [RateLimit; 2]) {
+    let now = Instant::now();
     match (c.from, c.to) {
-        (1, to) => tracing::warn!(
+        (1, to) => {
+            if let Some(suppressed) = limits[0].allow(now) {
+                tracing::warn!(
+                    queue = c.queue,
+                    dropped = c.dropped,
+                    admit_one_in = to,
+                    suppressed,
+                    "worker saturated (the kernel dropped frames for its queue): shedding new TCP connections to Services in XDP so established flows keep their packets"
+                )
+            }
+        }
+        (_, 1) => {
+            if let Some(suppressed) = limits[1].allow(now) {
+                tracing::info!(
+                    queue = c.queue,
+                    suppressed,
+                    "SYN shedding ended: the worker has room again"
+                )
+            }
+        }
+        (_, to) => tracing::debug!(
             queue = c.queue,
             dropped = c.dropped,
             admit_one_in = to,
-            "worker saturated (the kernel dropped frames for its queue): shedding new TCP connections to Services in XDP so established flows keep their packets"
+            "SYN shedding level"
         ),
-        (_, 1) => tracing::info!(queue = c.queue, "SYN shedding ended: the worker has room again"),
-        (_, to) => tracing::debug!(queue = c.queue, dropped = c.dropped, admit_one_in = to, "SYN shedding level"),
     }
 }
 
@@ -449,7 +470,8 @@ fn serve(
     );
     let mut last_feed = Instant::now();
     let mut last_xdp = Instant::now();
-    let mut refusals = crate::ops::logging::RateLimit::new(Duration::from_secs(30));
+    let mut refusals = RateLimit::new(Duration::from_secs(30));
+    let mut shed_logs = [0, 1].map(|_| RateLimit::new(Duration::from_secs(30)));
 
     let mut last_stats = Instant::now();
     let mut last_file = Instant::now() - Duration::from_secs(2);
@@ -460,7 +482,7 @@ fn serve(
             last_feed = Instant::now();
             let snaps = dp.snapshots();
             for c in dp.shed_syn_floods(&snaps) {
-                log_shed(c);
+                log_shed(c, &mut shed_logs);
             }
             st.update_workers(snaps);
             if last_xdp.elapsed() >= Duration::from_secs(1) {
