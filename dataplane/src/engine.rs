@@ -452,7 +452,7 @@ impl Engine {
         // the reply key of the flow's preferred SNAT port (the first one
         // `alloc_port` tries). Prefetch that key's buckets.
         let (first, count) = self.snat_share(t);
-        for pr in pre.iter() {
+        for pr in pre.iter_mut() {
             let (Ok(p), Some((f, slot))) = (&pr.parsed, pr.maglev) else {
                 continue;
             };
@@ -480,7 +480,9 @@ impl Engine {
                 proto: p.proto,
             };
             // A free port's key is a miss: both buckets are read.
-            ct.prefetch_buckets(&ct.probe(&reply));
+            let probe = ct.probe(&reply);
+            ct.prefetch_buckets(&probe);
+            pr.snat = Some((port, probe));
         }
         // Stage 4: the pipeline, frame by frame, in order.
         for (((buf, len), pr), o) in frames.iter_mut().zip(pre.iter()).zip(out.iter_mut()) {
@@ -490,6 +492,8 @@ impl Engine {
                     let hints = Hints {
                         probe: pr.probe.as_ref(),
                         front: pr.front,
+                        maglev_slot: pr.maglev.map(|(_, slot)| slot),
+                        snat: pr.snat.as_ref(),
                     };
                     self.decide(now, buf, len, t, p, hints)
                 }
@@ -612,7 +616,7 @@ impl Engine {
         let Some((fidx, f)) = front else {
             return Decision::new(self.not_a_frontend(p, t));
         };
-        self.new_flow(now, buf, len, p, t, fidx, f, key)
+        self.new_flow(now, buf, len, p, t, fidx, f, key, hints)
     }
 
     /// Not a frontend and not a known flow.
@@ -742,6 +746,7 @@ impl Engine {
         fidx: u32,
         f: &Frontend,
         orig: FlowKey,
+        hints: Hints<'_, '_>,
     ) -> Decision {
         let with = |verdict| Decision {
             verdict,
@@ -788,19 +793,25 @@ impl Engine {
         let bi = match chosen {
             Some(i) => i,
             None => {
-                let h = if f.affinity_timeout > 0 {
-                    client_hash(seed, p.src)
-                } else {
-                    flow_hash(seed, p.src, p.dst, p.sport, p.dport, p.proto)
-                };
                 let m = f.maglev_len as u64;
                 if m == 0 {
                     return with(Verdict::Drop(DropReason::NoLocalEndpoints));
                 }
+                // The batch path computed the slot already (stage 2).
+                let slot = match hints.maglev_slot {
+                    Some(slot) => slot,
+                    None => {
+                        let h = if f.affinity_timeout > 0 {
+                            client_hash(seed, p.src)
+                        } else {
+                            flow_hash(seed, p.src, p.dst, p.sport, p.dport, p.proto)
+                        };
+                        (h % m) as usize
+                    }
+                };
                 // Bounds-checked read (the table may be in shared memory); a
                 // bad entry finds no backend below.
-                t.maglev_entry(f, (h % m) as usize)
-                    .map_or(usize::MAX, usize::from)
+                t.maglev_entry(f, slot).map_or(usize::MAX, usize::from)
             }
         };
         let Some(b) = backends.get(bi) else {
@@ -819,7 +830,7 @@ impl Engine {
         let snat = f.snat || p.src == b.ip;
         let (src, sport) = match (snat, t.snat_addr(p.dst.is_ipv6())) {
             (true, Some(snat)) => {
-                match self.alloc_port(now, t, snat, (b.ip, b.port), &orig, !pickup) {
+                match self.alloc_port(now, t, snat, (b.ip, b.port), &orig, !pickup, hints.snat) {
                     Some(port) => (snat, port),
                     // A picked-up segment without a port: reset the client, as
                     // no backend could make sense of it.
@@ -886,13 +897,18 @@ impl Engine {
         (bip, bport): (IpAddr, u16),
         orig: &FlowKey,
         may_evict: bool,
+        hint: Option<&(u16, Probe)>,
     ) -> Option<u16> {
         let (first, count) = self.snat_share(t);
         if count == 0 {
             return None;
         }
         let ct = &self.state.conntrack;
-        let start = (preferred_snat_port(t.node.hash_seed, orig, first, count) - first) as u32;
+        let preferred = match hint {
+            Some(&(port, _)) => port,
+            None => preferred_snat_port(t.node.hash_seed, orig, first, count),
+        };
+        let start = (preferred - first) as u32;
         let tries = count.min(self.cfg.snat_probe.max(1));
         let mut victim = None;
         for i in 0..tries {
@@ -904,7 +920,12 @@ impl Engine {
                 dport: port,
                 proto: orig.proto,
             };
-            let Some(hit) = ct.lookup(&reply, now) else {
+            // The batch path hashed the preferred port's reply key already.
+            let found = match hint {
+                Some((_, probe)) if i == 0 => ct.lookup_probe(probe, now),
+                _ => ct.lookup(&reply, now),
+            };
+            let Some(hit) = found else {
                 return Some(port);
             };
             if !hit.evictable() {
@@ -1112,6 +1133,9 @@ struct Pre<'t> {
     maglev: Option<(&'t Frontend, usize)>,
     /// `Some(t.frontend(..))` when stage 2 looked the frontend up.
     front: Option<Option<(u32, &'t Frontend)>>,
+    /// Stage 3: the flow's preferred SNAT port and the probe of the reply
+    /// key it gives (buckets prefetched).
+    snat: Option<(u16, Probe)>,
 }
 
 /// What the batch path already knows about a frame when it is decided: its
@@ -1121,12 +1145,21 @@ struct Pre<'t> {
 struct Hints<'p, 't> {
     probe: Option<&'p Probe>,
     front: Option<Option<(u32, &'t Frontend)>>,
+    /// The Maglev slot of the flow hash in `front`'s table (set only for a
+    /// frontend without session affinity).
+    maglev_slot: Option<usize>,
+    /// The preferred SNAT port ([`preferred_snat_port`] of the frame's key in
+    /// this worker's share) and the probe of the reply key it gives with the
+    /// backend of `maglev_slot` (set only for a SNAT frontend).
+    snat: Option<&'p (u16, Probe)>,
 }
 
 impl Hints<'_, '_> {
     const NONE: Hints<'static, 'static> = Hints {
         probe: None,
         front: None,
+        maglev_slot: None,
+        snat: None,
     };
 }
 
@@ -1136,6 +1169,7 @@ impl Pre<'_> {
         probe: None,
         maglev: None,
         front: None,
+        snat: None,
     };
 }
 

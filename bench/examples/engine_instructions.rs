@@ -1,0 +1,137 @@
+//! A small, deterministic driver of the engine's batched path, for counting
+//! instructions per packet (valgrind's callgrind, `perf stat -e
+//! instructions`): unlike wall time on a shared machine, instruction counts
+//! repeat exactly from run to run. Same frames and setup as the
+//! `engine` criterion bench, on smaller tables so that it runs in seconds
+//! under valgrind (instruction counts barely depend on table size; the
+//! cache misses the bigger tables add are the criterion bench's business).
+//!
+//! ```sh
+//! cargo build -p edgeplane-bench --release --example engine_instructions
+//! valgrind --tool=callgrind --toggle-collect='*Engine::process_batch*' \
+//!     target/release/examples/engine_instructions established 2000
+//! # instructions per packet = Ir / (2000 × 32)
+//! ```
+//!
+//! Modes (`MODE BATCHES`, batches of 32 frames):
+//! * `established`: ACKs of 64 established TCP flows (`engine/established_tcp_hot`);
+//! * `udp`: datagrams of 64 UDP flows set up beforehand;
+//! * `new`: SYNs of flows never seen, the clock advancing 200 µs per SYN and
+//!   a housekeeping sweep of 256 slots after each batch (`engine/new_tcp`;
+//!   add `--toggle-collect='*Engine::housekeeping*'` to count the sweep too).
+
+use edgeplane_bench::{
+    client, reply_to, service_ip, tables, tcp_frame, udp_frame, BatchBufs, FramePool, ACK, SYN,
+};
+use edgeplane_dataplane::Engine;
+
+const SERVICES: usize = 100;
+const BACKENDS: usize = 10;
+const M: u32 = 16381;
+const NOW: u64 = 1_000_000_000_000;
+const BATCH: usize = 32;
+const FLOWS: usize = 64;
+const NEW_FLOW_DT: u64 = 200_000;
+const SWEEP_PER_BATCH: usize = 256;
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let mode = args.next().unwrap_or_else(|| "established".into());
+    let batches: usize = args
+        .next()
+        .map(|s| s.parse().expect("BATCHES: a number"))
+        .unwrap_or(1000);
+    let t = tables(SERVICES, BACKENDS, M);
+    let mut engine = Engine::standalone(1 << 16);
+    let mut bb = BatchBufs::new(BATCH);
+    let tx = match mode.as_str() {
+        "established" => {
+            let syns: Vec<Vec<u8>> = (0..FLOWS)
+                .map(|k| {
+                    let (ip, port) = client(k);
+                    tcp_frame(ip, port, service_ip(k % SERVICES), 80, SYN)
+                })
+                .collect();
+            let acks: Vec<Vec<u8>> = (0..FLOWS)
+                .map(|k| {
+                    let (ip, port) = client(k);
+                    tcp_frame(ip, port, service_ip(k % SERVICES), 80, ACK)
+                })
+                .collect();
+            for (s, a) in syns.chunks(BATCH).zip(acks.chunks(BATCH)) {
+                assert_eq!(
+                    bb.run(&mut engine, NOW, &t, s.iter().map(|f| &f[..])),
+                    BATCH
+                );
+                let synacks: Vec<Vec<u8>> = (0..BATCH)
+                    .map(|j| reply_to(bb.frame(j), SYN | ACK))
+                    .collect();
+                assert_eq!(
+                    bb.run(&mut engine, NOW, &t, synacks.iter().map(|f| &f[..])),
+                    BATCH
+                );
+                assert_eq!(
+                    bb.run(&mut engine, NOW, &t, a.iter().map(|f| &f[..])),
+                    BATCH
+                );
+            }
+            run_cycled(&mut engine, &mut bb, &t, &acks, batches)
+        }
+        "udp" => {
+            let frames: Vec<Vec<u8>> = (0..FLOWS)
+                .map(|k| {
+                    let (ip, port) = client(k);
+                    udp_frame(ip, port, service_ip(k % SERVICES), 53)
+                })
+                .collect();
+            for c in frames.chunks(BATCH) {
+                assert_eq!(
+                    bb.run(&mut engine, NOW, &t, c.iter().map(|f| &f[..])),
+                    BATCH
+                );
+            }
+            run_cycled(&mut engine, &mut bb, &t, &frames, batches)
+        }
+        "new" => {
+            let pool = FramePool::new(1 << 18, |i| {
+                let (ip, port) = client(1_000_000 + i);
+                tcp_frame(
+                    ip,
+                    port.wrapping_add(20_000),
+                    service_ip(i % SERVICES),
+                    80,
+                    SYN,
+                )
+            });
+            let mut clock = NOW;
+            let mut tx = 0;
+            for n in 0..batches {
+                let frames = (n * BATCH..(n + 1) * BATCH).map(|k| pool.get(k % pool.len()));
+                tx += bb.run(&mut engine, clock, &t, frames);
+                clock += BATCH as u64 * NEW_FLOW_DT;
+                engine.housekeeping(clock, SWEEP_PER_BATCH);
+            }
+            tx
+        }
+        m => panic!("unknown mode {m:?} (established, udp, new)"),
+    };
+    assert_eq!(tx, batches * BATCH, "every frame is transmitted");
+    assert_eq!(engine.stats().drop, 0);
+    println!("{mode}: {} packets", batches * BATCH);
+}
+
+fn run_cycled(
+    engine: &mut Engine,
+    bb: &mut BatchBufs,
+    t: &edgeplane_dataplane::Tables,
+    frames: &[Vec<u8>],
+    batches: usize,
+) -> usize {
+    let mut tx = 0;
+    let mut i = 0;
+    for _ in 0..batches {
+        tx += bb.run(engine, NOW, t, frames[i..i + BATCH].iter().map(|f| &f[..]));
+        i = (i + BATCH) % frames.len();
+    }
+    tx
+}
