@@ -626,6 +626,11 @@ impl Hit {
 pub struct Probe {
     key: RawKey,
     h: u64,
+    /// The first entry of the first bucket whose tag matched when
+    /// [`Conntrack::prefetch_records`] scanned it (0: none, or not scanned),
+    /// and its position: `lookup_probe` checks it first, without a scan.
+    cand: u64,
+    cand_at: u8,
 }
 
 /// Why an insert did not create a flow.
@@ -1622,6 +1627,8 @@ impl Conntrack {
         Probe {
             key,
             h: key.hash(self.seed),
+            cand: 0,
+            cand_at: 0,
         }
     }
 
@@ -1647,9 +1654,11 @@ impl Conntrack {
     /// [`prefetch_index`](Self::prefetch_index)). Returns whether any entry
     /// does; when none does, the key is (almost surely) not tracked, i.e. the
     /// packet probably starts a new flow, and the second bucket, which the
-    /// lookup will then scan, is prefetched. A hint only.
+    /// lookup will then scan, is prefetched. A hint only. Remembers the first
+    /// matching entry in `p`, which [`lookup_probe`](Self::lookup_probe)
+    /// then checks before any scan.
     #[inline]
-    pub fn prefetch_records(&self, p: &Probe) -> bool {
+    pub fn prefetch_records(&self, p: &mut Probe) -> bool {
         let [b1, b2] = self.buckets_of(p.h);
         let bucket = &self.buckets[b1].0;
         let mut m = tag_mask(bucket, tag_of(p.h));
@@ -1657,6 +1666,9 @@ impl Conntrack {
             prefetch(&self.buckets[b2]);
             return false;
         }
+        let at = m.trailing_zeros() as usize;
+        p.cand = bucket[at].load(Ordering::Relaxed);
+        p.cand_at = at as u8;
         while m != 0 {
             let v = bucket[m.trailing_zeros() as usize].load(Ordering::Relaxed);
             m &= m - 1;
@@ -1680,9 +1692,30 @@ impl Conntrack {
     }
 
     /// [`lookup`](Self::lookup) of a key hashed by [`probe`](Self::probe).
-    #[inline]
+    ///
+    /// When [`prefetch_records`](Self::prefetch_records) remembered a
+    /// candidate entry and that entry is still in place and names a live,
+    /// unexpired record holding the key, that record is the answer without
+    /// a scan: a key names at most one live record (inserts check it under
+    /// the key's stripe and reclaim expired holders first), so a scan would
+    /// return the same one. Anything else scans as `lookup` does.
+    #[inline(always)]
     pub fn lookup_probe(&self, p: &Probe, now: u64) -> Option<Hit> {
-        self.find(&p.key, p.h, now / NS_PER_SEC)
+        let now_s = now / NS_PER_SEC;
+        if p.cand != 0 {
+            let b1 = self.buckets_of(p.h)[0];
+            let v = self.buckets[b1].0[p.cand_at as usize & 7].load(Ordering::Acquire);
+            if v == p.cand {
+                let (slot, dir) = (entry_slot(v), entry_dir(v));
+                if slot < self.records.len() {
+                    let snap = self.read(slot);
+                    if snap.live() && snap.key(dir) == p.key && !snap.expired(now_s) {
+                        return Some(snap.hit(slot, dir));
+                    }
+                }
+            }
+        }
+        self.find(&p.key, p.h, now_s)
     }
 
     /// Tracks a new flow. `flow.orig`, `xlat`, `frontend`, `worker` and
@@ -2199,7 +2232,7 @@ impl Conntrack {
     }
 
     /// Lock-free lookup by raw key.
-    #[inline]
+    #[inline(never)]
     fn find(&self, key: &RawKey, h: u64, now_s: u64) -> Option<Hit> {
         let tag = tag_of(h);
         for b in self.buckets_of(h) {
@@ -3009,15 +3042,41 @@ mod tests {
         assert_eq!(t.len(), 1);
     }
 
+    /// A probe whose remembered candidate went stale (the flow removed, its
+    /// slot reused by another flow, the key inserted again elsewhere, the
+    /// flow expired) still answers exactly as `lookup`.
+    #[test]
+    fn probe_candidate_goes_stale() {
+        let t = ct(64);
+        let f = flow(1000, PROTO_TCP);
+        let hit = t.insert(f, S, SYN).unwrap();
+        let mut p = t.probe(&f.orig);
+        assert!(t.prefetch_records(&mut p));
+        assert_eq!(t.lookup_probe(&p, S), t.lookup(&f.orig, S));
+        assert!(t.remove(&hit));
+        assert_eq!(t.lookup_probe(&p, S), None);
+        // Another flow takes the slot, then the key comes back.
+        let g = flow(2000, PROTO_TCP);
+        t.insert(g, S, SYN).unwrap();
+        assert_eq!(t.lookup_probe(&p, S), None);
+        let again = t.insert(f, S, SYN).unwrap();
+        assert_eq!(t.lookup_probe(&p, S), Some(again));
+        assert_eq!(t.lookup_probe(&p, S), t.lookup(&f.orig, S));
+        // Expired: no answer either way.
+        let late = S + 1_000 * NS_PER_SEC;
+        assert_eq!(t.lookup_probe(&p, late), None);
+        assert_eq!(t.lookup(&f.orig, late), None);
+    }
+
     #[test]
     fn probe_lookup_and_revalidate() {
         let t = ct(64);
         let f = flow(1000, PROTO_TCP);
         let hit = t.insert(f, S, SYN).unwrap();
         for k in [f.orig, f.reply_key(), f.orig.reversed()] {
-            let p = t.probe(&k);
+            let mut p = t.probe(&k);
             t.prefetch_index(&p);
-            assert_eq!(t.prefetch_records(&p), t.lookup(&k, S).is_some());
+            assert_eq!(t.prefetch_records(&mut p), t.lookup(&k, S).is_some());
             assert_eq!(t.lookup_probe(&p, S), t.lookup(&k, S));
         }
         assert!(t.revalidate(&hit, 9, 42));

@@ -229,6 +229,8 @@ pub struct Engine {
     /// Scratch for frames the engine originates (ICMP errors); generated
     /// answers are built here and copied over the input frame.
     scratch: Box<[u8; 2048]>,
+    /// Per-frame scratch of the batch path (taken while a chunk runs).
+    pre: Option<Box<[Pre; BATCH_CHUNK]>>,
 }
 
 const NS: u64 = 1_000_000_000;
@@ -278,6 +280,7 @@ impl Engine {
             stats: Stats::default(),
             traffic: TrafficStats::default(),
             scratch: Box::new([0; 2048]),
+            pre: Some(Box::new([Pre::EMPTY; BATCH_CHUNK])),
         }
     }
 
@@ -398,32 +401,46 @@ impl Engine {
         t: &Tables,
         out: &mut [Decision],
     ) {
+        // The per-frame scratch lives in the engine (allocated once), so a
+        // chunk does not start by blanking a fresh one: stage 1 writes every
+        // field of each frame's entry.
+        let mut scratch = self
+            .pre
+            .take()
+            .unwrap_or_else(|| Box::new([Pre::EMPTY; BATCH_CHUNK]));
+        let pre = &mut scratch[..frames.len()];
         let ct = &self.state.conntrack;
-        let mut pre = [Pre::EMPTY; BATCH_CHUNK];
-        let pre = &mut pre[..frames.len()];
         // Stage 1: parse every frame, hash its flow key, prefetch the
-        // conntrack bucket a tracked key is found in. Parsing is a pure function of the frame's own
-        // bytes, and frames are separate buffers, so parsing early gives the
-        // result parsing in order would.
+        // conntrack bucket a tracked key is found in. Parsing is a pure
+        // function of the frame's own bytes, and frames are separate buffers,
+        // so parsing early gives the result parsing in order would.
         for ((buf, len), pr) in frames.iter_mut().zip(pre.iter_mut()) {
             let len = (*len).min(buf.len());
-            pr.parsed = packet::parse(&buf[..len]);
-            if let Ok(p) = &pr.parsed {
+            let parsed = packet::parse(&buf[..len]);
+            let mut probe = None;
+            if let Ok(p) = &parsed {
                 if p.frag == Frag::None
                     && matches!(p.l4(), Some(Proto::Tcp | Proto::Udp | Proto::Sctp))
                 {
-                    let probe = ct.probe(&flow_key(p));
-                    ct.prefetch_index(&probe);
-                    pr.probe = Some(probe);
+                    let pb = ct.probe(&flow_key(p));
+                    ct.prefetch_index(&pb);
+                    probe = Some(pb);
                 }
             }
+            *pr = Pre {
+                parsed,
+                probe,
+                front: None,
+                maglev_slot: None,
+                snat: None,
+            };
         }
         // Stage 2: the buckets are (mostly) in cache now. Tracked-looking
         // frames: prefetch their records. Others probably start a flow:
         // prefetch their second bucket (`prefetch_records` does) and the
         // Maglev slot they will read.
         for pr in pre.iter_mut() {
-            let (Ok(p), Some(probe)) = (&pr.parsed, &pr.probe) else {
+            let (Ok(p), Some(probe)) = (&pr.parsed, &mut pr.probe) else {
                 continue;
             };
             if ct.prefetch_records(probe) {
@@ -432,7 +449,7 @@ impl Engine {
             // The lookup is a pure function of the frame and the tables, so
             // stage 4 reuses its result.
             let front = t.frontend(p.dst, p.dport, proto_of(p));
-            pr.front = Some(front);
+            pr.front = Some(front.map(|(i, _)| i));
             if let Some((_, f)) = front {
                 if f.affinity_timeout == 0 && f.n_new > 0 {
                     let m = f.maglev_len as u64;
@@ -443,7 +460,7 @@ impl Engine {
                         if let Some(e) = t.maglev_entry_byte(f, slot) {
                             prefetch(e);
                         }
-                        pr.maglev = Some((f, slot));
+                        pr.maglev_slot = Some(slot);
                     }
                 }
             }
@@ -453,7 +470,10 @@ impl Engine {
         // `alloc_port` tries). Prefetch that key's buckets.
         let (first, count) = self.snat_share(t);
         for pr in pre.iter_mut() {
-            let (Ok(p), Some((f, slot))) = (&pr.parsed, pr.maglev) else {
+            let (Ok(p), Some(slot), Some(Some(fi))) = (&pr.parsed, pr.maglev_slot, pr.front) else {
+                continue;
+            };
+            let Some(f) = t.frontends.get(fi as usize) else {
                 continue;
             };
             let bi = t.maglev_entry(f, slot).map_or(usize::MAX, usize::from);
@@ -491,8 +511,11 @@ impl Engine {
                 Ok(p) => {
                     let hints = Hints {
                         probe: pr.probe.as_ref(),
-                        front: pr.front,
-                        maglev_slot: pr.maglev.map(|(_, slot)| slot),
+                        // An index `t.frontend` returned: always in range.
+                        front: pr
+                            .front
+                            .map(|fi| fi.and_then(|i| t.frontends.get(i as usize).map(|f| (i, f)))),
+                        maglev_slot: pr.maglev_slot,
                         snat: pr.snat.as_ref(),
                     };
                     self.decide(now, buf, len, t, p, hints)
@@ -502,6 +525,7 @@ impl Engine {
             self.count(len, &d);
             *o = d;
         }
+        self.pre = Some(scratch);
     }
 
     /// Counts one processed frame.
@@ -1124,15 +1148,16 @@ impl Engine {
 pub const BATCH_CHUNK: usize = 32;
 
 /// Per-frame scratch of [`Engine::process_batch`].
-#[derive(Clone, Copy)]
-struct Pre<'t> {
+#[derive(Debug, Clone, Copy)]
+struct Pre {
     parsed: Result<Parsed, ParseError>,
     /// Conntrack probe of the flow key (unfragmented TCP/UDP/SCTP).
     probe: Option<Probe>,
-    /// Probably a new flow: its frontend and Maglev slot (prefetched).
-    maglev: Option<(&'t Frontend, usize)>,
-    /// `Some(t.frontend(..))` when stage 2 looked the frontend up.
-    front: Option<Option<(u32, &'t Frontend)>>,
+    /// `Some(t.frontend(..))` (its index) when stage 2 looked the frontend
+    /// up.
+    front: Option<Option<u32>>,
+    /// Probably a new flow: the Maglev slot of that frontend (prefetched).
+    maglev_slot: Option<usize>,
     /// Stage 3: the flow's preferred SNAT port and the probe of the reply
     /// key it gives (buckets prefetched).
     snat: Option<(u16, Probe)>,
@@ -1163,12 +1188,12 @@ impl Hints<'_, '_> {
     };
 }
 
-impl Pre<'_> {
-    const EMPTY: Pre<'static> = Pre {
+impl Pre {
+    const EMPTY: Pre = Pre {
         parsed: Err(ParseError::NotIp),
         probe: None,
-        maglev: None,
         front: None,
+        maglev_slot: None,
         snat: None,
     };
 }
