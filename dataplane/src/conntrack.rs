@@ -592,6 +592,29 @@ impl Hit {
         self.rewrite_as(self.dir)
     }
 
+    /// [`rewrite_as`](Self::rewrite_as) for a tuple that is IPv4: (source
+    /// address, destination address, source port, destination port); `None`
+    /// when the tuple is IPv6.
+    #[inline]
+    pub fn rewrite_v4(&self, dir: Dir) -> Option<(Ipv4Addr, Ipv4Addr, u16, u16)> {
+        let (w, p, f) = (&self.w, self.w[W_PORTS], flags_of(self.w[W_META]));
+        // The IPv4 address of an IPv4-mapped pair: bytes 12..16, the high
+        // half of its second word (little-endian).
+        let v4 = |i: usize| Ipv4Addr::from(((w[i + 1] >> 32) as u32).to_le_bytes());
+        match dir {
+            Dir::Original if f & F_XLAT_V6 == 0 => Some((
+                v4(W_XLAT_SRC),
+                v4(W_XLAT_DST),
+                (p >> 32) as u16,
+                (p >> 48) as u16,
+            )),
+            Dir::Reply if f & F_ORIG_V6 == 0 => {
+                Some((v4(W_ORIG_DST), v4(W_ORIG_SRC), (p >> 16) as u16, p as u16))
+            }
+            _ => None,
+        }
+    }
+
     /// What a packet travelling in `dir` is rewritten to.
     #[inline]
     pub fn rewrite_as(&self, dir: Dir) -> Rewrite {
@@ -3066,6 +3089,33 @@ mod tests {
         let late = S + 1_000 * NS_PER_SEC;
         assert_eq!(t.lookup_probe(&p, late), None);
         assert_eq!(t.lookup(&f.orig, late), None);
+    }
+
+    /// `rewrite_v4` is `rewrite_as` for IPv4 tuples, `None` for IPv6 ones.
+    #[test]
+    fn rewrite_v4_is_rewrite_as() {
+        let t = ct(64);
+        let f = flow(1000, PROTO_TCP);
+        let hit = t.insert(f, S, SYN).unwrap();
+        for dir in [Dir::Original, Dir::Reply] {
+            let r = hit.rewrite_as(dir);
+            let (s, d) = r.addrs();
+            let (s4, d4, sp, dp) = hit.rewrite_v4(dir).unwrap();
+            assert_eq!(
+                (&s4.octets()[..], &d4.octets()[..], sp, dp),
+                (s, d, r.sport, r.dport)
+            );
+        }
+        let g = Flow::new(
+            key("2001:db8::1", 1000, "2001:db8:1::10", 80, PROTO_TCP),
+            key("2001:db8::9", 40000, "2001:db8:2::2", 8080, PROTO_TCP),
+            3,
+            1,
+            7,
+        );
+        let h6 = t.insert(g, S, SYN).unwrap();
+        assert_eq!(h6.rewrite_v4(Dir::Original), None);
+        assert_eq!(h6.rewrite_v4(Dir::Reply), None);
     }
 
     #[test]

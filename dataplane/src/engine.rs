@@ -1202,9 +1202,17 @@ impl Pre {
 /// `dir` (see [`Hit::rewrite_as`]).
 #[inline]
 fn rewrite(buf: &mut [u8], len: usize, p: &Parsed, hit: &Hit, dir: Dir) -> Verdict {
-    let new = hit.rewrite_as(dir);
-    let (src, dst) = new.addrs();
-    match packet::rewrite_tuple_bytes(&mut buf[..len], p, src, dst, new.sport, new.dport) {
+    let done = match hit.rewrite_v4(dir) {
+        Some((src, dst, sport, dport)) => {
+            packet::rewrite_tuple_v4(&mut buf[..len], p, src, dst, sport, dport)
+        }
+        None => {
+            let new = hit.rewrite_as(dir);
+            let (src, dst) = new.addrs();
+            packet::rewrite_tuple_bytes(&mut buf[..len], p, src, dst, new.sport, new.dport)
+        }
+    };
+    match done {
         Ok(()) => Verdict::Tx {
             len,
             egress: Egress::Route,
