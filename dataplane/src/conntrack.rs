@@ -107,6 +107,15 @@
 //!   the second gets [`InsertError::Exists`] with the first one's flow. No
 //!   record lock is ever held while waiting for a stripe, so there is no
 //!   lock-order cycle.
+//! * **Stripes are version counters** (even: free, odd: held; each
+//!   lock/unlock pair adds 2). An index entry for a key is only ever added
+//!   under that key's stripe, so when [`Conntrack::lookup_or_miss`] read an
+//!   even version `v`, then found no entry with the key's tag in either
+//!   bucket, and the insert later takes the stripe *from* `v` (nobody held
+//!   it in between), the key still has no entry: the insert skips that
+//!   key's check under the stripe ([`Conntrack::insert_after_miss`]).
+//!   Entries removed meanwhile (remove, evict, sweep) cannot make a holder
+//!   appear.
 //! * **Freeing** (remove, evict, sweep) happens under the record's lock: clear
 //!   both index entries (CAS `entry → 0`), mark the record free, release, then
 //!   push the slot on a free list. An index entry therefore only ever points at
@@ -654,6 +663,19 @@ pub struct Probe {
     /// and its position: `lookup_probe` checks it first, without a scan.
     cand: u64,
     cand_at: u8,
+}
+
+/// A lookup that found nothing ([`Conntrack::lookup_or_miss`]), kept for
+/// the insert of the same key ([`Conntrack::insert_after_miss`]): the key,
+/// hashed, and whether the insert may skip checking the key again under its
+/// insert stripe (see "Concurrency protocol").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Miss {
+    probe: Probe,
+    /// The version of the key's insert stripe read before the scan, when
+    /// the stripe was free then and neither of the key's buckets held an
+    /// entry with the key's tag (no holder at all, expired or not).
+    clean_at: Option<u32>,
 }
 
 /// Why an insert did not create a flow.
@@ -1315,14 +1337,26 @@ struct StripeGuard<'a> {
     stripes: &'a [AtomicU32],
     a: usize,
     b: usize,
+    /// The (even) versions the stripes were taken from.
+    va: u32,
+    vb: u32,
+}
+
+impl StripeGuard<'_> {
+    /// Whether stripe `i` (one of the held ones) was taken from version `v`,
+    /// i.e. nobody held it since `v` was read.
+    #[inline]
+    fn taken_from(&self, i: usize, v: u32) -> bool {
+        (i == self.a && self.va == v) || (i == self.b && self.vb == v)
+    }
 }
 
 impl Drop for StripeGuard<'_> {
     fn drop(&mut self) {
         if self.b != self.a {
-            self.stripes[self.b].store(0, Ordering::Release);
+            self.stripes[self.b].store(self.vb.wrapping_add(2), Ordering::Release);
         }
-        self.stripes[self.a].store(0, Ordering::Release);
+        self.stripes[self.a].store(self.va.wrapping_add(2), Ordering::Release);
     }
 }
 
@@ -1462,7 +1496,8 @@ impl Conntrack {
         let mut rep = Repair::default();
         // 1. Spin flags: nobody holds them now.
         for s in self.stripes.iter() {
-            if s.swap(0, Ordering::Relaxed) != 0 {
+            // Versions: odd = held.
+            if s.swap(0, Ordering::Relaxed) & 1 != 0 {
                 rep.stripes_held += 1;
             }
         }
@@ -1739,20 +1774,56 @@ impl Conntrack {
     #[inline(always)]
     pub fn lookup_probe(&self, p: &Probe, now: u64) -> Option<Hit> {
         let now_s = now / NS_PER_SEC;
-        if p.cand != 0 {
-            let b1 = self.buckets_of(p.h)[0];
-            let v = self.buckets[b1].0[p.cand_at as usize & 7].load(Ordering::Acquire);
-            if v == p.cand {
-                let (slot, dir) = (entry_slot(v), entry_dir(v));
-                if slot < self.records.len() {
-                    let snap = self.read_inlined(slot);
-                    if snap.live() && snap.key(dir) == p.key && !snap.expired(now_s) {
-                        return Some(snap.hit(slot, dir));
-                    }
-                }
-            }
+        if let Some(hit) = self.find_remembered(p, now_s) {
+            return Some(hit);
         }
         self.find(&p.key, p.h, now_s)
+    }
+
+    /// The record of the entry `prefetch_records` remembered in `p`, if the
+    /// entry is still in place and the record is live, unexpired and holds
+    /// the key (see [`lookup_probe`](Self::lookup_probe)).
+    #[inline(always)]
+    fn find_remembered(&self, p: &Probe, now_s: u64) -> Option<Hit> {
+        if p.cand == 0 {
+            return None;
+        }
+        let b1 = self.buckets_of(p.h)[0];
+        let v = self.buckets[b1].0[p.cand_at as usize & 7].load(Ordering::Acquire);
+        if v != p.cand {
+            return None;
+        }
+        let (slot, dir) = (entry_slot(v), entry_dir(v));
+        if slot >= self.records.len() {
+            return None;
+        }
+        let snap = self.read_inlined(slot);
+        (snap.live() && snap.key(dir) == p.key && !snap.expired(now_s)).then(|| snap.hit(slot, dir))
+    }
+
+    /// [`lookup_probe`](Self::lookup_probe), and on a miss what the insert
+    /// of the same key can use ([`insert_after_miss`](Self::insert_after_miss)).
+    #[inline(always)]
+    pub fn lookup_or_miss(&self, p: &Probe, now: u64) -> Result<Hit, Miss> {
+        let now_s = now / NS_PER_SEC;
+        if let Some(hit) = self.find_remembered(p, now_s) {
+            return Ok(hit);
+        }
+        self.find_or_miss(p, now_s)
+    }
+
+    /// The scan of [`lookup_or_miss`](Self::lookup_or_miss).
+    #[inline(never)]
+    fn find_or_miss(&self, p: &Probe, now_s: u64) -> Result<Hit, Miss> {
+        // Before the scan (see "Concurrency protocol").
+        let ver = self.stripes[self.stripe_of(p.h)].load(Ordering::Acquire);
+        match self.find_seen(&p.key, p.h, now_s) {
+            (Some(hit), _) => Ok(hit),
+            (None, seen) => Err(Miss {
+                probe: *p,
+                clean_at: (!seen && ver & 1 == 0).then_some(ver),
+            }),
+        }
     }
 
     /// Tracks a new flow. `flow.orig`, `xlat`, `frontend`, `worker` and
@@ -1762,11 +1833,30 @@ impl Conntrack {
     /// pickup in ESTABLISHED, unconfirmed). Returns the new record as a `Hit`
     /// in the original direction.
     pub fn insert(&self, flow: Flow, now: u64, first_tcp_flags: u8) -> Result<Hit, InsertError> {
+        self.insert_after_miss(flow, now, first_tcp_flags, None, None)
+    }
+
+    /// [`insert`](Self::insert) of a flow whose original key (`orig`) and
+    /// reply key (`reply`) were just looked up and missed: same result, but
+    /// the keys are not hashed again, and a key whose stripe nobody took
+    /// since its clean miss is not checked again under the stripe (see
+    /// "Concurrency protocol"). A `Miss` of another key is ignored.
+    pub fn insert_after_miss(
+        &self,
+        flow: Flow,
+        now: u64,
+        first_tcp_flags: u8,
+        orig: Option<&Miss>,
+        reply: Option<&Miss>,
+    ) -> Result<Hit, InsertError> {
         let now_s = now / NS_PER_SEC;
         let proto = flow.orig.proto;
         let okey = RawKey::new(&flow.orig);
         let rkey = RawKey::new(&flow.reply_key());
-        let (oh, rh) = (okey.hash(self.seed), rkey.hash(self.seed));
+        let orig = orig.filter(|m| m.probe.key == okey);
+        let reply = reply.filter(|m| m.probe.key == rkey);
+        let oh = orig.map_or_else(|| okey.hash(self.seed), |m| m.probe.h);
+        let rh = reply.map_or_else(|| rkey.hash(self.seed), |m| m.probe.h);
         let index_reply = rkey != okey;
 
         // 1.-2. A slot. From the free list when it has one: then a key that
@@ -1822,14 +1912,21 @@ impl Conntrack {
         }
 
         // 4. Serialise with other inserts of either key.
-        let _guard = self.lock_stripes(oh, rh);
+        let guard = self.lock_stripes(oh, rh);
 
-        // 5. Neither key may be live (expired holders are reclaimed).
-        if let Some(hit) = self.find_reclaim(&okey, oh, now_s) {
-            self.release_pending(slot);
-            return Err(InsertError::Exists(hit));
+        // 5. Neither key may be live (expired holders are reclaimed). A key
+        //    whose clean miss is still current has no entry at all.
+        let unchanged = |m: Option<&Miss>, h: u64| {
+            m.and_then(|m| m.clean_at)
+                .is_some_and(|v| guard.taken_from(self.stripe_of(h), v))
+        };
+        if !unchanged(orig, oh) {
+            if let Some(hit) = self.find_reclaim(&okey, oh, now_s) {
+                self.release_pending(slot);
+                return Err(InsertError::Exists(hit));
+            }
         }
-        if index_reply {
+        if index_reply && !unchanged(reply, rh) {
             if let Some(hit) = self.find_reclaim(&rkey, rh, now_s) {
                 self.release_pending(slot);
                 return Err(InsertError::ReplyTaken(hit));
@@ -2281,13 +2378,22 @@ impl Conntrack {
     }
 
     /// Lock-free lookup by raw key.
-    #[inline(never)]
+    #[inline]
     fn find(&self, key: &RawKey, h: u64, now_s: u64) -> Option<Hit> {
+        self.find_seen(key, h, now_s).0
+    }
+
+    /// [`find`](Self::find), and whether any entry of the two buckets
+    /// carried the key's tag.
+    #[inline(never)]
+    fn find_seen(&self, key: &RawKey, h: u64, now_s: u64) -> (Option<Hit>, bool) {
         let tag = tag_of(h);
+        let mut seen = false;
         for b in self.buckets_of(h) {
             let bucket = &self.buckets[b].0;
             // Branch-free tag match over the line; usually one bit or none.
             let mut m = tag_mask(bucket, tag);
+            seen |= m != 0;
             while m != 0 {
                 let v = bucket[m.trailing_zeros() as usize].load(Ordering::Acquire);
                 m &= m - 1;
@@ -2297,11 +2403,11 @@ impl Conntrack {
                 let (slot, dir) = (entry_slot(v), entry_dir(v));
                 let snap = self.read(slot);
                 if snap.live() && snap.key(dir) == *key && !snap.expired(now_s) {
-                    return Some(snap.hit(slot, dir));
+                    return (Some(snap.hit(slot, dir)), true);
                 }
             }
         }
-        None
+        (None, seen)
     }
 
     /// Like `find`, but frees expired records holding `key` (insert, under the
@@ -2515,28 +2621,41 @@ impl Conntrack {
         freed
     }
 
+    /// The insert stripe of a key with hash `h`.
+    #[inline]
+    fn stripe_of(&self, h: u64) -> usize {
+        self.buckets_of(h)[0] % STRIPES
+    }
+
     /// Takes the insert stripes of both keys, in ascending order.
     fn lock_stripes(&self, h1: u64, h2: u64) -> StripeGuard<'_> {
-        let s1 = self.buckets_of(h1)[0] % STRIPES;
-        let s2 = self.buckets_of(h2)[0] % STRIPES;
+        let s1 = self.stripe_of(h1);
+        let s2 = self.stripe_of(h2);
         let (a, b) = (s1.min(s2), s1.max(s2));
-        self.lock_stripe(a);
-        if b != a {
-            self.lock_stripe(b);
-        }
+        let va = self.lock_stripe(a);
+        let vb = if b != a { self.lock_stripe(b) } else { va };
         StripeGuard {
             stripes: &self.stripes,
             a,
             b,
+            va,
+            vb,
         }
     }
 
-    fn lock_stripe(&self, i: usize) {
+    /// Takes stripe `i` (even version `v` → `v + 1`); returns `v`.
+    fn lock_stripe(&self, i: usize) -> u32 {
+        let st = &self.stripes[i];
         let mut spins = 0;
-        while self.stripes[i]
-            .compare_exchange_weak(0, 1, Ordering::Acquire, Ordering::Relaxed)
-            .is_err()
-        {
+        loop {
+            let v = st.load(Ordering::Relaxed);
+            if v & 1 == 0
+                && st
+                    .compare_exchange_weak(v, v | 1, Ordering::Acquire, Ordering::Relaxed)
+                    .is_ok()
+            {
+                return v;
+            }
             backoff(&mut spins);
         }
     }
@@ -3171,6 +3290,54 @@ mod tests {
             }
         }
         assert!(claimed > 0);
+    }
+
+    /// The insert after a lookup miss: a clean miss skips the checks under
+    /// the stripes only while nobody inserted under them; a stale miss, a
+    /// miss that saw an (expired) holder, or a miss of another key gives
+    /// what `insert` gives.
+    #[test]
+    fn insert_after_miss_is_insert() {
+        let t = ct(64);
+        let miss = |k: &FlowKey, now| t.lookup_or_miss(&t.probe(k), now).unwrap_err();
+        // Clean misses.
+        let f = flow(1000, PROTO_TCP);
+        let (mo, mr) = (miss(&f.orig, S), miss(&f.reply_key(), S));
+        assert!(mo.clean_at.is_some() && mr.clean_at.is_some());
+        let hit = t
+            .insert_after_miss(f, S, SYN, Some(&mo), Some(&mr))
+            .unwrap();
+        assert_eq!(t.lookup(&f.orig, S), Some(hit));
+        assert_eq!(t.lookup(&f.reply_key(), S).map(|h| h.slot), Some(hit.slot));
+        // The same (now stale) misses again: the key is found under the stripe.
+        match t.insert_after_miss(f, S, SYN, Some(&mo), Some(&mr)) {
+            Err(InsertError::Exists(h)) => assert_eq!(h.slot, hit.slot),
+            r => panic!("{r:?}"),
+        }
+        // Another flow, same reply key, stale reply miss: ReplyTaken.
+        let mut g = flow(1001, PROTO_TCP);
+        g.xlat = f.xlat;
+        match t.insert_after_miss(g, S, SYN, Some(&miss(&g.orig, S)), Some(&mr)) {
+            Err(InsertError::ReplyTaken(h)) => assert_eq!(h.slot, hit.slot),
+            r => panic!("{r:?}"),
+        }
+        // An expired holder: the miss saw it, the insert reclaims it.
+        let late = S + 1_000 * NS_PER_SEC;
+        let mo = miss(&f.orig, late);
+        assert_eq!(mo.clean_at, None);
+        let again = t
+            .insert_after_miss(f, late, SYN, Some(&mo), Some(&miss(&f.reply_key(), late)))
+            .unwrap();
+        assert_eq!(t.stats().reclaimed, 1);
+        assert_eq!(t.lookup(&f.orig, late), Some(again));
+        // A miss of another key is ignored.
+        let h = flow(1002, PROTO_TCP);
+        let other = miss(&flow(1003, PROTO_TCP).orig, late);
+        let hh = t
+            .insert_after_miss(h, late, SYN, Some(&other), None)
+            .unwrap();
+        assert_eq!(t.lookup(&h.orig, late), Some(hh));
+        assert_eq!(t.len(), 2);
     }
 
     #[test]

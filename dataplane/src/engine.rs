@@ -17,7 +17,7 @@ use edgeplane_packet::{self as packet, Frag, IcmpKind, ParseError, Parsed, Proto
 
 use crate::affinity::Affinity;
 use crate::conntrack::{
-    Conntrack, Dir, Flow, FlowKey, Hit, InsertError, Probe, TcpState, Timeouts,
+    Conntrack, Dir, Flow, FlowKey, Hit, InsertError, Miss, Probe, TcpState, Timeouts,
 };
 use crate::hash::{client_hash, flow_hash};
 use crate::prefetch::prefetch;
@@ -622,16 +622,22 @@ impl Engine {
         // 3. Conntrack: a known flow in either direction.
         let ct = &self.state.conntrack;
         let found = match hints.probe {
-            Some(probe) => ct.lookup_probe(probe, now),
-            None => ct.lookup(&key, now),
+            Some(probe) => ct.lookup_or_miss(probe, now),
+            None => ct.lookup_or_miss(&ct.probe(&key), now),
         };
-        if let Some(hit) = found {
-            // `None`: the flow's backend is gone, or the flow ended under us;
-            // the packet starts over as a new flow.
-            if let Some(d) = self.established(now, buf, len, p, t, &hit) {
-                return d;
+        // A miss is handed on to the insert (no second hash, and no second
+        // check while nobody else inserted near the key).
+        let miss = match found {
+            Ok(hit) => {
+                // `None`: the flow's backend is gone, or the flow ended under
+                // us; the packet starts over as a new flow.
+                if let Some(d) = self.established(now, buf, len, p, t, &hit) {
+                    return d;
+                }
+                None
             }
-        }
+            Err(miss) => Some(miss),
+        };
         // 4. Frontend: a new flow to a Service.
         let front = match hints.front {
             Some(front) => front,
@@ -640,7 +646,7 @@ impl Engine {
         let Some((fidx, f)) = front else {
             return Decision::new(self.not_a_frontend(p, t));
         };
-        self.new_flow(now, buf, len, p, t, fidx, f, key, hints)
+        self.new_flow(now, buf, len, p, t, fidx, f, key, miss, hints)
     }
 
     /// Not a frontend and not a known flow.
@@ -770,6 +776,7 @@ impl Engine {
         fidx: u32,
         f: &Frontend,
         orig: FlowKey,
+        orig_miss: Option<Miss>,
         hints: Hints<'_, '_>,
     ) -> Decision {
         let with = |verdict| Decision {
@@ -852,10 +859,14 @@ impl Engine {
         //    masquerades it: without, the endpoint would answer itself from
         //    its own address, never through us.
         let snat = f.snat || p.src == b.ip;
+        let mut reply_miss = None;
         let (src, sport) = match (snat, t.snat_addr(p.dst.is_ipv6())) {
             (true, Some(snat)) => {
                 match self.alloc_port(now, t, snat, (b.ip, b.port), &orig, !pickup, hints.snat) {
-                    Some(port) => (snat, port),
+                    Some((port, miss)) => {
+                        reply_miss = miss;
+                        (snat, port)
+                    }
                     // A picked-up segment without a port: reset the client, as
                     // no backend could make sense of it.
                     None if pickup => return with(self.answer_rst(buf, len, p)),
@@ -874,7 +885,13 @@ impl Engine {
         // 8. Conntrack insert. A full table of confirmed flows refuses: a NAT
         //    cannot translate the replies of a flow it does not remember.
         let flow = Flow::new(orig, xlat, fidx, self.cfg.worker, t.generation);
-        let hit = match self.state.conntrack.insert(flow, now, p.tcp_flags) {
+        let hit = match self.state.conntrack.insert_after_miss(
+            flow,
+            now,
+            p.tcp_flags,
+            orig_miss.as_ref(),
+            reply_miss.as_ref(),
+        ) {
             Ok(hit) => {
                 self.stats.new_flows += 1;
                 self.traffic.new_flow(fidx, f.backend_off as usize + bi);
@@ -913,6 +930,9 @@ impl Engine {
     ///   was evicted all reach the backend on one port;
     /// - otherwise, when every port tried is held and `may_evict` (a SYN, not
     ///   a picked-up segment), the first evictable holder among them.
+    ///
+    /// With the port, the lookup miss of its reply key when the port was free
+    /// (for the insert).
     fn alloc_port(
         &mut self,
         now: u64,
@@ -922,7 +942,7 @@ impl Engine {
         orig: &FlowKey,
         may_evict: bool,
         hint: Option<&(u16, Probe)>,
-    ) -> Option<u16> {
+    ) -> Option<(u16, Option<Miss>)> {
         let (first, count) = self.snat_share(t);
         if count == 0 {
             return None;
@@ -946,11 +966,12 @@ impl Engine {
             };
             // The batch path hashed the preferred port's reply key already.
             let found = match hint {
-                Some((_, probe)) if i == 0 => ct.lookup_probe(probe, now),
-                _ => ct.lookup(&reply, now),
+                Some((_, probe)) if i == 0 => ct.lookup_or_miss(probe, now),
+                _ => ct.lookup_or_miss(&ct.probe(&reply), now),
             };
-            let Some(hit) = found else {
-                return Some(port);
+            let hit = match found {
+                Ok(hit) => hit,
+                Err(miss) => return Some((port, Some(miss))),
             };
             if !hit.evictable() {
                 continue;
@@ -958,7 +979,7 @@ impl Engine {
             if i == 0 && under_pressure(ct) {
                 if ct.evict(&hit) {
                     self.stats.snat_port_evictions += 1;
-                    return Some(port);
+                    return Some((port, None));
                 }
             } else if may_evict && victim.is_none() {
                 victim = Some((hit, port));
@@ -967,7 +988,7 @@ impl Engine {
         let (hit, port) = victim?;
         if ct.evict(&hit) {
             self.stats.snat_port_evictions += 1;
-            Some(port)
+            Some((port, None))
         } else {
             None
         }
