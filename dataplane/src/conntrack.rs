@@ -2449,6 +2449,30 @@ impl Conntrack {
     fn place(&self, h: u64, slot: usize, dir: Dir, now_s: u64) -> bool {
         let v = entry(tag_of(h), slot, dir);
         let [b1, b2] = self.buckets_of(h);
+        // The common case in one pass over the first bucket: it has room to
+        // spare (the rule below picks it first), so take its first free entry.
+        {
+            let bucket = &self.buckets[b1].0;
+            // Bit i set when entry i is in use (branch-free, like `tag_mask`).
+            let mut occ = 0u32;
+            for (i, e) in bucket.iter().enumerate() {
+                occ |= ((e.load(Ordering::Relaxed) != 0) as u32) << i;
+            }
+            // Fewer than PREFER_FIRST (6) of 8 in use: at least 3 free
+            // (three lowest-bit clears leave a bit; no popcnt needed).
+            const _: () = assert!(PREFER_FIRST == 6);
+            let free = !occ & 0xff;
+            let f2 = free & free.wrapping_sub(1);
+            if f2 & f2.wrapping_sub(1) != 0 {
+                let i = free.trailing_zeros() as usize;
+                if bucket[i & 7]
+                    .compare_exchange(0, v, Ordering::Release, Ordering::Relaxed)
+                    .is_ok()
+                {
+                    return true;
+                }
+            }
+        }
         for _ in 0..4 {
             let used = |b: usize| {
                 self.buckets[b]
