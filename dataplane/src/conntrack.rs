@@ -663,6 +663,12 @@ pub struct Probe {
     /// and its position: `lookup_probe` checks it first, without a scan.
     cand: u64,
     cand_at: u8,
+    /// `prefetch_records` found no entry with the key's tag in the first
+    /// bucket while the key's insert stripe was free at version `ver` (read
+    /// before the scan): while the stripe stays at `ver`, the key has no
+    /// entry there, and a lookup scans the second bucket only.
+    clean1: bool,
+    ver: u32,
 }
 
 /// A lookup that found nothing ([`Conntrack::lookup_or_miss`]), kept for
@@ -1701,6 +1707,8 @@ impl Conntrack {
             h: key.hash(self.seed),
             cand: 0,
             cand_at: 0,
+            clean1: false,
+            ver: 0,
         }
     }
 
@@ -1732,9 +1740,13 @@ impl Conntrack {
     #[inline]
     pub fn prefetch_records(&self, p: &mut Probe) -> bool {
         let [b1, b2] = self.buckets_of(p.h);
+        // Before the scan (see `Probe::clean1`).
+        let ver = self.stripes[b1 % STRIPES].load(Ordering::Acquire);
         let bucket = &self.buckets[b1].0;
         let mut m = tag_mask(bucket, tag_of(p.h));
         if m == 0 {
+            p.clean1 = ver & 1 == 0;
+            p.ver = ver;
             prefetch(&self.buckets[b2]);
             return false;
         }
@@ -1816,8 +1828,18 @@ impl Conntrack {
     #[inline(never)]
     fn find_or_miss(&self, p: &Probe, now_s: u64) -> Result<Hit, Miss> {
         // Before the scan (see "Concurrency protocol").
-        let ver = self.stripes[self.stripe_of(p.h)].load(Ordering::Acquire);
-        match self.find_seen(&p.key, p.h, now_s) {
+        let [b1, b2] = self.buckets_of(p.h);
+        let ver = self.stripes[b1 % STRIPES].load(Ordering::Acquire);
+        let found = if p.clean1 && ver == p.ver {
+            // Nobody took the key's stripe since `prefetch_records` found no
+            // entry with its tag in the first bucket: none holds the key
+            // there now either (entries for a key are only added under its
+            // stripe), so only the second bucket can.
+            self.scan_bucket(&p.key, tag_of(p.h), b2, now_s)
+        } else {
+            self.find_seen(&p.key, p.h, now_s)
+        };
+        match found {
             (Some(hit), _) => Ok(hit),
             (None, seen) => Err(Miss {
                 probe: *p,
@@ -2390,21 +2412,33 @@ impl Conntrack {
         let tag = tag_of(h);
         let mut seen = false;
         for b in self.buckets_of(h) {
-            let bucket = &self.buckets[b].0;
-            // Branch-free tag match over the line; usually one bit or none.
-            let mut m = tag_mask(bucket, tag);
-            seen |= m != 0;
-            while m != 0 {
-                let v = bucket[m.trailing_zeros() as usize].load(Ordering::Acquire);
-                m &= m - 1;
-                if (v >> 32) as u32 != tag {
-                    continue; // changed since the scan
-                }
-                let (slot, dir) = (entry_slot(v), entry_dir(v));
-                let snap = self.read(slot);
-                if snap.live() && snap.key(dir) == *key && !snap.expired(now_s) {
-                    return (Some(snap.hit(slot, dir)), true);
-                }
+            let (hit, s) = self.scan_bucket(key, tag, b, now_s);
+            if hit.is_some() {
+                return (hit, true);
+            }
+            seen |= s;
+        }
+        (None, seen)
+    }
+
+    /// The live, unexpired record bucket `b` names for `key` (tag `tag`), and
+    /// whether any entry of the bucket carried the tag.
+    #[inline(always)]
+    fn scan_bucket(&self, key: &RawKey, tag: u32, b: usize, now_s: u64) -> (Option<Hit>, bool) {
+        let bucket = &self.buckets[b].0;
+        // Branch-free tag match over the line; usually one bit or none.
+        let mut m = tag_mask(bucket, tag);
+        let seen = m != 0;
+        while m != 0 {
+            let v = bucket[m.trailing_zeros() as usize].load(Ordering::Acquire);
+            m &= m - 1;
+            if (v >> 32) as u32 != tag {
+                continue; // changed since the scan
+            }
+            let (slot, dir) = (entry_slot(v), entry_dir(v));
+            let snap = self.read(slot);
+            if snap.live() && snap.key(dir) == *key && !snap.expired(now_s) {
+                return (Some(snap.hit(slot, dir)), true);
             }
         }
         (None, seen)
@@ -3362,6 +3396,25 @@ mod tests {
             .unwrap();
         assert_eq!(t.lookup(&h.orig, late), Some(hh));
         assert_eq!(t.len(), 2);
+    }
+
+    /// A probe whose first bucket held no entry with its tag scans only the
+    /// second one while the key's stripe is unchanged, and everything when
+    /// an insert took the stripe since.
+    #[test]
+    fn probe_with_clean_first_bucket() {
+        let t = ct(64);
+        let f = flow(1000, PROTO_TCP);
+        let mut p = t.probe(&f.orig);
+        assert!(!t.prefetch_records(&mut p));
+        assert!(p.clean1);
+        let m = t.lookup_or_miss(&p, S).unwrap_err();
+        assert_eq!(m.clean_at, Some(p.ver));
+        // The key is inserted after the probe's scan: found all the same.
+        let hit = t.insert(f, S, SYN).unwrap();
+        assert_ne!(t.stripes[t.stripe_of(p.h)].load(Ordering::Relaxed), p.ver);
+        assert_eq!(t.lookup_or_miss(&p, S), Ok(hit));
+        assert_eq!(t.lookup_probe(&p, S), Some(hit));
     }
 
     #[test]
