@@ -933,6 +933,7 @@ impl Engine {
     ///
     /// With the port, the lookup miss of its reply key when the port was free
     /// (for the insert).
+    #[allow(clippy::too_many_arguments)]
     fn alloc_port(
         &mut self,
         now: u64,
