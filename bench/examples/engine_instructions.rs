@@ -13,7 +13,9 @@
 //! # instructions per packet = Ir / (2000 × 32)
 //! ```
 //!
-//! Modes (`MODE BATCHES`, batches of 32 frames):
+//! Modes (`MODE BATCHES`, batches of 32 frames; `MODE-single` runs the same
+//! frames one at a time through `Engine::process`, counted with
+//! `--toggle-collect='*Engine::process*'`):
 //! * `established`: ACKs of 64 established TCP flows (`engine/established_tcp_hot`);
 //! * `udp`: datagrams of 64 UDP flows set up beforehand;
 //! * `new`: SYNs of flows never seen, the clock advancing 200 µs per SYN and
@@ -37,6 +39,11 @@ const SWEEP_PER_BATCH: usize = 256;
 fn main() {
     let mut args = std::env::args().skip(1);
     let mode = args.next().unwrap_or_else(|| "established".into());
+    // `MODE-single`: the same frames one at a time through `Engine::process`.
+    let (mode, single) = match mode.strip_suffix("-single") {
+        Some(m) => (m.to_string(), true),
+        None => (mode, false),
+    };
     let batches: usize = args
         .next()
         .map(|s| s.parse().expect("BATCHES: a number"))
@@ -75,7 +82,7 @@ fn main() {
                     BATCH
                 );
             }
-            run_cycled(&mut engine, &mut bb, &t, &acks, batches)
+            run_cycled(&mut engine, &mut bb, &t, &acks, batches, single)
         }
         "udp" => {
             let frames: Vec<Vec<u8>> = (0..FLOWS)
@@ -90,7 +97,7 @@ fn main() {
                     BATCH
                 );
             }
-            run_cycled(&mut engine, &mut bb, &t, &frames, batches)
+            run_cycled(&mut engine, &mut bb, &t, &frames, batches, single)
         }
         "new" => {
             let pool = FramePool::new(1 << 18, |i| {
@@ -107,7 +114,13 @@ fn main() {
             let mut tx = 0;
             for n in 0..batches {
                 let frames = (n * BATCH..(n + 1) * BATCH).map(|k| pool.get(k % pool.len()));
-                tx += bb.run(&mut engine, clock, &t, frames);
+                if single {
+                    tx += frames
+                        .map(|f| one(&mut engine, &t, clock, f))
+                        .sum::<usize>();
+                } else {
+                    tx += bb.run(&mut engine, clock, &t, frames);
+                }
                 clock += BATCH as u64 * NEW_FLOW_DT;
                 engine.housekeeping(clock, SWEEP_PER_BATCH);
             }
@@ -126,12 +139,26 @@ fn run_cycled(
     t: &edgeplane_dataplane::Tables,
     frames: &[Vec<u8>],
     batches: usize,
+    single: bool,
 ) -> usize {
     let mut tx = 0;
     let mut i = 0;
     for _ in 0..batches {
-        tx += bb.run(engine, NOW, t, frames[i..i + BATCH].iter().map(|f| &f[..]));
+        let batch = frames[i..i + BATCH].iter().map(|f| &f[..]);
+        if single {
+            tx += batch.map(|f| one(engine, t, NOW, f)).sum::<usize>();
+        } else {
+            tx += bb.run(engine, NOW, t, batch);
+        }
         i = (i + BATCH) % frames.len();
     }
     tx
+}
+
+/// One frame through `Engine::process`; 1 if transmitted.
+fn one(engine: &mut Engine, t: &edgeplane_dataplane::Tables, now: u64, f: &[u8]) -> usize {
+    let mut buf = [0u8; 2048];
+    buf[..f.len()].copy_from_slice(f);
+    let d = engine.process(now, &mut buf, f.len(), t);
+    matches!(d.verdict, edgeplane_dataplane::Verdict::Tx { .. }) as usize
 }

@@ -57,7 +57,7 @@
 //!   entry = tag (31 bits of the key hash, low bit forced to 1) << 32 | slot << 1 | dir;  0 = empty
 //!
 //! free lists: 8 shards of a Treiber stack (head = ABA counter << 32 | slot + 1)
-//! insert stripes: 1024 spin flags, writers only
+//! insert stripes: 1024 spin locks with a version (even free, odd held), writers only
 //! ```
 //!
 //! Memory: 64 + 32 B of record + 32 B of index = **128 bytes per flow**, plus a few
