@@ -126,6 +126,45 @@ fn main() {
             }
             tx
         }
+        "churn" => {
+            // Long-run check, not for counting: SYNs of a pool whose flows
+            // come back after their entries expired (1 ms per SYN, a pool of
+            // 262,144: back after 262 s, the SYN timeout is 120 s).
+            let cap: usize = std::env::var("CHURN_CAP").map_or(1 << 19, |v| v.parse().unwrap());
+            let pool_n: usize = std::env::var("CHURN_POOL").map_or(1 << 18, |v| v.parse().unwrap());
+            let dt: u64 = std::env::var("CHURN_DT").map_or(1_000_000, |v| v.parse().unwrap());
+            let mut engine = Engine::standalone(cap);
+            let pool = FramePool::new(pool_n, |i| {
+                let (ip, port) = client(1_000_000 + i);
+                tcp_frame(
+                    ip,
+                    port.wrapping_add(20_000),
+                    service_ip(i % SERVICES),
+                    80,
+                    SYN,
+                )
+            });
+            let mut clock = NOW;
+            let mut tx = 0;
+            for n in 0..batches {
+                let frames = (n * BATCH..(n + 1) * BATCH).map(|k| pool.get(k % pool.len()));
+                if single {
+                    tx += frames
+                        .map(|f| one(&mut engine, &t, clock, f))
+                        .sum::<usize>();
+                } else {
+                    tx += bb.run(&mut engine, clock, &t, frames);
+                }
+                clock += BATCH as u64 * dt;
+                engine.housekeeping(clock, SWEEP_PER_BATCH);
+            }
+            println!(
+                "churn: {} in use, {:?}",
+                engine.flow_state().conntrack.len(),
+                engine.flow_state().conntrack.stats()
+            );
+            tx
+        }
         m => panic!("unknown mode {m:?} (established, udp, new)"),
     };
     assert_eq!(tx, batches * BATCH, "every frame is transmitted");
