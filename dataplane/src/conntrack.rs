@@ -57,7 +57,7 @@
 //!   entry = tag (31 bits of the key hash, low bit forced to 1) << 32 | slot << 1 | dir;  0 = empty
 //!
 //! free lists: 8 shards of a Treiber stack (head = ABA counter << 32 | slot + 1)
-//! insert stripes: 1024 spin flags, writers only
+//! insert stripes: 1024 spin locks with a version (even free, odd held), writers only
 //! ```
 //!
 //! Memory: 64 + 32 B of record + 32 B of index = **128 bytes per flow**, plus a few
@@ -107,6 +107,15 @@
 //!   the second gets [`InsertError::Exists`] with the first one's flow. No
 //!   record lock is ever held while waiting for a stripe, so there is no
 //!   lock-order cycle.
+//! * **Stripes are version counters** (even: free, odd: held; each
+//!   lock/unlock pair adds 2). An index entry for a key is only ever added
+//!   under that key's stripe, so when [`Conntrack::lookup_or_miss`] read an
+//!   even version `v`, then found no entry with the key's tag in either
+//!   bucket, and the insert later takes the stripe *from* `v` (nobody held
+//!   it in between), the key still has no entry: the insert skips that
+//!   key's check under the stripe ([`Conntrack::insert_after_miss`]).
+//!   Entries removed meanwhile (remove, evict, sweep) cannot make a holder
+//!   appear.
 //! * **Freeing** (remove, evict, sweep) happens under the record's lock: clear
 //!   both index entries (CAS `entry → 0`), mark the record free, release, then
 //!   push the slot on a free list. An index entry therefore only ever points at
@@ -592,6 +601,29 @@ impl Hit {
         self.rewrite_as(self.dir)
     }
 
+    /// [`rewrite_as`](Self::rewrite_as) for a tuple that is IPv4: (source
+    /// address, destination address, source port, destination port); `None`
+    /// when the tuple is IPv6.
+    #[inline]
+    pub fn rewrite_v4(&self, dir: Dir) -> Option<(Ipv4Addr, Ipv4Addr, u16, u16)> {
+        let (w, p, f) = (&self.w, self.w[W_PORTS], flags_of(self.w[W_META]));
+        // The IPv4 address of an IPv4-mapped pair: bytes 12..16, the high
+        // half of its second word (little-endian).
+        let v4 = |i: usize| Ipv4Addr::from(((w[i + 1] >> 32) as u32).to_le_bytes());
+        match dir {
+            Dir::Original if f & F_XLAT_V6 == 0 => Some((
+                v4(W_XLAT_SRC),
+                v4(W_XLAT_DST),
+                (p >> 32) as u16,
+                (p >> 48) as u16,
+            )),
+            Dir::Reply if f & F_ORIG_V6 == 0 => {
+                Some((v4(W_ORIG_DST), v4(W_ORIG_SRC), (p >> 16) as u16, p as u16))
+            }
+            _ => None,
+        }
+    }
+
     /// What a packet travelling in `dir` is rewritten to.
     #[inline]
     pub fn rewrite_as(&self, dir: Dir) -> Rewrite {
@@ -626,6 +658,30 @@ impl Hit {
 pub struct Probe {
     key: RawKey,
     h: u64,
+    /// The first entry of the first bucket whose tag matched when
+    /// [`Conntrack::prefetch_records`] scanned it (0: none, or not scanned),
+    /// and its position: `lookup_probe` checks it first, without a scan.
+    cand: u64,
+    cand_at: u8,
+    /// `prefetch_records` found no entry with the key's tag in the first
+    /// bucket while the key's insert stripe was free at version `ver` (read
+    /// before the scan): while the stripe stays at `ver`, the key has no
+    /// entry there, and a lookup scans the second bucket only.
+    clean1: bool,
+    ver: u32,
+}
+
+/// A lookup that found nothing ([`Conntrack::lookup_or_miss`]), kept for
+/// the insert of the same key ([`Conntrack::insert_after_miss`]): the key,
+/// hashed, and whether the insert may skip checking the key again under its
+/// insert stripe (see "Concurrency protocol").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Miss {
+    probe: Probe,
+    /// The version of the key's insert stripe read before the scan, when
+    /// the stripe was free then and neither of the key's buckets held an
+    /// entry with the key's tag (no holder at all, expired or not).
+    clean_at: Option<u32>,
 }
 
 /// Why an insert did not create a flow.
@@ -1186,6 +1242,20 @@ fn step(mut m: Meta, dir: Dir, tcp: u8) -> Meta {
     m
 }
 
+/// Whether [`step`] leaves `m` as it is for a packet with `tcp` flags
+/// travelling in either direction, decided from a few bits: a confirmed flow whose reply
+/// direction has been seen, and, for TCP, an established one and a segment
+/// without SYN, FIN or RST. (`step` itself is the definition; `false` only
+/// means "ask `step`".)
+#[inline(always)]
+fn steady(m: &Meta, tcp: u8) -> bool {
+    use tcp_flags::{FIN, RST, SYN};
+    let confirmed = m.flags & (F_ASSURED | F_REPLIED) == F_ASSURED | F_REPLIED;
+    confirmed
+        && (m.proto != PROTO_TCP
+            || (m.state == TcpState::Established && tcp & (SYN | FIN | RST) == 0))
+}
+
 /// The state after a FIN (the FIN bit already set in `m.flags`).
 fn closing(m: Meta) -> TcpState {
     match m.state {
@@ -1273,14 +1343,26 @@ struct StripeGuard<'a> {
     stripes: &'a [AtomicU32],
     a: usize,
     b: usize,
+    /// The (even) versions the stripes were taken from.
+    va: u32,
+    vb: u32,
+}
+
+impl StripeGuard<'_> {
+    /// Whether stripe `i` (one of the held ones) was taken from version `v`,
+    /// i.e. nobody held it since `v` was read.
+    #[inline]
+    fn taken_from(&self, i: usize, v: u32) -> bool {
+        (i == self.a && self.va == v) || (i == self.b && self.vb == v)
+    }
 }
 
 impl Drop for StripeGuard<'_> {
     fn drop(&mut self) {
         if self.b != self.a {
-            self.stripes[self.b].store(0, Ordering::Release);
+            self.stripes[self.b].store(self.vb.wrapping_add(2), Ordering::Release);
         }
-        self.stripes[self.a].store(0, Ordering::Release);
+        self.stripes[self.a].store(self.va.wrapping_add(2), Ordering::Release);
     }
 }
 
@@ -1420,7 +1502,8 @@ impl Conntrack {
         let mut rep = Repair::default();
         // 1. Spin flags: nobody holds them now.
         for s in self.stripes.iter() {
-            if s.swap(0, Ordering::Relaxed) != 0 {
+            // Versions: odd = held.
+            if s.swap(0, Ordering::Relaxed) & 1 != 0 {
                 rep.stripes_held += 1;
             }
         }
@@ -1622,6 +1705,10 @@ impl Conntrack {
         Probe {
             key,
             h: key.hash(self.seed),
+            cand: 0,
+            cand_at: 0,
+            clean1: false,
+            ver: 0,
         }
     }
 
@@ -1647,16 +1734,25 @@ impl Conntrack {
     /// [`prefetch_index`](Self::prefetch_index)). Returns whether any entry
     /// does; when none does, the key is (almost surely) not tracked, i.e. the
     /// packet probably starts a new flow, and the second bucket, which the
-    /// lookup will then scan, is prefetched. A hint only.
+    /// lookup will then scan, is prefetched. A hint only. Remembers the first
+    /// matching entry in `p`, which [`lookup_probe`](Self::lookup_probe)
+    /// then checks before any scan.
     #[inline]
-    pub fn prefetch_records(&self, p: &Probe) -> bool {
+    pub fn prefetch_records(&self, p: &mut Probe) -> bool {
         let [b1, b2] = self.buckets_of(p.h);
+        // Before the scan (see `Probe::clean1`).
+        let ver = self.stripes[b1 % STRIPES].load(Ordering::Acquire);
         let bucket = &self.buckets[b1].0;
         let mut m = tag_mask(bucket, tag_of(p.h));
         if m == 0 {
+            p.clean1 = ver & 1 == 0;
+            p.ver = ver;
             prefetch(&self.buckets[b2]);
             return false;
         }
+        let at = m.trailing_zeros() as usize;
+        p.cand = bucket[at].load(Ordering::Relaxed);
+        p.cand_at = at as u8;
         while m != 0 {
             let v = bucket[m.trailing_zeros() as usize].load(Ordering::Relaxed);
             m &= m - 1;
@@ -1680,9 +1776,76 @@ impl Conntrack {
     }
 
     /// [`lookup`](Self::lookup) of a key hashed by [`probe`](Self::probe).
-    #[inline]
+    ///
+    /// When [`prefetch_records`](Self::prefetch_records) remembered a
+    /// candidate entry and that entry is still in place and names a live,
+    /// unexpired record holding the key, that record is the answer without
+    /// a scan: a key names at most one live record (inserts check it under
+    /// the key's stripe and reclaim expired holders first), so a scan would
+    /// return the same one. Anything else scans as `lookup` does.
+    #[inline(always)]
     pub fn lookup_probe(&self, p: &Probe, now: u64) -> Option<Hit> {
-        self.find(&p.key, p.h, now / NS_PER_SEC)
+        let now_s = now / NS_PER_SEC;
+        if let Some(hit) = self.find_remembered(p, now_s) {
+            return Some(hit);
+        }
+        self.find(&p.key, p.h, now_s)
+    }
+
+    /// The record of the entry `prefetch_records` remembered in `p`, if the
+    /// entry is still in place and the record is live, unexpired and holds
+    /// the key (see [`lookup_probe`](Self::lookup_probe)).
+    #[inline(always)]
+    fn find_remembered(&self, p: &Probe, now_s: u64) -> Option<Hit> {
+        if p.cand == 0 {
+            return None;
+        }
+        let b1 = self.buckets_of(p.h)[0];
+        let v = self.buckets[b1].0[p.cand_at as usize & 7].load(Ordering::Acquire);
+        if v != p.cand {
+            return None;
+        }
+        let (slot, dir) = (entry_slot(v), entry_dir(v));
+        if slot >= self.records.len() {
+            return None;
+        }
+        let snap = self.read_inlined(slot);
+        (snap.live() && snap.key(dir) == p.key && !snap.expired(now_s)).then(|| snap.hit(slot, dir))
+    }
+
+    /// [`lookup_probe`](Self::lookup_probe), and on a miss what the insert
+    /// of the same key can use ([`insert_after_miss`](Self::insert_after_miss)).
+    #[inline(always)]
+    pub fn lookup_or_miss(&self, p: &Probe, now: u64) -> Result<Hit, Miss> {
+        let now_s = now / NS_PER_SEC;
+        if let Some(hit) = self.find_remembered(p, now_s) {
+            return Ok(hit);
+        }
+        self.find_or_miss(p, now_s)
+    }
+
+    /// The scan of [`lookup_or_miss`](Self::lookup_or_miss).
+    #[inline(never)]
+    fn find_or_miss(&self, p: &Probe, now_s: u64) -> Result<Hit, Miss> {
+        // Before the scan (see "Concurrency protocol").
+        let [b1, b2] = self.buckets_of(p.h);
+        let ver = self.stripes[b1 % STRIPES].load(Ordering::Acquire);
+        let found = if p.clean1 && ver == p.ver {
+            // Nobody took the key's stripe since `prefetch_records` found no
+            // entry with its tag in the first bucket: none holds the key
+            // there now either (entries for a key are only added under its
+            // stripe), so only the second bucket can.
+            self.scan_bucket(&p.key, tag_of(p.h), b2, now_s)
+        } else {
+            self.find_seen(&p.key, p.h, now_s)
+        };
+        match found {
+            (Some(hit), _) => Ok(hit),
+            (None, seen) => Err(Miss {
+                probe: *p,
+                clean_at: (!seen && ver & 1 == 0).then_some(ver),
+            }),
+        }
     }
 
     /// Tracks a new flow. `flow.orig`, `xlat`, `frontend`, `worker` and
@@ -1692,11 +1855,30 @@ impl Conntrack {
     /// pickup in ESTABLISHED, unconfirmed). Returns the new record as a `Hit`
     /// in the original direction.
     pub fn insert(&self, flow: Flow, now: u64, first_tcp_flags: u8) -> Result<Hit, InsertError> {
+        self.insert_after_miss(flow, now, first_tcp_flags, None, None)
+    }
+
+    /// [`insert`](Self::insert) of a flow whose original key (`orig`) and
+    /// reply key (`reply`) were just looked up and missed: same result, but
+    /// the keys are not hashed again, and a key whose stripe nobody took
+    /// since its clean miss is not checked again under the stripe (see
+    /// "Concurrency protocol"). A `Miss` of another key is ignored.
+    pub fn insert_after_miss(
+        &self,
+        flow: Flow,
+        now: u64,
+        first_tcp_flags: u8,
+        orig: Option<&Miss>,
+        reply: Option<&Miss>,
+    ) -> Result<Hit, InsertError> {
         let now_s = now / NS_PER_SEC;
         let proto = flow.orig.proto;
         let okey = RawKey::new(&flow.orig);
         let rkey = RawKey::new(&flow.reply_key());
-        let (oh, rh) = (okey.hash(self.seed), rkey.hash(self.seed));
+        let orig = orig.filter(|m| m.probe.key == okey);
+        let reply = reply.filter(|m| m.probe.key == rkey);
+        let oh = orig.map_or_else(|| okey.hash(self.seed), |m| m.probe.h);
+        let rh = reply.map_or_else(|| rkey.hash(self.seed), |m| m.probe.h);
         let index_reply = rkey != okey;
 
         // 1.-2. A slot. From the free list when it has one: then a key that
@@ -1752,14 +1934,21 @@ impl Conntrack {
         }
 
         // 4. Serialise with other inserts of either key.
-        let _guard = self.lock_stripes(oh, rh);
+        let guard = self.lock_stripes(oh, rh);
 
-        // 5. Neither key may be live (expired holders are reclaimed).
-        if let Some(hit) = self.find_reclaim(&okey, oh, now_s) {
-            self.release_pending(slot);
-            return Err(InsertError::Exists(hit));
+        // 5. Neither key may be live (expired holders are reclaimed). A key
+        //    whose clean miss is still current has no entry at all.
+        let unchanged = |m: Option<&Miss>, h: u64| {
+            m.and_then(|m| m.clean_at)
+                .is_some_and(|v| guard.taken_from(self.stripe_of(h), v))
+        };
+        if !unchanged(orig, oh) {
+            if let Some(hit) = self.find_reclaim(&okey, oh, now_s) {
+                self.release_pending(slot);
+                return Err(InsertError::Exists(hit));
+            }
         }
-        if index_reply {
+        if index_reply && !unchanged(reply, rh) {
             if let Some(hit) = self.find_reclaim(&rkey, rh, now_s) {
                 self.release_pending(slot);
                 return Err(InsertError::ReplyTaken(hit));
@@ -1810,7 +1999,12 @@ impl Conntrack {
         let r = self.records.get(slot)?;
         let old = Meta::unpack(hit.w[W_META]);
         let old_exp = hit.exp;
-        let new = step(old, hit.dir, tcp_flags);
+        // Most packets of a flow change nothing but (maybe) the expiry.
+        let new = if steady(&old, tcp_flags) {
+            old
+        } else {
+            step(old, hit.dir, tcp_flags)
+        };
         let t = self.timeout_secs(&new);
         let exp = expiry(now, t);
         if new == old && !refresh_due(old_exp, exp, t) {
@@ -2050,6 +2244,13 @@ impl Conntrack {
     /// Seqlock read of a record (see the module docs).
     #[inline]
     fn read(&self, slot: usize) -> Snap {
+        self.read_inlined(slot)
+    }
+
+    /// [`read`](Self::read), always inlined: for the one call on the
+    /// established-flow path (`lookup_probe`'s remembered entry).
+    #[inline(always)]
+    fn read_inlined(&self, slot: usize) -> Snap {
         let r = &self.records[slot];
         let mut spins = 0;
         loop {
@@ -2201,25 +2402,46 @@ impl Conntrack {
     /// Lock-free lookup by raw key.
     #[inline]
     fn find(&self, key: &RawKey, h: u64, now_s: u64) -> Option<Hit> {
+        self.find_seen(key, h, now_s).0
+    }
+
+    /// [`find`](Self::find), and whether any entry of the two buckets
+    /// carried the key's tag.
+    #[inline(never)]
+    fn find_seen(&self, key: &RawKey, h: u64, now_s: u64) -> (Option<Hit>, bool) {
         let tag = tag_of(h);
+        let mut seen = false;
         for b in self.buckets_of(h) {
-            let bucket = &self.buckets[b].0;
-            // Branch-free tag match over the line; usually one bit or none.
-            let mut m = tag_mask(bucket, tag);
-            while m != 0 {
-                let v = bucket[m.trailing_zeros() as usize].load(Ordering::Acquire);
-                m &= m - 1;
-                if (v >> 32) as u32 != tag {
-                    continue; // changed since the scan
-                }
-                let (slot, dir) = (entry_slot(v), entry_dir(v));
-                let snap = self.read(slot);
-                if snap.live() && snap.key(dir) == *key && !snap.expired(now_s) {
-                    return Some(snap.hit(slot, dir));
-                }
+            let (hit, s) = self.scan_bucket(key, tag, b, now_s);
+            if hit.is_some() {
+                return (hit, true);
+            }
+            seen |= s;
+        }
+        (None, seen)
+    }
+
+    /// The live, unexpired record bucket `b` names for `key` (tag `tag`), and
+    /// whether any entry of the bucket carried the tag.
+    #[inline(always)]
+    fn scan_bucket(&self, key: &RawKey, tag: u32, b: usize, now_s: u64) -> (Option<Hit>, bool) {
+        let bucket = &self.buckets[b].0;
+        // Branch-free tag match over the line; usually one bit or none.
+        let mut m = tag_mask(bucket, tag);
+        let seen = m != 0;
+        while m != 0 {
+            let v = bucket[m.trailing_zeros() as usize].load(Ordering::Acquire);
+            m &= m - 1;
+            if (v >> 32) as u32 != tag {
+                continue; // changed since the scan
+            }
+            let (slot, dir) = (entry_slot(v), entry_dir(v));
+            let snap = self.read(slot);
+            if snap.live() && snap.key(dir) == *key && !snap.expired(now_s) {
+                return (Some(snap.hit(slot, dir)), true);
             }
         }
-        None
+        (None, seen)
     }
 
     /// Like `find`, but frees expired records holding `key` (insert, under the
@@ -2261,6 +2483,30 @@ impl Conntrack {
     fn place(&self, h: u64, slot: usize, dir: Dir, now_s: u64) -> bool {
         let v = entry(tag_of(h), slot, dir);
         let [b1, b2] = self.buckets_of(h);
+        // The common case in one pass over the first bucket: it has room to
+        // spare (the rule below picks it first), so take its first free entry.
+        {
+            let bucket = &self.buckets[b1].0;
+            // Bit i set when entry i is in use (branch-free, like `tag_mask`).
+            let mut occ = 0u32;
+            for (i, e) in bucket.iter().enumerate() {
+                occ |= ((e.load(Ordering::Relaxed) != 0) as u32) << i;
+            }
+            // Fewer than PREFER_FIRST (6) of 8 in use: at least 3 free
+            // (three lowest-bit clears leave a bit; no popcnt needed).
+            const _: () = assert!(PREFER_FIRST == 6);
+            let free = !occ & 0xff;
+            let f2 = free & free.wrapping_sub(1);
+            if f2 & f2.wrapping_sub(1) != 0 {
+                let i = free.trailing_zeros() as usize;
+                if bucket[i & 7]
+                    .compare_exchange(0, v, Ordering::Release, Ordering::Relaxed)
+                    .is_ok()
+                {
+                    return true;
+                }
+            }
+        }
         for _ in 0..4 {
             let used = |b: usize| {
                 self.buckets[b]
@@ -2433,28 +2679,41 @@ impl Conntrack {
         freed
     }
 
+    /// The insert stripe of a key with hash `h`.
+    #[inline]
+    fn stripe_of(&self, h: u64) -> usize {
+        self.buckets_of(h)[0] % STRIPES
+    }
+
     /// Takes the insert stripes of both keys, in ascending order.
     fn lock_stripes(&self, h1: u64, h2: u64) -> StripeGuard<'_> {
-        let s1 = self.buckets_of(h1)[0] % STRIPES;
-        let s2 = self.buckets_of(h2)[0] % STRIPES;
+        let s1 = self.stripe_of(h1);
+        let s2 = self.stripe_of(h2);
         let (a, b) = (s1.min(s2), s1.max(s2));
-        self.lock_stripe(a);
-        if b != a {
-            self.lock_stripe(b);
-        }
+        let va = self.lock_stripe(a);
+        let vb = if b != a { self.lock_stripe(b) } else { va };
         StripeGuard {
             stripes: &self.stripes,
             a,
             b,
+            va,
+            vb,
         }
     }
 
-    fn lock_stripe(&self, i: usize) {
+    /// Takes stripe `i` (even version `v` → `v + 1`); returns `v`.
+    fn lock_stripe(&self, i: usize) -> u32 {
+        let st = &self.stripes[i];
         let mut spins = 0;
-        while self.stripes[i]
-            .compare_exchange_weak(0, 1, Ordering::Acquire, Ordering::Relaxed)
-            .is_err()
-        {
+        loop {
+            let v = st.load(Ordering::Relaxed);
+            if v & 1 == 0
+                && st
+                    .compare_exchange_weak(v, v | 1, Ordering::Acquire, Ordering::Relaxed)
+                    .is_ok()
+            {
+                return v;
+            }
             backoff(&mut spins);
         }
     }
@@ -3009,15 +3268,164 @@ mod tests {
         assert_eq!(t.len(), 1);
     }
 
+    /// A probe whose remembered candidate went stale (the flow removed, its
+    /// slot reused by another flow, the key inserted again elsewhere, the
+    /// flow expired) still answers exactly as `lookup`.
+    #[test]
+    fn probe_candidate_goes_stale() {
+        let t = ct(64);
+        let f = flow(1000, PROTO_TCP);
+        let hit = t.insert(f, S, SYN).unwrap();
+        let mut p = t.probe(&f.orig);
+        assert!(t.prefetch_records(&mut p));
+        assert_eq!(t.lookup_probe(&p, S), t.lookup(&f.orig, S));
+        assert!(t.remove(&hit));
+        assert_eq!(t.lookup_probe(&p, S), None);
+        // Another flow takes the slot, then the key comes back.
+        let g = flow(2000, PROTO_TCP);
+        t.insert(g, S, SYN).unwrap();
+        assert_eq!(t.lookup_probe(&p, S), None);
+        let again = t.insert(f, S, SYN).unwrap();
+        assert_eq!(t.lookup_probe(&p, S), Some(again));
+        assert_eq!(t.lookup_probe(&p, S), t.lookup(&f.orig, S));
+        // Expired: no answer either way.
+        let late = S + 1_000 * NS_PER_SEC;
+        assert_eq!(t.lookup_probe(&p, late), None);
+        assert_eq!(t.lookup(&f.orig, late), None);
+    }
+
+    /// `rewrite_v4` is `rewrite_as` for IPv4 tuples, `None` for IPv6 ones.
+    #[test]
+    fn rewrite_v4_is_rewrite_as() {
+        let t = ct(64);
+        let f = flow(1000, PROTO_TCP);
+        let hit = t.insert(f, S, SYN).unwrap();
+        for dir in [Dir::Original, Dir::Reply] {
+            let r = hit.rewrite_as(dir);
+            let (s, d) = r.addrs();
+            let (s4, d4, sp, dp) = hit.rewrite_v4(dir).unwrap();
+            assert_eq!(
+                (&s4.octets()[..], &d4.octets()[..], sp, dp),
+                (s, d, r.sport, r.dport)
+            );
+        }
+        let g = Flow::new(
+            key("2001:db8::1", 1000, "2001:db8:1::10", 80, PROTO_TCP),
+            key("2001:db8::9", 40000, "2001:db8:2::2", 8080, PROTO_TCP),
+            3,
+            1,
+            7,
+        );
+        let h6 = t.insert(g, S, SYN).unwrap();
+        assert_eq!(h6.rewrite_v4(Dir::Original), None);
+        assert_eq!(h6.rewrite_v4(Dir::Reply), None);
+    }
+
+    /// `steady` never claims "unchanged" where `step` changes something:
+    /// every protocol, state, flag byte, direction and TCP flag byte.
+    #[test]
+    fn steady_agrees_with_step() {
+        let mut claimed = 0;
+        for proto in [PROTO_TCP, PROTO_UDP, PROTO_SCTP, PROTO_ICMP] {
+            for state in 0..=6u8 {
+                for flags in 0..=255u8 {
+                    let m = Meta {
+                        proto,
+                        state: TcpState::from_u8(state),
+                        flags,
+                        worker: 2,
+                        frontend: 9,
+                    };
+                    for dir in [Dir::Original, Dir::Reply] {
+                        for tcp in 0..=255u8 {
+                            if steady(&m, tcp) {
+                                claimed += 1;
+                                assert_eq!(step(m, dir, tcp), m, "{m:?} {dir:?} {tcp:#x}");
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        assert!(claimed > 0);
+    }
+
+    /// The insert after a lookup miss: a clean miss skips the checks under
+    /// the stripes only while nobody inserted under them; a stale miss, a
+    /// miss that saw an (expired) holder, or a miss of another key gives
+    /// what `insert` gives.
+    #[test]
+    fn insert_after_miss_is_insert() {
+        let t = ct(64);
+        let miss = |k: &FlowKey, now| t.lookup_or_miss(&t.probe(k), now).unwrap_err();
+        // Clean misses.
+        let f = flow(1000, PROTO_TCP);
+        let (mo, mr) = (miss(&f.orig, S), miss(&f.reply_key(), S));
+        assert!(mo.clean_at.is_some() && mr.clean_at.is_some());
+        let hit = t
+            .insert_after_miss(f, S, SYN, Some(&mo), Some(&mr))
+            .unwrap();
+        assert_eq!(t.lookup(&f.orig, S), Some(hit));
+        assert_eq!(t.lookup(&f.reply_key(), S).map(|h| h.slot), Some(hit.slot));
+        // The same (now stale) misses again: the key is found under the stripe.
+        match t.insert_after_miss(f, S, SYN, Some(&mo), Some(&mr)) {
+            Err(InsertError::Exists(h)) => assert_eq!(h.slot, hit.slot),
+            r => panic!("{r:?}"),
+        }
+        // Another flow, same reply key, stale reply miss: ReplyTaken.
+        let mut g = flow(1001, PROTO_TCP);
+        g.xlat = f.xlat;
+        match t.insert_after_miss(g, S, SYN, Some(&miss(&g.orig, S)), Some(&mr)) {
+            Err(InsertError::ReplyTaken(h)) => assert_eq!(h.slot, hit.slot),
+            r => panic!("{r:?}"),
+        }
+        // An expired holder: the miss saw it, the insert reclaims it.
+        let late = S + 1_000 * NS_PER_SEC;
+        let mo = miss(&f.orig, late);
+        assert_eq!(mo.clean_at, None);
+        let again = t
+            .insert_after_miss(f, late, SYN, Some(&mo), Some(&miss(&f.reply_key(), late)))
+            .unwrap();
+        assert_eq!(t.stats().reclaimed, 1);
+        assert_eq!(t.lookup(&f.orig, late), Some(again));
+        // A miss of another key is ignored.
+        let h = flow(1002, PROTO_TCP);
+        let other = miss(&flow(1003, PROTO_TCP).orig, late);
+        let hh = t
+            .insert_after_miss(h, late, SYN, Some(&other), None)
+            .unwrap();
+        assert_eq!(t.lookup(&h.orig, late), Some(hh));
+        assert_eq!(t.len(), 2);
+    }
+
+    /// A probe whose first bucket held no entry with its tag scans only the
+    /// second one while the key's stripe is unchanged, and everything when
+    /// an insert took the stripe since.
+    #[test]
+    fn probe_with_clean_first_bucket() {
+        let t = ct(64);
+        let f = flow(1000, PROTO_TCP);
+        let mut p = t.probe(&f.orig);
+        assert!(!t.prefetch_records(&mut p));
+        assert!(p.clean1);
+        let m = t.lookup_or_miss(&p, S).unwrap_err();
+        assert_eq!(m.clean_at, Some(p.ver));
+        // The key is inserted after the probe's scan: found all the same.
+        let hit = t.insert(f, S, SYN).unwrap();
+        assert_ne!(t.stripes[t.stripe_of(p.h)].load(Ordering::Relaxed), p.ver);
+        assert_eq!(t.lookup_or_miss(&p, S), Ok(hit));
+        assert_eq!(t.lookup_probe(&p, S), Some(hit));
+    }
+
     #[test]
     fn probe_lookup_and_revalidate() {
         let t = ct(64);
         let f = flow(1000, PROTO_TCP);
         let hit = t.insert(f, S, SYN).unwrap();
         for k in [f.orig, f.reply_key(), f.orig.reversed()] {
-            let p = t.probe(&k);
+            let mut p = t.probe(&k);
             t.prefetch_index(&p);
-            assert_eq!(t.prefetch_records(&p), t.lookup(&k, S).is_some());
+            assert_eq!(t.prefetch_records(&mut p), t.lookup(&k, S).is_some());
             assert_eq!(t.lookup_probe(&p, S), t.lookup(&k, S));
         }
         assert!(t.revalidate(&hit, 9, 42));

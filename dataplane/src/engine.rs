@@ -17,7 +17,7 @@ use edgeplane_packet::{self as packet, Frag, IcmpKind, ParseError, Parsed, Proto
 
 use crate::affinity::Affinity;
 use crate::conntrack::{
-    Conntrack, Dir, Flow, FlowKey, Hit, InsertError, Probe, TcpState, Timeouts,
+    Conntrack, Dir, Flow, FlowKey, Hit, InsertError, Miss, Probe, TcpState, Timeouts,
 };
 use crate::hash::{client_hash, flow_hash};
 use crate::prefetch::prefetch;
@@ -229,6 +229,8 @@ pub struct Engine {
     /// Scratch for frames the engine originates (ICMP errors); generated
     /// answers are built here and copied over the input frame.
     scratch: Box<[u8; 2048]>,
+    /// Per-frame scratch of the batch path (taken while a chunk runs).
+    pre: Option<Box<[Pre; BATCH_CHUNK]>>,
 }
 
 const NS: u64 = 1_000_000_000;
@@ -278,6 +280,7 @@ impl Engine {
             stats: Stats::default(),
             traffic: TrafficStats::default(),
             scratch: Box::new([0; 2048]),
+            pre: Some(Box::new([Pre::EMPTY; BATCH_CHUNK])),
         }
     }
 
@@ -398,32 +401,46 @@ impl Engine {
         t: &Tables,
         out: &mut [Decision],
     ) {
+        // The per-frame scratch lives in the engine (allocated once), so a
+        // chunk does not start by blanking a fresh one: stage 1 writes every
+        // field of each frame's entry.
+        let mut scratch = self
+            .pre
+            .take()
+            .unwrap_or_else(|| Box::new([Pre::EMPTY; BATCH_CHUNK]));
+        let pre = &mut scratch[..frames.len()];
         let ct = &self.state.conntrack;
-        let mut pre = [Pre::EMPTY; BATCH_CHUNK];
-        let pre = &mut pre[..frames.len()];
         // Stage 1: parse every frame, hash its flow key, prefetch the
-        // conntrack bucket a tracked key is found in. Parsing is a pure function of the frame's own
-        // bytes, and frames are separate buffers, so parsing early gives the
-        // result parsing in order would.
+        // conntrack bucket a tracked key is found in. Parsing is a pure
+        // function of the frame's own bytes, and frames are separate buffers,
+        // so parsing early gives the result parsing in order would.
         for ((buf, len), pr) in frames.iter_mut().zip(pre.iter_mut()) {
             let len = (*len).min(buf.len());
-            pr.parsed = packet::parse(&buf[..len]);
-            if let Ok(p) = &pr.parsed {
+            let parsed = packet::parse(&buf[..len]);
+            let mut probe = None;
+            if let Ok(p) = &parsed {
                 if p.frag == Frag::None
                     && matches!(p.l4(), Some(Proto::Tcp | Proto::Udp | Proto::Sctp))
                 {
-                    let probe = ct.probe(&flow_key(p));
-                    ct.prefetch_index(&probe);
-                    pr.probe = Some(probe);
+                    let pb = ct.probe(&flow_key(p));
+                    ct.prefetch_index(&pb);
+                    probe = Some(pb);
                 }
             }
+            *pr = Pre {
+                parsed,
+                probe,
+                front: None,
+                maglev_slot: None,
+                snat: None,
+            };
         }
         // Stage 2: the buckets are (mostly) in cache now. Tracked-looking
         // frames: prefetch their records. Others probably start a flow:
         // prefetch their second bucket (`prefetch_records` does) and the
         // Maglev slot they will read.
         for pr in pre.iter_mut() {
-            let (Ok(p), Some(probe)) = (&pr.parsed, &pr.probe) else {
+            let (Ok(p), Some(probe)) = (&pr.parsed, &mut pr.probe) else {
                 continue;
             };
             if ct.prefetch_records(probe) {
@@ -432,7 +449,7 @@ impl Engine {
             // The lookup is a pure function of the frame and the tables, so
             // stage 4 reuses its result.
             let front = t.frontend(p.dst, p.dport, proto_of(p));
-            pr.front = Some(front);
+            pr.front = Some(front.map(|(i, _)| i));
             if let Some((_, f)) = front {
                 if f.affinity_timeout == 0 && f.n_new > 0 {
                     let m = f.maglev_len as u64;
@@ -443,7 +460,7 @@ impl Engine {
                         if let Some(e) = t.maglev_entry_byte(f, slot) {
                             prefetch(e);
                         }
-                        pr.maglev = Some((f, slot));
+                        pr.maglev_slot = Some(slot);
                     }
                 }
             }
@@ -452,8 +469,11 @@ impl Engine {
         // the reply key of the flow's preferred SNAT port (the first one
         // `alloc_port` tries). Prefetch that key's buckets.
         let (first, count) = self.snat_share(t);
-        for pr in pre.iter() {
-            let (Ok(p), Some((f, slot))) = (&pr.parsed, pr.maglev) else {
+        for pr in pre.iter_mut() {
+            let (Ok(p), Some(slot), Some(Some(fi))) = (&pr.parsed, pr.maglev_slot, pr.front) else {
+                continue;
+            };
+            let Some(f) = t.frontends.get(fi as usize) else {
                 continue;
             };
             let bi = t.maglev_entry(f, slot).map_or(usize::MAX, usize::from);
@@ -480,7 +500,9 @@ impl Engine {
                 proto: p.proto,
             };
             // A free port's key is a miss: both buckets are read.
-            ct.prefetch_buckets(&ct.probe(&reply));
+            let probe = ct.probe(&reply);
+            ct.prefetch_buckets(&probe);
+            pr.snat = Some((port, probe));
         }
         // Stage 4: the pipeline, frame by frame, in order.
         for (((buf, len), pr), o) in frames.iter_mut().zip(pre.iter()).zip(out.iter_mut()) {
@@ -489,7 +511,12 @@ impl Engine {
                 Ok(p) => {
                     let hints = Hints {
                         probe: pr.probe.as_ref(),
-                        front: pr.front,
+                        // An index `t.frontend` returned: always in range.
+                        front: pr
+                            .front
+                            .map(|fi| fi.and_then(|i| t.frontends.get(i as usize).map(|f| (i, f)))),
+                        maglev_slot: pr.maglev_slot,
+                        snat: pr.snat.as_ref(),
                     };
                     self.decide(now, buf, len, t, p, hints)
                 }
@@ -498,6 +525,7 @@ impl Engine {
             self.count(len, &d);
             *o = d;
         }
+        self.pre = Some(scratch);
     }
 
     /// Counts one processed frame.
@@ -594,16 +622,22 @@ impl Engine {
         // 3. Conntrack: a known flow in either direction.
         let ct = &self.state.conntrack;
         let found = match hints.probe {
-            Some(probe) => ct.lookup_probe(probe, now),
-            None => ct.lookup(&key, now),
+            Some(probe) => ct.lookup_or_miss(probe, now),
+            None => ct.lookup_or_miss(&ct.probe(&key), now),
         };
-        if let Some(hit) = found {
-            // `None`: the flow's backend is gone, or the flow ended under us;
-            // the packet starts over as a new flow.
-            if let Some(d) = self.established(now, buf, len, p, t, &hit) {
-                return d;
+        // A miss is handed on to the insert (no second hash, and no second
+        // check while nobody else inserted near the key).
+        let miss = match found {
+            Ok(hit) => {
+                // `None`: the flow's backend is gone, or the flow ended under
+                // us; the packet starts over as a new flow.
+                if let Some(d) = self.established(now, buf, len, p, t, &hit) {
+                    return d;
+                }
+                None
             }
-        }
+            Err(miss) => Some(miss),
+        };
         // 4. Frontend: a new flow to a Service.
         let front = match hints.front {
             Some(front) => front,
@@ -612,7 +646,7 @@ impl Engine {
         let Some((fidx, f)) = front else {
             return Decision::new(self.not_a_frontend(p, t));
         };
-        self.new_flow(now, buf, len, p, t, fidx, f, key)
+        self.new_flow(now, buf, len, p, t, fidx, f, key, miss, hints)
     }
 
     /// Not a frontend and not a known flow.
@@ -742,6 +776,8 @@ impl Engine {
         fidx: u32,
         f: &Frontend,
         orig: FlowKey,
+        orig_miss: Option<Miss>,
+        hints: Hints<'_, '_>,
     ) -> Decision {
         let with = |verdict| Decision {
             verdict,
@@ -788,19 +824,25 @@ impl Engine {
         let bi = match chosen {
             Some(i) => i,
             None => {
-                let h = if f.affinity_timeout > 0 {
-                    client_hash(seed, p.src)
-                } else {
-                    flow_hash(seed, p.src, p.dst, p.sport, p.dport, p.proto)
-                };
                 let m = f.maglev_len as u64;
                 if m == 0 {
                     return with(Verdict::Drop(DropReason::NoLocalEndpoints));
                 }
+                // The batch path computed the slot already (stage 2).
+                let slot = match hints.maglev_slot {
+                    Some(slot) => slot,
+                    None => {
+                        let h = if f.affinity_timeout > 0 {
+                            client_hash(seed, p.src)
+                        } else {
+                            flow_hash(seed, p.src, p.dst, p.sport, p.dport, p.proto)
+                        };
+                        (h % m) as usize
+                    }
+                };
                 // Bounds-checked read (the table may be in shared memory); a
                 // bad entry finds no backend below.
-                t.maglev_entry(f, (h % m) as usize)
-                    .map_or(usize::MAX, usize::from)
+                t.maglev_entry(f, slot).map_or(usize::MAX, usize::from)
             }
         };
         let Some(b) = backends.get(bi) else {
@@ -817,10 +859,14 @@ impl Engine {
         //    masquerades it: without, the endpoint would answer itself from
         //    its own address, never through us.
         let snat = f.snat || p.src == b.ip;
+        let mut reply_miss = None;
         let (src, sport) = match (snat, t.snat_addr(p.dst.is_ipv6())) {
             (true, Some(snat)) => {
-                match self.alloc_port(now, t, snat, (b.ip, b.port), &orig, !pickup) {
-                    Some(port) => (snat, port),
+                match self.alloc_port(now, t, snat, (b.ip, b.port), &orig, !pickup, hints.snat) {
+                    Some((port, miss)) => {
+                        reply_miss = miss;
+                        (snat, port)
+                    }
                     // A picked-up segment without a port: reset the client, as
                     // no backend could make sense of it.
                     None if pickup => return with(self.answer_rst(buf, len, p)),
@@ -839,7 +885,13 @@ impl Engine {
         // 8. Conntrack insert. A full table of confirmed flows refuses: a NAT
         //    cannot translate the replies of a flow it does not remember.
         let flow = Flow::new(orig, xlat, fidx, self.cfg.worker, t.generation);
-        let hit = match self.state.conntrack.insert(flow, now, p.tcp_flags) {
+        let hit = match self.state.conntrack.insert_after_miss(
+            flow,
+            now,
+            p.tcp_flags,
+            orig_miss.as_ref(),
+            reply_miss.as_ref(),
+        ) {
             Ok(hit) => {
                 self.stats.new_flows += 1;
                 self.traffic.new_flow(fidx, f.backend_off as usize + bi);
@@ -878,6 +930,10 @@ impl Engine {
     ///   was evicted all reach the backend on one port;
     /// - otherwise, when every port tried is held and `may_evict` (a SYN, not
     ///   a picked-up segment), the first evictable holder among them.
+    ///
+    /// With the port, the lookup miss of its reply key when the port was free
+    /// (for the insert).
+    #[allow(clippy::too_many_arguments)]
     fn alloc_port(
         &mut self,
         now: u64,
@@ -886,13 +942,18 @@ impl Engine {
         (bip, bport): (IpAddr, u16),
         orig: &FlowKey,
         may_evict: bool,
-    ) -> Option<u16> {
+        hint: Option<&(u16, Probe)>,
+    ) -> Option<(u16, Option<Miss>)> {
         let (first, count) = self.snat_share(t);
         if count == 0 {
             return None;
         }
         let ct = &self.state.conntrack;
-        let start = (preferred_snat_port(t.node.hash_seed, orig, first, count) - first) as u32;
+        let preferred = match hint {
+            Some(&(port, _)) => port,
+            None => preferred_snat_port(t.node.hash_seed, orig, first, count),
+        };
+        let start = (preferred - first) as u32;
         let tries = count.min(self.cfg.snat_probe.max(1));
         let mut victim = None;
         for i in 0..tries {
@@ -904,8 +965,14 @@ impl Engine {
                 dport: port,
                 proto: orig.proto,
             };
-            let Some(hit) = ct.lookup(&reply, now) else {
-                return Some(port);
+            // The batch path hashed the preferred port's reply key already.
+            let found = match hint {
+                Some((_, probe)) if i == 0 => ct.lookup_or_miss(probe, now),
+                _ => ct.lookup_or_miss(&ct.probe(&reply), now),
+            };
+            let hit = match found {
+                Ok(hit) => hit,
+                Err(miss) => return Some((port, Some(miss))),
             };
             if !hit.evictable() {
                 continue;
@@ -913,7 +980,7 @@ impl Engine {
             if i == 0 && under_pressure(ct) {
                 if ct.evict(&hit) {
                     self.stats.snat_port_evictions += 1;
-                    return Some(port);
+                    return Some((port, None));
                 }
             } else if may_evict && victim.is_none() {
                 victim = Some((hit, port));
@@ -922,7 +989,7 @@ impl Engine {
         let (hit, port) = victim?;
         if ct.evict(&hit) {
             self.stats.snat_port_evictions += 1;
-            Some(port)
+            Some((port, None))
         } else {
             None
         }
@@ -1103,15 +1170,19 @@ impl Engine {
 pub const BATCH_CHUNK: usize = 32;
 
 /// Per-frame scratch of [`Engine::process_batch`].
-#[derive(Clone, Copy)]
-struct Pre<'t> {
+#[derive(Debug, Clone, Copy)]
+struct Pre {
     parsed: Result<Parsed, ParseError>,
     /// Conntrack probe of the flow key (unfragmented TCP/UDP/SCTP).
     probe: Option<Probe>,
-    /// Probably a new flow: its frontend and Maglev slot (prefetched).
-    maglev: Option<(&'t Frontend, usize)>,
-    /// `Some(t.frontend(..))` when stage 2 looked the frontend up.
-    front: Option<Option<(u32, &'t Frontend)>>,
+    /// `Some(t.frontend(..))` (its index) when stage 2 looked the frontend
+    /// up.
+    front: Option<Option<u32>>,
+    /// Probably a new flow: the Maglev slot of that frontend (prefetched).
+    maglev_slot: Option<usize>,
+    /// Stage 3: the flow's preferred SNAT port and the probe of the reply
+    /// key it gives (buckets prefetched).
+    snat: Option<(u16, Probe)>,
 }
 
 /// What the batch path already knows about a frame when it is decided: its
@@ -1121,21 +1192,31 @@ struct Pre<'t> {
 struct Hints<'p, 't> {
     probe: Option<&'p Probe>,
     front: Option<Option<(u32, &'t Frontend)>>,
+    /// The Maglev slot of the flow hash in `front`'s table (set only for a
+    /// frontend without session affinity).
+    maglev_slot: Option<usize>,
+    /// The preferred SNAT port ([`preferred_snat_port`] of the frame's key in
+    /// this worker's share) and the probe of the reply key it gives with the
+    /// backend of `maglev_slot` (set only for a SNAT frontend).
+    snat: Option<&'p (u16, Probe)>,
 }
 
 impl Hints<'_, '_> {
     const NONE: Hints<'static, 'static> = Hints {
         probe: None,
         front: None,
+        maglev_slot: None,
+        snat: None,
     };
 }
 
-impl Pre<'_> {
-    const EMPTY: Pre<'static> = Pre {
+impl Pre {
+    const EMPTY: Pre = Pre {
         parsed: Err(ParseError::NotIp),
         probe: None,
-        maglev: None,
         front: None,
+        maglev_slot: None,
+        snat: None,
     };
 }
 
@@ -1143,9 +1224,17 @@ impl Pre<'_> {
 /// `dir` (see [`Hit::rewrite_as`]).
 #[inline]
 fn rewrite(buf: &mut [u8], len: usize, p: &Parsed, hit: &Hit, dir: Dir) -> Verdict {
-    let new = hit.rewrite_as(dir);
-    let (src, dst) = new.addrs();
-    match packet::rewrite_tuple_bytes(&mut buf[..len], p, src, dst, new.sport, new.dport) {
+    let done = match hit.rewrite_v4(dir) {
+        Some((src, dst, sport, dport)) => {
+            packet::rewrite_tuple_v4(&mut buf[..len], p, src, dst, sport, dport)
+        }
+        None => {
+            let new = hit.rewrite_as(dir);
+            let (src, dst) = new.addrs();
+            packet::rewrite_tuple_bytes(&mut buf[..len], p, src, dst, new.sport, new.dport)
+        }
+    };
+    match done {
         Ok(()) => Verdict::Tx {
             len,
             egress: Egress::Route,

@@ -45,16 +45,45 @@ pub fn addr16(ip: IpAddr) -> [u8; 16] {
     }
 }
 
-/// The flow hash of a 5-tuple.
+/// The flow hash of a 5-tuple: [`hash_bytes`] of the 40 bytes `addr16(src)
+/// ‖ addr16(dst) ‖ sport (BE) ‖ dport (BE) ‖ proto ‖ 3 zero bytes`.
+///
+/// Computed on the five little-endian words of those bytes directly (no
+/// buffer): the value is exactly [`hash_bytes`] of the bytes, which the
+/// cross-node contract fixes (`flow_hash_is_hash_bytes_of_the_tuple`).
 #[inline]
 pub fn flow_hash(seed: u64, src: IpAddr, dst: IpAddr, sport: u16, dport: u16, proto: u8) -> u64 {
-    let mut b = [0u8; 40];
-    b[..16].copy_from_slice(&addr16(src));
-    b[16..32].copy_from_slice(&addr16(dst));
-    b[32..34].copy_from_slice(&sport.to_be_bytes());
-    b[34..36].copy_from_slice(&dport.to_be_bytes());
-    b[36] = proto;
-    hash_bytes(seed, &b)
+    let [s0, s1] = addr_words(src);
+    let [d0, d1] = addr_words(dst);
+    // Bytes 32..40: sport and dport big-endian, proto, zeros; read as LE.
+    let w4 = u64::from(sport.swap_bytes())
+        | u64::from(dport.swap_bytes()) << 16
+        | u64::from(proto) << 32;
+    let mut h = seed ^ P0;
+    for w in [s0, s1, d0, d1, w4] {
+        h = mum(h ^ w, P1);
+    }
+    mum(h ^ 40, P0 ^ seed)
+}
+
+/// [`addr16`] of `ip` as two little-endian words.
+#[inline(always)]
+fn addr_words(ip: IpAddr) -> [u64; 2] {
+    match ip {
+        // IPv4-mapped: bytes 0..10 zero, 10..12 0xff, 12..16 the address.
+        IpAddr::V4(a) => [
+            0,
+            0xffff_0000 | u64::from(u32::from_le_bytes(a.octets())) << 32,
+        ],
+        IpAddr::V6(a) => {
+            let b = a.octets();
+            let mut lo = [0u8; 8];
+            let mut hi = [0u8; 8];
+            lo.copy_from_slice(&b[..8]);
+            hi.copy_from_slice(&b[8..]);
+            [u64::from_le_bytes(lo), u64::from_le_bytes(hi)]
+        }
+    }
 }
 
 /// The hash used with `sessionAffinity: ClientIP`: the client address only.
@@ -79,6 +108,58 @@ mod tests {
         // not change silently between versions.
         assert_eq!(hash_bytes(0, b""), hash_bytes(0, b""));
         assert_ne!(hash_bytes(0, b"a"), hash_bytes(0, b"b"));
+    }
+
+    /// The reference definition: the tuple's 40 bytes through `hash_bytes`.
+    fn flow_hash_bytes(
+        seed: u64,
+        src: IpAddr,
+        dst: IpAddr,
+        sport: u16,
+        dport: u16,
+        proto: u8,
+    ) -> u64 {
+        let mut b = [0u8; 40];
+        b[..16].copy_from_slice(&addr16(src));
+        b[16..32].copy_from_slice(&addr16(dst));
+        b[32..34].copy_from_slice(&sport.to_be_bytes());
+        b[34..36].copy_from_slice(&dport.to_be_bytes());
+        b[36] = proto;
+        hash_bytes(seed, &b)
+    }
+
+    #[test]
+    fn flow_hash_is_hash_bytes_of_the_tuple() {
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for i in 0..10_000 {
+            let (a, b, c) = (next(), next(), next());
+            let (src, dst): (IpAddr, IpAddr) = if i % 2 == 0 {
+                (
+                    (a as u32).to_be_bytes().into(),
+                    ((a >> 32) as u32).to_be_bytes().into(),
+                )
+            } else {
+                let mut s = [0u8; 16];
+                let mut d = [0u8; 16];
+                s[..8].copy_from_slice(&a.to_le_bytes());
+                s[8..].copy_from_slice(&b.to_le_bytes());
+                d[..8].copy_from_slice(&b.to_be_bytes());
+                d[8..].copy_from_slice(&c.to_le_bytes());
+                (s.into(), d.into())
+            };
+            let (sport, dport, proto, seed) = (c as u16, (c >> 16) as u16, (c >> 32) as u8, b);
+            assert_eq!(
+                flow_hash(seed, src, dst, sport, dport, proto),
+                flow_hash_bytes(seed, src, dst, sport, dport, proto),
+                "{src} {dst} {sport} {dport} {proto}"
+            );
+        }
     }
 
     #[test]

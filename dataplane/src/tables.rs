@@ -63,12 +63,29 @@ impl FrontendKind {
 }
 
 /// Lookup key of a frontend: destination (IP, port, protocol).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FrontendKey {
     pub ip: IpAddr,
     pub port: u16,
     /// `Proto::Tcp`, `Proto::Udp` or `Proto::Sctp`.
     pub proto: Proto,
+}
+
+/// Hashes the key as one word (IPv4) or two (IPv6) instead of field by
+/// field: a new flow's frontend lookup is on the packet path. A function of
+/// the fields `Eq` compares, so consistent with it.
+impl std::hash::Hash for FrontendKey {
+    #[inline]
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        let rest = u64::from(self.port) << 32 | (self.proto as u64) << 48;
+        match self.ip {
+            IpAddr::V4(a) => state.write_u64(u64::from(a.to_bits()) | rest),
+            IpAddr::V6(a) => {
+                state.write_u128(a.to_bits());
+                state.write_u64(rest | 1 << 63);
+            }
+        }
+    }
 }
 
 /// What to do with a new flow when the frontend has no backend for it.

@@ -110,7 +110,17 @@ fn run(cap: usize, ops: Vec<Op>) {
         match op {
             Op::Insert(p) => {
                 let was_live = live(&model, p);
-                let res = t.insert(flow(p), now, 0);
+                // Half the inserts go the engine's way: look both keys up,
+                // then insert with the misses (which may skip the checks
+                // under the stripes); the result must be the same.
+                let f = flow(p);
+                let res = if p % 2 == 0 {
+                    t.insert(f, now, 0)
+                } else {
+                    let o = t.lookup_or_miss(&t.probe(&f.orig), now).err();
+                    let r = t.lookup_or_miss(&t.probe(&f.reply_key()), now).err();
+                    t.insert_after_miss(f, now, 0, o.as_ref(), r.as_ref())
+                };
                 match &res {
                     Err(InsertError::Exists(h)) => {
                         assert!(was_live, "Exists for a dead key");

@@ -44,7 +44,9 @@ pub mod testing;
 pub mod udp;
 
 pub use parse::{parse, Frag, IcmpKind, InnerPacket, IpFamily, ParseError, Parsed, Proto};
-pub use rewrite::{rewrite_icmp_error, rewrite_tuple, rewrite_tuple_bytes, RewriteError, Tuple};
+pub use rewrite::{
+    rewrite_icmp_error, rewrite_tuple, rewrite_tuple_bytes, rewrite_tuple_v4, RewriteError, Tuple,
+};
 
 #[cfg(test)]
 mod tests;

@@ -186,7 +186,99 @@ pub const MAX_VLANS: u8 = 2;
 
 /// Parses and validates a frame. See the module docs for what a successful
 /// parse promises.
+#[inline]
 pub fn parse(frame: &[u8]) -> Result<Parsed, ParseError> {
+    // The common frame takes a straight path of fixed-size reads; anything
+    // else (and any frame that fails a check) the general one.
+    match parse_v4_fast(frame) {
+        Some(p) => Ok(p),
+        None => parse_general(frame),
+    }
+}
+
+/// The frame almost every packet is: untagged Ethernet, IPv4 without
+/// options, not a fragment, TCP or UDP. Makes every check [`parse_general`]
+/// makes on such a frame (lengths, version, IHL, the header checksum, the
+/// TCP data offset or the UDP length) and returns exactly its `Parsed`;
+/// `None` for any other frame or any failed check, which the general path
+/// then judges (`fast_path_equals_general` checks the equivalence).
+#[inline(always)]
+fn parse_v4_fast(frame: &[u8]) -> Option<Parsed> {
+    const L3: usize = ethernet::HEADER_LEN;
+    const L4: usize = L3 + crate::ipv4::HEADER_LEN;
+    let head: &[u8; L4] = frame.get(..L4)?.try_into().ok()?;
+    // EtherType IPv4, version 4, IHL 5.
+    if head[12] != 0x08 || head[13] != 0x00 || head[L3] != 0x45 {
+        return None;
+    }
+    let ip: &[u8; 20] = head[L3..].try_into().ok()?;
+    let tl = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+    let end = L3 + tl;
+    // Total length inside the frame and not shorter than the header; the
+    // datagram's end fits a u16 offset; no MF flag, no fragment offset.
+    if tl < crate::ipv4::HEADER_LEN
+        || end > frame.len()
+        || end > usize::from(u16::MAX)
+        || ip[6] & 0x3f != 0
+        || ip[7] != 0
+    {
+        return None;
+    }
+    if !crate::checksum::verify(crate::checksum::sum(ip)) {
+        return None;
+    }
+    let seg = frame.get(L4..end)?;
+    let proto = ip[9];
+    let (sport, dport, tcp_flags) = match proto {
+        6 => {
+            let h: &[u8; crate::tcp::HEADER_LEN] =
+                seg.get(..crate::tcp::HEADER_LEN)?.try_into().ok()?;
+            let doff = usize::from(h[12] >> 4) * 4;
+            if doff < crate::tcp::HEADER_LEN || doff > seg.len() {
+                return None;
+            }
+            (
+                u16::from_be_bytes([h[0], h[1]]),
+                u16::from_be_bytes([h[2], h[3]]),
+                h[13],
+            )
+        }
+        17 => {
+            let h: &[u8; crate::udp::HEADER_LEN] =
+                seg.get(..crate::udp::HEADER_LEN)?.try_into().ok()?;
+            let ulen = usize::from(u16::from_be_bytes([h[4], h[5]]));
+            if ulen < crate::udp::HEADER_LEN || ulen > seg.len() {
+                return None;
+            }
+            (
+                u16::from_be_bytes([h[0], h[1]]),
+                u16::from_be_bytes([h[2], h[3]]),
+                0,
+            )
+        }
+        _ => return None,
+    };
+    Some(Parsed {
+        vlans: 0,
+        l3_off: L3 as u16,
+        l4_off: L4 as u16,
+        l3_end: end as u16,
+        family: IpFamily::V4,
+        proto,
+        src: IpAddr::V4(Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15])),
+        dst: IpAddr::V4(Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19])),
+        sport,
+        dport,
+        tcp_flags,
+        frag: Frag::None,
+        ttl: ip[8],
+        icmp: None,
+        inner: None,
+    })
+}
+
+/// [`parse`] of any frame: every layer walked with its checked view.
+pub(crate) fn parse_general(frame: &[u8]) -> Result<Parsed, ParseError> {
     // 1. L2: Ethernet II and up to two VLAN tags.
     let (l3_off, etype, vlans) = parse_l2(frame)?;
     // 2. L3: the IP header (and IPv6 extension headers).
