@@ -57,7 +57,8 @@
 //!   entry = tag (31 bits of the key hash, low bit forced to 1) << 32 | slot << 1 | dir;  0 = empty
 //!
 //! free lists: 8 shards of a Treiber stack (head = ABA counter << 32 | slot + 1)
-//! insert stripes: 1024 spin locks with a version (even free, odd held), writers only
+//! insert stripes: 1024 spin locks with a version (even free, odd held); writers
+//!   take them, a lookup that misses reads the version (see "Concurrency protocol")
 //! ```
 //!
 //! Memory: 64 + 32 B of record + 32 B of index = **128 bytes per flow**, plus a few
@@ -98,7 +99,8 @@
 //!   that the slot still holds the same flow, so a stale `Hit` can never touch
 //!   a record that was freed and reused for another flow.
 //! * **Inserts** are serialised per key by spin flags striped by the key's
-//!   first bucket (writers only; readers never look at them). Both keys'
+//!   first bucket (writers take them; a lookup that misses only reads their
+//!   version, below). Both keys'
 //!   stripes are taken in ascending order. Under them the insert checks that
 //!   neither key is live, then publishes index entries by CAS `0 → entry`. The
 //!   new record is written first in a PENDING state (invisible to lookups,
@@ -665,8 +667,8 @@ pub struct Probe {
     cand_at: u8,
     /// `prefetch_records` found no entry with the key's tag in the first
     /// bucket while the key's insert stripe was free at version `ver` (read
-    /// before the scan): while the stripe stays at `ver`, the key has no
-    /// entry there, and a lookup scans the second bucket only.
+    /// before a scan that found none): while the stripe stays at `ver`, the
+    /// key has no entry there, and a lookup scans the second bucket only.
     clean1: bool,
     ver: u32,
 }
@@ -1740,15 +1742,22 @@ impl Conntrack {
     #[inline]
     pub fn prefetch_records(&self, p: &mut Probe) -> bool {
         let [b1, b2] = self.buckets_of(p.h);
-        // Before the scan (see `Probe::clean1`).
-        let ver = self.stripes[b1 % STRIPES].load(Ordering::Acquire);
         let bucket = &self.buckets[b1].0;
-        let mut m = tag_mask(bucket, tag_of(p.h));
+        let tag = tag_of(p.h);
+        let mut m = tag_mask(bucket, tag);
         if m == 0 {
-            p.clean1 = ver & 1 == 0;
-            p.ver = ver;
-            prefetch(&self.buckets[b2]);
-            return false;
+            // The stripe's version is read only here, on a miss, and the
+            // bucket scanned again after it (see `Probe::clean1`): a tracked
+            // packet never touches the stripes, whose lines the inserts of a
+            // flood keep writing on other cores.
+            let ver = self.stripes[b1 % STRIPES].load(Ordering::Acquire);
+            m = tag_mask(bucket, tag);
+            if m == 0 {
+                p.clean1 = ver & 1 == 0;
+                p.ver = ver;
+                prefetch(&self.buckets[b2]);
+                return false;
+            }
         }
         let at = m.trailing_zeros() as usize;
         p.cand = bucket[at].load(Ordering::Relaxed);
@@ -1955,7 +1964,9 @@ impl Conntrack {
             }
         }
 
-        // 6. Index both keys.
+        // 6. Index both keys (under their stripes: the version check of
+        // `insert_after_miss` relies on it).
+        debug_assert!(self.stripe_held(oh) && (!index_reply || self.stripe_held(rh)));
         if !self.place(oh, slot, Dir::Original, now_s) {
             self.release_pending(slot);
             self.counters
@@ -2480,6 +2491,11 @@ impl Conntrack {
 
     /// Adds the index entry of (`slot`, `dir`) for hash `h`; frees an expired
     /// or evictable record from the two buckets when both are full.
+    /// Whether the insert stripe of the key hashed `h` is held (odd).
+    fn stripe_held(&self, h: u64) -> bool {
+        self.stripes[self.buckets_of(h)[0] % STRIPES].load(Ordering::Relaxed) & 1 == 1
+    }
+
     fn place(&self, h: u64, slot: usize, dir: Dir, now_s: u64) -> bool {
         let v = entry(tag_of(h), slot, dir);
         let [b1, b2] = self.buckets_of(h);
