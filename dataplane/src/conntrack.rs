@@ -117,7 +117,10 @@
 //!   it in between), the key still has no entry: the insert skips that
 //!   key's check under the stripe ([`Conntrack::insert_after_miss`]).
 //!   Entries removed meanwhile (remove, evict, sweep) cannot make a holder
-//!   appear.
+//!   appear. The version is 32 bits moving by 2: it could only come back
+//!   to `v` after 2^31 lock/unlock pairs on one stripe while one worker sits
+//!   between its miss and its insert (at most one batch), which this
+//!   assumes never happens.
 //! * **Freeing** (remove, evict, sweep) happens under the record's lock: clear
 //!   both index entries (CAS `entry → 0`), mark the record free, release, then
 //!   push the slot on a free list. An index entry therefore only ever points at
