@@ -99,33 +99,15 @@ fn main() {
             }
             run_cycled(&mut engine, &mut bb, &t, &frames, batches, single)
         }
-        "new" => {
-            let pool = FramePool::new(1 << 18, |i| {
-                let (ip, port) = client(1_000_000 + i);
-                tcp_frame(
-                    ip,
-                    port.wrapping_add(20_000),
-                    service_ip(i % SERVICES),
-                    80,
-                    SYN,
-                )
-            });
-            let mut clock = NOW;
-            let mut tx = 0;
-            for n in 0..batches {
-                let frames = (n * BATCH..(n + 1) * BATCH).map(|k| pool.get(k % pool.len()));
-                if single {
-                    tx += frames
-                        .map(|f| one(&mut engine, &t, clock, f))
-                        .sum::<usize>();
-                } else {
-                    tx += bb.run(&mut engine, clock, &t, frames);
-                }
-                clock += BATCH as u64 * NEW_FLOW_DT;
-                engine.housekeeping(clock, SWEEP_PER_BATCH);
-            }
-            tx
-        }
+        "new" => syn_pool_run(
+            &mut engine,
+            &mut bb,
+            &t,
+            1 << 18,
+            batches,
+            single,
+            NEW_FLOW_DT,
+        ),
         "churn" => {
             // Long-run check, not for counting: SYNs of a pool whose flows
             // come back after their entries expired (1 ms per SYN, a pool of
@@ -134,30 +116,7 @@ fn main() {
             let pool_n: usize = std::env::var("CHURN_POOL").map_or(1 << 18, |v| v.parse().unwrap());
             let dt: u64 = std::env::var("CHURN_DT").map_or(1_000_000, |v| v.parse().unwrap());
             let mut engine = Engine::standalone(cap);
-            let pool = FramePool::new(pool_n, |i| {
-                let (ip, port) = client(1_000_000 + i);
-                tcp_frame(
-                    ip,
-                    port.wrapping_add(20_000),
-                    service_ip(i % SERVICES),
-                    80,
-                    SYN,
-                )
-            });
-            let mut clock = NOW;
-            let mut tx = 0;
-            for n in 0..batches {
-                let frames = (n * BATCH..(n + 1) * BATCH).map(|k| pool.get(k % pool.len()));
-                if single {
-                    tx += frames
-                        .map(|f| one(&mut engine, &t, clock, f))
-                        .sum::<usize>();
-                } else {
-                    tx += bb.run(&mut engine, clock, &t, frames);
-                }
-                clock += BATCH as u64 * dt;
-                engine.housekeeping(clock, SWEEP_PER_BATCH);
-            }
+            let tx = syn_pool_run(&mut engine, &mut bb, &t, pool_n, batches, single, dt);
             println!(
                 "churn: {} in use, {:?}",
                 engine.flow_state().conntrack.len(),
@@ -165,11 +124,47 @@ fn main() {
             );
             tx
         }
-        m => panic!("unknown mode {m:?} (established, udp, new)"),
+        m => panic!("unknown mode {m:?} (established, udp, new, churn)"),
     };
     assert_eq!(tx, batches * BATCH, "every frame is transmitted");
     assert_eq!(engine.stats().drop, 0);
     println!("{mode}: {} packets", batches * BATCH);
+}
+
+/// SYNs of new flows from a pool of `pool_n` clients, `BATCH` per batch,
+/// the clock moving `dt` per SYN, housekeeping after each batch.
+fn syn_pool_run(
+    engine: &mut Engine,
+    bb: &mut BatchBufs,
+    t: &edgeplane_dataplane::Tables,
+    pool_n: usize,
+    batches: usize,
+    single: bool,
+    dt: u64,
+) -> usize {
+    let pool = FramePool::new(pool_n, |i| {
+        let (ip, port) = client(1_000_000 + i);
+        tcp_frame(
+            ip,
+            port.wrapping_add(20_000),
+            service_ip(i % SERVICES),
+            80,
+            SYN,
+        )
+    });
+    let mut clock = NOW;
+    let mut tx = 0;
+    for n in 0..batches {
+        let frames = (n * BATCH..(n + 1) * BATCH).map(|k| pool.get(k % pool.len()));
+        if single {
+            tx += frames.map(|f| one(engine, t, clock, f)).sum::<usize>();
+        } else {
+            tx += bb.run(engine, clock, t, frames);
+        }
+        clock += BATCH as u64 * dt;
+        engine.housekeeping(clock, SWEEP_PER_BATCH);
+    }
+    tx
 }
 
 fn run_cycled(
