@@ -660,6 +660,54 @@ struct SliceEntry {
     warnings: Vec<String>,
 }
 
+impl SvcEntry {
+    /// `s` sanitized, its problems as warning lines, not derived yet.
+    fn new(s: &Service, version: u64) -> SvcEntry {
+        let mut c = s.clone();
+        let problems = validate::sanitize_service(&mut c);
+        let (ns, name) = svc_id(&c);
+        let fatal = problems.iter().any(|p| p.is_fatal());
+        SvcEntry {
+            raw: s.clone(),
+            version,
+            sanitized: (!fatal).then_some(c),
+            warnings: problems
+                .iter()
+                .map(|p| format!("Service {ns}/{name}: {p}"))
+                .collect(),
+            derived: None,
+        }
+    }
+}
+
+impl SliceEntry {
+    /// `s` sanitized, with the Service it belongs to when usable, and its
+    /// problems as warning lines.
+    fn new(s: &EndpointSlice, version: u64) -> SliceEntry {
+        let mut c = s.clone();
+        let (usage, problems) = validate::sanitize_endpoint_slice(&mut c);
+        let ns = c.metadata.namespace.clone().unwrap_or_default();
+        let name = c.metadata.name.clone().unwrap_or_default();
+        let fatal = problems.iter().any(|p| p.is_fatal());
+        let svc = c
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(validate::LABEL_SERVICE_NAME))
+            .cloned()
+            .unwrap_or_default();
+        SliceEntry {
+            raw: s.clone(),
+            version,
+            warnings: problems
+                .iter()
+                .map(|p| format!("EndpointSlice {ns}/{name}: {p}"))
+                .collect(),
+            used: (!fatal && usage == SliceUse::Use).then_some(((ns, svc), c)),
+        }
+    }
+}
+
 /// Node-level facts frontends depend on (from the options and the Node).
 #[derive(Debug, Clone, PartialEq)]
 struct NodeFacts {
@@ -886,29 +934,19 @@ impl Compiler {
                 epoch,
             );
             if new || !self.services.unchanged(i, s, |e| &e.raw, trust) {
+                self.next_version += 1;
+                let e = SvcEntry::new(s, self.next_version);
                 let slot = &mut self.services.items[i];
+                // A Service appeared or changed usability.
+                if slot
+                    .as_ref()
+                    .is_none_or(|old| old.sanitized.is_some() != e.sanitized.is_some())
                 {
-                    let mut c = s.clone();
-                    let problems = validate::sanitize_service(&mut c);
-                    let (ns, name) = svc_id(&c);
-                    let fatal = problems.iter().any(|p| p.is_fatal());
-                    if slot.as_ref().is_none_or(|e| e.sanitized.is_some() == fatal) {
-                        order_valid = false;
-                    }
-                    self.next_version += 1;
-                    self.services.meta[i].rv = InlineRv::of(&s.metadata);
-                    self.services.meta[i].warns = !problems.is_empty();
-                    *slot = Some(SvcEntry {
-                        raw: s.clone(),
-                        version: self.next_version,
-                        sanitized: (!fatal).then_some(c),
-                        warnings: problems
-                            .iter()
-                            .map(|p| format!("Service {ns}/{name}: {p}"))
-                            .collect(),
-                        derived: None,
-                    });
+                    order_valid = false;
                 }
+                self.services.meta[i].rv = InlineRv::of(&s.metadata);
+                self.services.meta[i].warns = !e.warnings.is_empty();
+                *slot = Some(e);
             }
             self.services.meta[i].epoch = epoch;
             if self.services.meta[i].warns {
@@ -924,33 +962,11 @@ impl Compiler {
                 epoch,
             );
             if new || !self.slices.unchanged(i, s, |e| &e.raw, trust) {
-                let slot = &mut self.slices.items[i];
-                {
-                    let mut c = s.clone();
-                    let (usage, problems) = validate::sanitize_endpoint_slice(&mut c);
-                    let ns = c.metadata.namespace.clone().unwrap_or_default();
-                    let name = c.metadata.name.clone().unwrap_or_default();
-                    let fatal = problems.iter().any(|p| p.is_fatal());
-                    let svc = c
-                        .metadata
-                        .labels
-                        .as_ref()
-                        .and_then(|l| l.get(validate::LABEL_SERVICE_NAME))
-                        .cloned()
-                        .unwrap_or_default();
-                    self.next_version += 1;
-                    self.slices.meta[i].rv = InlineRv::of(&s.metadata);
-                    self.slices.meta[i].warns = !problems.is_empty();
-                    *slot = Some(SliceEntry {
-                        raw: s.clone(),
-                        version: self.next_version,
-                        used: (!fatal && usage == SliceUse::Use).then(|| ((ns.clone(), svc), c)),
-                        warnings: problems
-                            .iter()
-                            .map(|p| format!("EndpointSlice {ns}/{name}: {p}"))
-                            .collect(),
-                    });
-                }
+                self.next_version += 1;
+                let e = SliceEntry::new(s, self.next_version);
+                self.slices.meta[i].rv = InlineRv::of(&s.metadata);
+                self.slices.meta[i].warns = !e.warnings.is_empty();
+                self.slices.items[i] = Some(e);
             }
             self.slices.meta[i].epoch = epoch;
             if self.slices.meta[i].warns {
@@ -1363,32 +1379,20 @@ impl Compiler {
         for st in steps {
             match st {
                 JournalStep::Service(i, s) => {
-                    let mut c = s.clone();
-                    let problems = validate::sanitize_service(&mut c);
-                    // Unusable before and still (step 1 checked it is the same).
-                    let fatal = problems.iter().any(|p| p.is_fatal());
-                    let (ns, name) = svc_id(&c);
+                    // Usable or not, as before (step 1 checked it).
                     self.next_version += 1;
+                    let mut e = SvcEntry::new(s, self.next_version);
                     self.services.meta[i].rv = InlineRv::of(&s.metadata);
-                    self.services.meta[i].warns = !problems.is_empty();
+                    self.services.meta[i].warns = !e.warnings.is_empty();
                     self.services.meta[i].epoch = epoch;
-                    let w: Vec<String> = problems
-                        .iter()
-                        .map(|p| format!("Service {ns}/{name}: {p}"))
-                        .collect();
-                    warnings.extend(w.iter().cloned());
-                    let derived = self.services.items[i]
+                    warnings.extend(e.warnings.iter().cloned());
+                    e.derived = self.services.items[i]
                         .as_mut()
-                        .and_then(|e| e.derived.take());
-                    self.services.items[i] = Some(SvcEntry {
-                        raw: s.clone(),
-                        version: self.next_version,
-                        sanitized: (!fatal).then_some(c),
-                        warnings: w,
-                        derived,
-                    });
-                    if !fatal {
-                        dirty.insert((ns, name));
+                        .and_then(|old| old.derived.take());
+                    let key = e.sanitized.as_ref().map(svc_id);
+                    self.services.items[i] = Some(e);
+                    if let Some(key) = key {
+                        dirty.insert(key);
                     }
                 }
                 JournalStep::Slice(ns, name, obj) => {
@@ -1423,39 +1427,17 @@ impl Compiler {
                             i
                         }
                     };
-                    let mut c = o.clone();
-                    let (usage, problems) = validate::sanitize_endpoint_slice(&mut c);
-                    let cns = c.metadata.namespace.clone().unwrap_or_default();
-                    let cname = c.metadata.name.clone().unwrap_or_default();
-                    let fatal = problems.iter().any(|p| p.is_fatal());
-                    let svc = c
-                        .metadata
-                        .labels
-                        .as_ref()
-                        .and_then(|l| l.get(validate::LABEL_SERVICE_NAME))
-                        .cloned()
-                        .unwrap_or_default();
                     self.next_version += 1;
+                    let e = SliceEntry::new(o, self.next_version);
                     self.slices.meta[i].rv = InlineRv::of(&o.metadata);
-                    self.slices.meta[i].warns = !problems.is_empty();
+                    self.slices.meta[i].warns = !e.warnings.is_empty();
                     self.slices.meta[i].epoch = epoch;
-                    let w: Vec<String> = problems
-                        .iter()
-                        .map(|p| format!("EndpointSlice {cns}/{cname}: {p}"))
-                        .collect();
-                    warnings.extend(w.iter().cloned());
-                    let used = (!fatal && usage == SliceUse::Use).then_some(((cns, svc), c));
-                    if let Some((key, _)) = &used {
-                        let g = self.groups.entry(key.clone()).or_default();
-                        g.push(i);
+                    warnings.extend(e.warnings.iter().cloned());
+                    if let Some((key, _)) = &e.used {
+                        self.groups.entry(key.clone()).or_default().push(i);
                         dirty.insert(key.clone());
                     }
-                    self.slices.items[i] = Some(SliceEntry {
-                        raw: o.clone(),
-                        version: self.next_version,
-                        used,
-                        warnings: w,
-                    });
+                    self.slices.items[i] = Some(e);
                     // Name order within the group (input order among equal
                     // names cannot arise: one object per name).
                     if let Some((key, _)) =
