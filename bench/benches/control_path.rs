@@ -95,22 +95,7 @@ fn control_path(c: &mut Criterion) {
         b.iter_custom(|iters| {
             let mut total = Duration::ZERO;
             for _ in 0..iters {
-                let services: Vec<_> = objects
-                    .services
-                    .iter()
-                    .map(|s| {
-                        let mut s = s.clone();
-                        rv += 1;
-                        s.metadata.resource_version = Some(rv.to_string());
-                        s
-                    })
-                    .collect();
-                let slices: Vec<_> = (0..SERVICES)
-                    .map(|i| {
-                        rv += 1;
-                        k8s::slice_for(i, ENDPOINTS, None, rv)
-                    })
-                    .collect();
+                let (services, slices) = k8s::relisted(&objects, ENDPOINTS, &mut rv, |_| None);
                 let t = Instant::now();
                 mirrors.services.relist(services);
                 mirrors.endpoint_slices.relist(slices);

@@ -188,24 +188,10 @@ fn main() {
     let (mut rs_w, mut rs_c, mut rs_p) = (Vec::new(), Vec::new(), Vec::new());
     let mut rs_adopt = Vec::new();
     for round in 0..resyncs {
-        let services: Vec<_> = objects
-            .services
-            .iter()
-            .map(|s| {
-                let mut s = s.clone();
-                rv += 1;
-                s.metadata.resource_version = Some(rv.to_string());
-                s
-            })
-            .collect();
-        let slices: Vec<_> = (0..n)
-            .map(|i| {
-                rv += 1;
-                let change = (changed_pct > 0 && (i * 100 / n.max(1)) < changed_pct)
-                    .then_some((1_000_000 + round * n + i) as u32);
-                k8s::slice_for(i, e, change, rv)
-            })
-            .collect();
+        let (services, slices) = k8s::relisted(&objects, e, &mut rv, |i| {
+            (changed_pct > 0 && (i * 100 / n.max(1)) < changed_pct)
+                .then_some((1_000_000 + round * n + i) as u32)
+        });
         let (w, c, p) = (Instant::now(), thread_cpu(), process_cpu());
         mirrors.services.relist(services);
         mirrors.endpoint_slices.relist(slices);

@@ -115,6 +115,34 @@ pub fn slice_for(i: usize, e: usize, change: Option<u32>, resource_version: u64)
     )
 }
 
+/// What a full relist of [`objects`]`(n, e)` returns: the same Services and
+/// slices with new resourceVersions (from `*rv + 1` on), slice `i` changed
+/// as [`slice_for`] does when `change(i)` is `Some`.
+pub fn relisted(
+    objects: &ObjectSet,
+    e: usize,
+    rv: &mut u64,
+    change: impl Fn(usize) -> Option<u32>,
+) -> (Vec<Service>, Vec<EndpointSlice>) {
+    let services = objects
+        .services
+        .iter()
+        .map(|s| {
+            let mut s = s.clone();
+            *rv += 1;
+            s.metadata.resource_version = Some(rv.to_string());
+            s
+        })
+        .collect();
+    let slices = (0..objects.services.len())
+        .map(|i| {
+            *rv += 1;
+            slice_for(i, e, change(i), *rv)
+        })
+        .collect();
+    (services, slices)
+}
+
 /// `n` Services with `e` endpoints each.
 pub fn objects(n: usize, e: usize) -> ObjectSet {
     ObjectSet {
