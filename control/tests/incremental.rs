@@ -11,6 +11,7 @@ use std::net::IpAddr;
 use edgeplane_control::compile::{compile, CompileOptions, Compiled, Compiler};
 use edgeplane_control::manifests::ObjectSet;
 use edgeplane_dataplane::tables::Cidr;
+use edgeplane_dataplane::testing::tables_content as tables_norm;
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use proptest::prelude::*;
@@ -584,28 +585,6 @@ fn threads_do_not_change_the_result() {
     assert!(a.tables.maglev.len() >= 100);
     assert_eq!(fingerprint(&a), fingerprint(&b));
     assert_eq!(a.report, b.report);
-}
-
-/// A generation's content, independent of how its Maglev tables are
-/// stored and shared.
-fn tables_norm(t: &edgeplane_dataplane::Tables) -> String {
-    let mut s = format!(
-        "node {:?}\nservices {:?}\nbackends {:?}\nranges {:?}\n",
-        t.node, t.services, t.backends, t.source_ranges
-    );
-    for f in &t.frontends {
-        let mut g = f.clone();
-        g.maglev_off = 0;
-        g.maglev_width = 0;
-        s += &format!("{g:?} {:?}\n", t.maglev_entries(f));
-    }
-    let index: BTreeMap<String, u32> = t
-        .frontend_index
-        .iter()
-        .map(|(k, v)| (format!("{k:?}"), *v))
-        .collect();
-    s += &format!("{index:?}");
-    s
 }
 
 /// (namespace, name) → the object as JSON, last one wins (as the mirror).

@@ -320,3 +320,28 @@ fn syn_to(buf: &mut [u8; 2048], key: FrontendKey, sport: u16) -> usize {
     }
     l3 + l4_len
 }
+
+/// Everything observable of a generation, as text to compare: node, Services,
+/// backends, source ranges, each frontend with its Maglev table expanded, and
+/// the frontend index. Offsets and widths of the Maglev storage are left out
+/// (they are representation: shared or copied tables give the same text).
+pub fn tables_content(t: &Tables) -> String {
+    let mut s = format!(
+        "{:?}\n{:?}\n{:?}\n{:?}\n",
+        t.node, t.services, t.backends, t.source_ranges
+    );
+    for f in &t.frontends {
+        let mut g = f.clone();
+        g.maglev_off = 0;
+        g.maglev_width = 0;
+        s += &format!("{g:?} {:?}\n", t.maglev_entries(f));
+    }
+    let mut idx: Vec<_> = t
+        .frontend_index
+        .iter()
+        .map(|(k, v)| format!("{k:?}={v}"))
+        .collect();
+    idx.sort();
+    s += &idx.join(",");
+    s
+}

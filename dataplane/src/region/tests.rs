@@ -16,6 +16,7 @@ use crate::tables::{
     Backend, EmptyAction, FrontendKey, FrontendKind, FrontendSpec, Segment, ServiceInfo, Tables,
     TablesBuilder,
 };
+use crate::testing::tables_content as normal;
 use crate::testing::{fuzz_tables, node_config};
 
 fn small_opts() -> WriterOptions {
@@ -36,29 +37,6 @@ fn tmpdir(tag: &str) -> std::path::PathBuf {
     ));
     let _ = std::fs::remove_dir_all(&d);
     d
-}
-
-/// Everything observable of `t`, with Maglev tables expanded per frontend
-/// (offsets and widths are representation, not content).
-fn normal(t: &Tables) -> String {
-    let mut s = format!(
-        "{:?}\n{:?}\n{:?}\n{:?}\n",
-        t.node, t.services, t.backends, t.source_ranges
-    );
-    for f in &t.frontends {
-        let mut g = f.clone();
-        g.maglev_off = 0;
-        g.maglev_width = 0;
-        s += &format!("{g:?} {:?}\n", t.maglev_entries(f));
-    }
-    let mut idx: Vec<_> = t
-        .frontend_index
-        .iter()
-        .map(|(k, v)| format!("{k:?}={v}"))
-        .collect();
-    idx.sort();
-    s += &idx.join(",");
-    s
 }
 
 #[test]
