@@ -18,14 +18,11 @@
 //! The cold start (first list, every Maglev table built) is printed once.
 
 use std::hint::black_box;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use edgeplane_bench::k8s;
 use edgeplane_control::control_path::ControlPath;
-use edgeplane_control::kube::mirror::{Mirrors, PublishIndex};
-use edgeplane_control::manifests::ObjectSet;
 use edgeplane_dataplane::region::{RegionReader, WriterOptions};
 
 const SERVICES: usize = 10_000;
@@ -41,15 +38,7 @@ fn control_path(c: &mut Criterion) {
     let _ = std::fs::remove_dir_all(&dir);
     let objects = k8s::objects(SERVICES, ENDPOINTS);
     let t0 = Instant::now();
-    let mut mirrors = Mirrors::default();
-    mirrors.services.relist(objects.services.iter().cloned());
-    mirrors
-        .endpoint_slices
-        .relist(objects.endpoint_slices.iter().cloned());
-    mirrors.nodes.relist(Vec::new());
-    let mut slot: Option<Arc<ObjectSet>> = None;
-    let mut index = PublishIndex::default();
-    assert!(mirrors.publish_into(&mut slot, &mut index));
+    let (mut mirrors, mut slot, mut index) = k8s::first_list(&objects);
     let mut path = ControlPath::open(&dir, WriterOptions::default(), k8s::options(), true)
         .expect("region and compiler");
     let snap = slot.clone().expect("published");

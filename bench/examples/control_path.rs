@@ -19,13 +19,10 @@
 //! cargo run -p edgeplane-bench --release --example control_path [-- SERVICES ENDPOINTS CHANGES RESYNCS]
 //! ```
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use edgeplane_bench::k8s;
 use edgeplane_control::control_path::ControlPath;
-use edgeplane_control::kube::mirror::{Mirrors, PublishIndex};
-use edgeplane_control::manifests::ObjectSet;
 use edgeplane_dataplane::region::{RegionReader, WriterOptions};
 
 fn clock(id: libc::clockid_t) -> Duration {
@@ -101,15 +98,7 @@ fn main() {
     // Cold start: the first list through the mirror, the first compile (every
     // Maglev table built, on every core), the first publication.
     let (w0, c0, p0) = (Instant::now(), thread_cpu(), process_cpu());
-    let mut mirrors = Mirrors::default();
-    mirrors.services.relist(objects.services.iter().cloned());
-    mirrors
-        .endpoint_slices
-        .relist(objects.endpoint_slices.iter().cloned());
-    mirrors.nodes.relist(Vec::new());
-    let mut slot: Option<Arc<ObjectSet>> = None;
-    let mut index = PublishIndex::default();
-    assert!(mirrors.publish_into(&mut slot, &mut index));
+    let (mut mirrors, mut slot, mut index) = k8s::first_list(&objects);
     let mut path = ControlPath::open(&dir, WriterOptions::default(), k8s::options(), true)
         .expect("region and compiler");
     let snap = slot.clone().expect("published");

@@ -115,6 +115,30 @@ pub fn slice_for(i: usize, e: usize, change: Option<u32>, resource_version: u64)
     )
 }
 
+/// The Kubernetes source's state after its first list of `objects`: the
+/// mirrors, the published snapshot and its index.
+pub fn first_list(
+    objects: &ObjectSet,
+) -> (
+    edgeplane_control::kube::mirror::Mirrors,
+    Option<std::sync::Arc<ObjectSet>>,
+    edgeplane_control::kube::mirror::PublishIndex,
+) {
+    let mut mirrors = edgeplane_control::kube::mirror::Mirrors::default();
+    mirrors.services.relist(objects.services.iter().cloned());
+    mirrors
+        .endpoint_slices
+        .relist(objects.endpoint_slices.iter().cloned());
+    mirrors.nodes.relist(Vec::new());
+    let mut slot = None;
+    let mut index = Default::default();
+    assert!(
+        mirrors.publish_into(&mut slot, &mut index),
+        "all three types listed"
+    );
+    (mirrors, slot, index)
+}
+
 /// What a full relist of [`objects`]`(n, e)` returns: the same Services and
 /// slices with new resourceVersions (from `*rv + 1` on), slice `i` changed
 /// as [`slice_for`] does when `change(i)` is `Some`.
